@@ -1,0 +1,78 @@
+"""nemoflow: tracing for Python agents, cheap enough to leave on in production."""
+
+from __future__ import annotations
+
+from . import scope, scope_local, subscribers
+from ._backend import BACKEND
+from ._backend import core as _core
+from ._types import (
+    AlreadyExistsError,
+    GuardrailRejectedError,
+    InternalError,
+    InvalidArgumentError,
+    LLMAttributes,
+    NemoFlowError,
+    NotFoundError,
+    ScopeAttributes,
+    ScopeType,
+    ToolAttributes,
+)
+from .context import (
+    Binding,
+    ScopeStack,
+    bind,
+    capture,
+    create_scope_stack,
+    fork_asyncio_context,
+    get_scope_stack,
+    propagate_scope_to_thread,
+    scope_stack_active,
+    set_thread_scope_stack,
+    use_scope_stack,
+    wrap,
+)
+from .trace import mark, trace
+
+ScopeHandle = _core.ScopeHandle
+ScopeEvent = _core.ScopeEvent
+MarkEvent = _core.MarkEvent
+Event = ScopeEvent | MarkEvent
+diagnostics = _core.diagnostics
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExistsError",
+    "BACKEND",
+    "Binding",
+    "Event",
+    "GuardrailRejectedError",
+    "InternalError",
+    "InvalidArgumentError",
+    "LLMAttributes",
+    "MarkEvent",
+    "NemoFlowError",
+    "NotFoundError",
+    "ScopeAttributes",
+    "ScopeEvent",
+    "ScopeHandle",
+    "ScopeStack",
+    "ScopeType",
+    "ToolAttributes",
+    "bind",
+    "capture",
+    "create_scope_stack",
+    "diagnostics",
+    "fork_asyncio_context",
+    "get_scope_stack",
+    "mark",
+    "propagate_scope_to_thread",
+    "scope",
+    "scope_local",
+    "scope_stack_active",
+    "set_thread_scope_stack",
+    "subscribers",
+    "trace",
+    "use_scope_stack",
+    "wrap",
+]

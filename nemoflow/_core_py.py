@@ -1,0 +1,874 @@
+"""Pure-Python twin of the compiled core: same names, same behaviour, no compiler needed.
+
+It is the reference the compiled core is tested against (the same suite runs on both, and a
+property test compares their event streams) and the fallback when ``_core`` could not be built
+or ``NEMOFLOW_NO_EXTENSIONS=1`` is set.
+
+Model, shared with ``_core.pyx``: a scope is an immutable frame that points to its parent (the
+``parent_uuid`` on the wire) and to the frame it was pushed over (restored on pop). The current
+frame of each thread and asyncio task lives in one ``ContextVar``, so a task that starts under a
+scope sees it as parent and its own pushes never touch another task's nesting.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as _dt
+import math
+import random
+import threading
+import time
+import warnings
+
+import orjson
+
+from ._types import (
+    ATOF_VERSION,
+    CATEGORIES,
+    InvalidArgumentError,
+    LLMAttributes,
+    NotFoundError,
+    AlreadyExistsError,
+    ScopeAttributes,
+    ScopeType,
+    ToolAttributes,
+    attribute_names,
+)
+
+BACKEND = "python"
+
+# --------------------------------------------------------------------------------------------
+# JSON payloads: encoded once, at the call, to canonical bytes (sorted keys).
+
+# Dataclasses and datetimes are not JSON values: route them to ``default`` so they are rejected
+# (or stringified, in lenient mode) instead of being silently converted.
+_JSON_OPTS = (
+    orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+)
+
+
+def _reject(obj):
+    raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
+
+
+def _stringify(obj):
+    try:
+        return str(obj)
+    except Exception:
+        return f"<unprintable {type(obj).__name__}>"
+
+
+def _has_non_finite(obj) -> bool:
+    # orjson writes NaN and +-Infinity as null; JSON has no such values, so they are rejected.
+    if type(obj) is float or isinstance(obj, float):
+        return not math.isfinite(obj)
+    if isinstance(obj, dict):
+        return any(_has_non_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_non_finite(v) for v in obj)
+    return False
+
+
+class Encoded:
+    """A payload already encoded to canonical JSON bytes (used by the Pythonic surface)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes):
+        self.raw = raw
+
+
+def encode(obj, lenient=False):
+    """Canonical JSON bytes of ``obj``, or None for None; ValueError for non-JSON values.
+
+    With ``lenient=True`` non-JSON values are written as their ``str()`` instead (used where the
+    traced program, not the caller of an API, supplied the value).
+    """
+    if obj is None:
+        return None
+    if type(obj) is Encoded:
+        return obj.raw
+    if lenient:
+        try:
+            return orjson.dumps(obj, default=_stringify, option=_JSON_OPTS)
+        except (TypeError, ValueError):
+            return orjson.dumps(_stringify(obj))
+    try:
+        raw = orjson.dumps(obj, default=_reject, option=_JSON_OPTS)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Failed to convert to JSON: {exc}") from None
+    if b"null" in raw and _has_non_finite(obj):
+        raise ValueError("Failed to convert to JSON: NaN and Infinity are not JSON values")
+    return raw
+
+
+def _decode(raw):
+    return None if raw is None else orjson.loads(raw)
+
+
+# --------------------------------------------------------------------------------------------
+# Clock, timestamps and ids.
+
+now_ns = time.time_ns
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+def timestamp_ns(ts) -> int:
+    """Nanoseconds since the epoch of an explicit, timezone-aware ``datetime``."""
+    if isinstance(ts, str):
+        raise TypeError("timestamp must be a timezone-aware datetime, not str")
+    if not isinstance(ts, _dt.datetime):
+        raise TypeError(f"timestamp must be a timezone-aware datetime, not {type(ts).__name__}")
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise ValueError("timestamp must be timezone-aware (naive datetime given)")
+    delta = ts - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def format_timestamp(ns: int) -> str:
+    """RFC 3339 UTC with ``+00:00`` and 0, 3, 6 or 9 fractional digits as needed."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    t = time.gmtime(secs)
+    base = "%04d-%02d-%02dT%02d:%02d:%02d" % (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour,
+                                              t.tm_min, t.tm_sec)
+    if frac == 0:
+        return base + "+00:00"
+    if frac % 1_000_000 == 0:
+        return "%s.%03d+00:00" % (base, frac // 1_000_000)
+    if frac % 1000 == 0:
+        return "%s.%06d+00:00" % (base, frac // 1000)
+    return "%s.%09d+00:00" % (base, frac)
+
+
+_rand = random.getrandbits  # the random module reseeds itself in a forked child
+
+
+def _uuid7_str(ns: int) -> str:
+    ms = ns // 1_000_000
+    sub_ms = ((ns % 1_000_000) << 12) // 1_000_000  # 12 bits of sub-millisecond order
+    hi = ((ms & 0xFFFFFFFFFFFF) << 16) | 0x7000 | sub_ms
+    lo = 0x8000000000000000 | _rand(62)
+    h = "%016x%016x" % (hi, lo)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def uuid7() -> str:
+    """A fresh UUIDv7 string (time-ordered, lowercase, hyphenated)."""
+    return _uuid7_str(now_ns())
+
+
+# --------------------------------------------------------------------------------------------
+# Frames (handles).
+
+KIND_SCOPE, KIND_TOOL, KIND_LLM = 0, 1, 2
+_ATTR_CLASS = (ScopeAttributes, ToolAttributes, LLMAttributes)
+
+STATUS_NONE, STATUS_OK, STATUS_ERROR = 0, 1, 2
+
+
+class ScopeHandle:
+    """An open scope: read-only identity, parent link and the payloads given at push."""
+
+    __slots__ = ("_uuid", "_name", "_scope_type", "_attrs", "_parent", "_prev", "_data",
+                 "_meta", "_profile", "_start_ns", "_closed", "_locals", "_kind", "__weakref__")
+
+    def __init__(self):
+        raise TypeError("handles are created by nemoflow.scope.push / scope.scope")
+
+    @property
+    def uuid(self) -> str:
+        return self._uuid
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def scope_type(self):
+        return self._scope_type
+
+    @property
+    def attributes(self):
+        return _ATTR_CLASS[self._kind](self._attrs)
+
+    @property
+    def parent_uuid(self):
+        return None if self._parent is None else self._parent._uuid
+
+    @property
+    def data(self):
+        return _decode(self._data)
+
+    @property
+    def metadata(self):
+        return _decode(self._meta)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self._name!r} {self._uuid}>"
+
+
+def _new_frame(cls, kind, name, scope_type, attrs, parent, prev, data, meta, profile, start_ns):
+    f = object.__new__(cls)
+    f._uuid = _uuid7_str(start_ns)
+    f._name = name
+    f._scope_type = scope_type
+    f._attrs = attrs
+    f._parent = parent
+    f._prev = prev
+    f._data = data
+    f._meta = meta
+    f._profile = profile
+    f._start_ns = start_ns
+    f._closed = False
+    f._locals = None
+    f._kind = kind
+    return f
+
+
+def new_root() -> ScopeHandle:
+    """A fresh implicit root: never emitted, cannot be popped, identifies one trace."""
+    return _new_frame(ScopeHandle, KIND_SCOPE, "root", ScopeType.Agent, 0, None, None, None,
+                      None, None, now_ns())
+
+
+def is_root(frame) -> bool:
+    return frame._parent is None
+
+
+# --------------------------------------------------------------------------------------------
+# Binding: the current frame of this thread / asyncio task.
+
+_current = contextvars.ContextVar("nemoflow.current_scope")
+
+
+def peek():
+    """The frame bound in this context, or None when nothing was bound yet."""
+    return _current.get(None)
+
+
+def current() -> ScopeHandle:
+    """The frame bound in this context; binds a new implicit root on first use."""
+    frame = _current.get(None)
+    if frame is None:
+        frame = new_root()
+        _current.set(frame)
+    return frame
+
+
+def bind(frame):
+    """Make ``frame`` current in this context; returns the token for ``unbind``."""
+    if not isinstance(frame, ScopeHandle):
+        raise TypeError(f"expected a ScopeHandle, got {type(frame).__name__}")
+    return _current.set(frame)
+
+
+def unbind(token) -> None:
+    """Undo the ``bind`` that returned ``token``."""
+    _current.reset(token)
+
+
+get_handle = current
+
+
+# --------------------------------------------------------------------------------------------
+# Events.
+
+def _merge_metadata(start_raw, end_raw, status, desc):
+    if end_raw is None and status == STATUS_NONE:
+        return start_raw
+    merged = _decode(start_raw)
+    end = _decode(end_raw)
+    if end is not None:
+        if isinstance(merged, dict) and isinstance(end, dict):
+            merged = {**merged, **end}
+        else:
+            merged = end
+    if status != STATUS_NONE:
+        if merged is None:
+            merged = {}
+        if isinstance(merged, dict):
+            merged = dict(merged)
+            merged["otel.status_code"] = "OK" if status == STATUS_OK else "ERROR"
+            if status == STATUS_ERROR:
+                merged["otel.status_description"] = desc
+    return orjson.dumps(merged, option=orjson.OPT_SORT_KEYS)
+
+
+def _json_str(s: str) -> bytes:
+    return orjson.dumps(s)
+
+
+def _or_null(raw) -> bytes:
+    return b"null" if raw is None else raw
+
+
+class ScopeEvent:
+    """The start or end of a scope, tool call or LLM call (ATOF ``kind: "scope"``)."""
+
+    __slots__ = ("_frame", "_is_end", "_ts", "_data", "_end_meta", "_status", "_desc",
+                 "_meta_cache")
+
+    kind = "scope"
+    atof_version = ATOF_VERSION
+    data_schema = None
+
+    @property
+    def uuid(self) -> str:
+        return self._frame._uuid
+
+    @property
+    def parent_uuid(self):
+        return self._frame.parent_uuid
+
+    @property
+    def timestamp(self) -> str:
+        return format_timestamp(self._ts)
+
+    @property
+    def timestamp_ns(self) -> int:
+        return self._ts
+
+    @property
+    def name(self) -> str:
+        return self._frame._name
+
+    @property
+    def data(self):
+        return _decode(self._data)
+
+    def _metadata_raw(self):
+        if not self._is_end:
+            return self._frame._meta
+        if self._meta_cache is None:
+            self._meta_cache = (_merge_metadata(self._frame._meta, self._end_meta, self._status,
+                                                self._desc),)
+        return self._meta_cache[0]
+
+    @property
+    def metadata(self):
+        return _decode(self._metadata_raw())
+
+    @property
+    def scope_category(self) -> str:
+        return "end" if self._is_end else "start"
+
+    @property
+    def attributes(self) -> list:
+        f = self._frame
+        return attribute_names(_ATTR_CLASS[f._kind], f._attrs)
+
+    @property
+    def category(self) -> str:
+        return CATEGORIES[self._frame._scope_type]
+
+    @property
+    def category_profile(self):
+        return _decode(self._frame._profile)
+
+    def to_json(self) -> str:
+        """The canonical ATOF line (without the newline), as the JSONL exporter writes it."""
+        f = self._frame
+        attrs = orjson.dumps(attribute_names(_ATTR_CLASS[f._kind], f._attrs))
+        parent = b"null" if f._parent is None else b'"' + f._parent._uuid.encode() + b'"'
+        return b"".join((
+            b'{"atof_version":"0.1","attributes":', attrs,
+            b',"category":"', CATEGORIES[f._scope_type].encode(),
+            b'","category_profile":', _or_null(f._profile),
+            b',"data":', _or_null(self._data),
+            b',"data_schema":null,"kind":"scope","metadata":', _or_null(self._metadata_raw()),
+            b',"name":', _json_str(f._name),
+            b',"parent_uuid":', parent,
+            b',"scope_category":"', b"end" if self._is_end else b"start",
+            b'","timestamp":"', format_timestamp(self._ts).encode(),
+            b'","uuid":"', f._uuid.encode(), b'"}',
+        )).decode()
+
+    def to_dict(self) -> dict:
+        """The event as a dict with every ATOF field (a fresh copy on every call)."""
+        return orjson.loads(self.to_json())
+
+    def __repr__(self):
+        return f"<ScopeEvent {self.scope_category} {self.name!r} {self.uuid}>"
+
+
+class MarkEvent:
+    """A point-in-time event (ATOF ``kind: "mark"``)."""
+
+    __slots__ = ("_uuid", "_parent", "_name", "_ts", "_data", "_meta", "_schema", "_category",
+                 "_profile")
+
+    kind = "mark"
+    atof_version = ATOF_VERSION
+
+    @property
+    def uuid(self) -> str:
+        return self._uuid
+
+    @property
+    def parent_uuid(self):
+        return None if self._parent is None else self._parent._uuid
+
+    @property
+    def timestamp(self) -> str:
+        return format_timestamp(self._ts)
+
+    @property
+    def timestamp_ns(self) -> int:
+        return self._ts
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def data(self):
+        return _decode(self._data)
+
+    @property
+    def metadata(self):
+        return _decode(self._meta)
+
+    @property
+    def data_schema(self):
+        return _decode(self._schema)
+
+    @property
+    def category(self):
+        return self._category
+
+    @property
+    def category_profile(self):
+        return _decode(self._profile)
+
+    def to_json(self) -> str:
+        """The canonical ATOF line (without the newline), as the JSONL exporter writes it."""
+        parent = b"null" if self._parent is None else b'"' + self._parent._uuid.encode() + b'"'
+        category = b"null" if self._category is None else _json_str(self._category)
+        return b"".join((
+            b'{"atof_version":"0.1","category":', category,
+            b',"category_profile":', _or_null(self._profile),
+            b',"data":', _or_null(self._data),
+            b',"data_schema":', _or_null(self._schema),
+            b',"kind":"mark","metadata":', _or_null(self._meta),
+            b',"name":', _json_str(self._name),
+            b',"parent_uuid":', parent,
+            b',"timestamp":"', format_timestamp(self._ts).encode(),
+            b'","uuid":"', self._uuid.encode(), b'"}',
+        )).decode()
+
+    def to_dict(self) -> dict:
+        """The event as a dict with every ATOF field (a fresh copy on every call)."""
+        return orjson.loads(self.to_json())
+
+    def __repr__(self):
+        return f"<MarkEvent {self._name!r} {self._uuid}>"
+
+
+# --------------------------------------------------------------------------------------------
+# Subscribers. Registries are immutable tuples swapped under a lock; the emit path reads them
+# without locking. Each subscriber has its own lock so it is never entered concurrently.
+
+_registry_lock = threading.Lock()
+_subscribers = ()  # global, in registration order
+_n_local = 0  # live scope-local subscriber registrations, across all frames
+_enabled = False  # anything at all to deliver to?
+_stats = {}  # subscriber name -> [calls, errors]
+
+
+class Subscriber:
+    """A registered callback with its own lock and error accounting."""
+
+    __slots__ = ("name", "callback", "_lock", "_stat", "_warned")
+
+    def __init__(self, name, callback):
+        if not isinstance(name, str):
+            raise TypeError(f"subscriber name must be str, not {type(name).__name__}")
+        if not callable(callback):
+            raise TypeError("subscriber callback must be callable")
+        self.name = name
+        self.callback = callback
+        self._lock = threading.RLock()
+        self._stat = _stats.setdefault(name, [0, 0])
+        self._warned = False
+
+    def deliver(self, event):
+        with self._lock:
+            self._stat[0] += 1
+            try:
+                self.callback(event)
+            except Exception as exc:  # isolate: the emitter and other subscribers go on
+                self._stat[1] += 1
+                if not self._warned:
+                    self._warned = True
+                    warnings.warn(
+                        f"nemoflow: subscriber {self.name!r} raised {type(exc).__name__}: {exc}; "
+                        "further errors are counted in nemoflow.diagnostics()",
+                        RuntimeWarning, stacklevel=2)
+
+
+def _refresh_enabled():
+    global _enabled
+    _enabled = bool(_subscribers) or _n_local > 0
+
+
+def set_subscribers(subs: tuple) -> None:
+    """Replace the global subscriber tuple (the registry module owns names and order)."""
+    global _subscribers
+    with _registry_lock:
+        _subscribers = tuple(subs)
+        _refresh_enabled()
+
+
+def _check_active(frame):
+    if not isinstance(frame, ScopeHandle):
+        raise TypeError(f"expected a ScopeHandle, got {type(frame).__name__}")
+    if frame._closed:
+        raise NotFoundError(f"not found: scope {frame._uuid} not found")
+
+
+def local_register(frame, name, callback) -> None:
+    """Attach a scope-local subscriber to an open scope."""
+    global _n_local
+    _check_active(frame)
+    sub = Subscriber(name, callback)
+    with _registry_lock:
+        if frame._closed:
+            raise NotFoundError(f"not found: scope {frame._uuid} not found")
+        locals_ = frame._locals or ()
+        if any(s.name == name for s in locals_):
+            raise AlreadyExistsError(f"already exists: {name} subscriber already exists")
+        frame._locals = locals_ + (sub,)
+        _n_local += 1
+        _refresh_enabled()
+
+
+def local_deregister(frame, name) -> bool:
+    """Detach a scope-local subscriber; False when no such name is attached."""
+    global _n_local
+    _check_active(frame)
+    with _registry_lock:
+        locals_ = frame._locals or ()
+        kept = tuple(s for s in locals_ if s.name != name)
+        if len(kept) == len(locals_):
+            return False
+        frame._locals = kept or None
+        _n_local -= 1
+        _refresh_enabled()
+        return True
+
+
+def _drop_locals(frame):
+    global _n_local
+    with _registry_lock:
+        if frame._locals:
+            _n_local -= len(frame._locals)
+            frame._locals = None
+            _refresh_enabled()
+
+
+def _deliver(event, top):
+    for sub in _subscribers:
+        sub.deliver(event)
+    if _n_local:
+        chain = []
+        f = top
+        while f is not None:
+            if f._locals:
+                chain.append(f._locals)
+            f = f._prev
+        for locals_ in reversed(chain):
+            for sub in locals_:
+                sub.deliver(event)
+
+
+# --------------------------------------------------------------------------------------------
+# Scope lifecycle.
+
+def _check_name(name):
+    if not isinstance(name, str):
+        raise TypeError(f"name must be str, not {type(name).__name__}")
+
+
+def _check_parent(handle):
+    if handle is not None and not isinstance(handle, ScopeHandle):
+        raise TypeError(f"handle must be a ScopeHandle or None, not {type(handle).__name__}")
+
+
+def _attr_value(attributes) -> int:
+    if attributes is None:
+        return 0
+    if not isinstance(attributes, int) or isinstance(attributes, bool):
+        raise TypeError(f"attributes must be an attribute flag, not {type(attributes).__name__}")
+    return int(attributes)
+
+
+def start(name, scope_type, parent, attributes, data, metadata, input, timestamp,
+          kind=KIND_SCOPE, profile=None, cls=ScopeHandle):
+    """Open a scope (emit its start event) without binding it; returns the frame."""
+    _check_name(name)
+    if type(scope_type) is not ScopeType:
+        raise TypeError(f"scope_type must be a ScopeType, not {type(scope_type).__name__}")
+    _check_parent(parent)
+    attrs = _attr_value(attributes)
+    ts = now_ns() if timestamp is None else timestamp_ns(timestamp)
+    data_raw = encode(data)
+    meta_raw = encode(metadata)
+    input_raw = encode(input)
+    top = current()
+    if parent is None:
+        parent = top
+    frame = _new_frame(cls, kind, name, scope_type, attrs, parent, top, data_raw, meta_raw,
+                       profile, ts)
+    if _enabled:
+        ev = object.__new__(ScopeEvent)
+        ev._frame = frame
+        ev._is_end = False
+        ev._ts = ts
+        ev._data = input_raw
+        ev._end_meta = None
+        ev._status = STATUS_NONE
+        ev._desc = None
+        ev._meta_cache = None
+        _deliver(ev, top)
+    return frame
+
+
+def end(frame, output, metadata, timestamp, status=STATUS_NONE, desc=None, top=None):
+    """Close ``frame`` (emit its end event, drop its scope-local registrations)."""
+    if timestamp is None:
+        ts = now_ns()
+        if ts <= frame._start_ns:
+            ts = frame._start_ns + 1000  # an automatic end is strictly after its start
+    else:
+        ts = timestamp_ns(timestamp)
+    out_raw = encode(output)
+    meta_raw = encode(metadata)
+    _end_encoded(frame, out_raw, meta_raw, ts, status, desc, top)
+
+
+def _end_encoded(frame, out_raw, meta_raw, ts, status, desc, top):
+    frame._closed = True
+    if _enabled:
+        ev = object.__new__(ScopeEvent)
+        ev._frame = frame
+        ev._is_end = True
+        ev._ts = ts
+        ev._data = out_raw
+        ev._end_meta = meta_raw
+        ev._status = status
+        ev._desc = desc
+        ev._meta_cache = None
+        _deliver(ev, frame if top is None else top)
+    if frame._locals:
+        _drop_locals(frame)
+
+
+def push(name, scope_type, *, handle=None, attributes=None, data=None, metadata=None,
+         input=None, timestamp=None):
+    """Open a scope on the current stack and make it current; returns its handle."""
+    frame = start(name, scope_type, handle, attributes, data, metadata, input, timestamp)
+    _current.set(frame)
+    return frame
+
+
+def _check_poppable(handle):
+    if not isinstance(handle, ScopeHandle):
+        raise TypeError(f"handle must be a ScopeHandle, not {type(handle).__name__}")
+    if handle._parent is None:
+        raise InvalidArgumentError("invalid argument: root scope cannot be removed")
+    top = _current.get(None)
+    if top is handle:
+        return
+    f = top._prev if top is not None else None
+    while f is not None:
+        if f is handle:
+            raise InvalidArgumentError(
+                "invalid argument: scope handle is not at the top of the stack")
+        f = f._prev
+    raise NotFoundError("not found: scope handle not found")
+
+
+def pop(handle, *, output=None, metadata=None, timestamp=None):
+    """Close the scope on top of the current stack (strict LIFO) and emit its end event."""
+    _check_poppable(handle)
+    end(handle, output, metadata, timestamp)
+    _current.set(handle._prev)
+
+
+def _check_schema(data_schema):
+    if data_schema is None:
+        return None
+    if (not isinstance(data_schema, dict) or set(data_schema) != {"name", "version"}
+            or not all(isinstance(v, str) for v in data_schema.values())):
+        raise TypeError('data_schema must be {"name": str, "version": str} or None')
+    return encode(data_schema)
+
+
+def event(name, *, handle=None, data=None, metadata=None, data_schema=None, timestamp=None,
+          category=None, category_profile=None):
+    """Emit a mark under ``handle`` (default: the current scope)."""
+    _check_name(name)
+    _check_parent(handle)
+    if category is not None and not isinstance(category, str):
+        raise TypeError(f"category must be str or None, not {type(category).__name__}")
+    ts = now_ns() if timestamp is None else timestamp_ns(timestamp)
+    data_raw = encode(data)
+    meta_raw = encode(metadata)
+    schema_raw = _check_schema(data_schema)
+    profile_raw = encode(category_profile)
+    top = current()
+    if not _enabled:
+        return
+    ev = object.__new__(MarkEvent)
+    ev._uuid = _uuid7_str(ts)
+    ev._parent = top if handle is None else handle
+    ev._name = name
+    ev._ts = ts
+    ev._data = data_raw
+    ev._meta = meta_raw
+    ev._schema = schema_raw
+    ev._category = category
+    ev._profile = profile_raw
+    _deliver(ev, top)
+
+
+# --------------------------------------------------------------------------------------------
+# Context managers: ``scope.scope(...)`` and the span behind ``nf.trace``.
+
+def _exc_status(exc):
+    if exc is None:
+        return STATUS_OK, None
+    text = str(exc)
+    if isinstance(exc, _CancelledError) and not text:
+        text = "cancelled"
+    return STATUS_ERROR, text
+
+
+try:  # asyncio is imported lazily by users; its CancelledError is a BaseException subclass
+    from asyncio import CancelledError as _CancelledError
+except ImportError:  # pragma: no cover
+    class _CancelledError(BaseException):
+        pass
+
+
+class ScopeContext:
+    """``with scope.scope(...) as handle``: push on enter, pop on exit (also on exceptions)."""
+
+    __slots__ = ("_name", "_scope_type", "_parent", "_attrs", "_data", "_meta", "_input",
+                 "_start_ts", "_end_ts", "_frame", "_token", "_lenient")
+
+    def __init__(self, name, scope_type, *, handle=None, attributes=None, data=None,
+                 metadata=None, input=None, timestamp=None, end_timestamp=None):
+        self._setup(name, scope_type, handle, attributes, data, metadata, input, timestamp,
+                    end_timestamp, False)
+
+    def _setup(self, name, scope_type, handle, attributes, data, metadata, input, timestamp,
+               end_timestamp, lenient):
+        # Validate everything before anything is emitted.
+        _check_name(name)
+        if type(scope_type) is not ScopeType:
+            raise TypeError(f"scope_type must be a ScopeType, not {type(scope_type).__name__}")
+        _check_parent(handle)
+        self._name = name
+        self._scope_type = scope_type
+        self._parent = handle
+        self._attrs = _attr_value(attributes)
+        self._data = Encoded(encode(data)) if data is not None else None
+        self._meta = Encoded(encode(metadata)) if metadata is not None else None
+        self._input = Encoded(encode(input, lenient)) if input is not None else None
+        self._start_ts = None if timestamp is None else _dt_checked(timestamp)
+        self._end_ts = None if end_timestamp is None else _dt_checked(end_timestamp)
+        self._lenient = lenient
+        self._frame = None
+        self._token = None
+
+    def _enter(self):
+        if self._frame is not None:
+            raise RuntimeError("this scope context is already in use")
+        frame = start(self._name, self._scope_type, self._parent, self._attrs, self._data,
+                      self._meta, self._input, self._start_ts)
+        self._frame = frame
+        self._token = _current.set(frame)
+        return frame
+
+    def __enter__(self):
+        return self._enter()
+
+    def _exit(self, exc, output):
+        frame = self._frame
+        status, desc = _exc_status(exc)
+        try:
+            if not frame._closed:
+                ts = None if self._end_ts is None else self._end_ts
+                end(frame, Encoded(encode(output, True)) if output is not None else None, None,
+                    ts, status, desc)
+        finally:
+            try:
+                _current.reset(self._token)
+            except ValueError:  # exited in another context than entered: restore by value
+                _current.set(frame._prev)
+
+    def __exit__(self, exc_type, exc, tb):
+        self._exit(exc, None)
+        return False
+
+
+def _dt_checked(ts):
+    timestamp_ns(ts)  # raises TypeError / ValueError for strings and naive datetimes
+    return ts
+
+
+class Span(ScopeContext):
+    """``with nf.trace(...) as span``: a scope whose output can be set while it is open."""
+
+    __slots__ = ("output",)
+
+    def __init__(self, name, scope_type=ScopeType.Function, *, attributes=None, metadata=None,
+                 input=None, handle=None):
+        self._setup(name, scope_type, handle, attributes, None, metadata, input, None, None,
+                    True)
+        self.output = None
+
+    def set_output(self, value) -> None:
+        """Set what the end event records as this span's output."""
+        self.output = value
+
+    @property
+    def handle(self):
+        """The open scope's handle (None before enter)."""
+        return self._frame
+
+    def __enter__(self):
+        self._enter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self._exit(exc, self.output)
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+
+def diagnostics() -> dict:
+    """Counters of what the core delivered and what failed, per subscriber."""
+    with _registry_lock:
+        subs = {name: {"calls": s[0], "errors": s[1]} for name, s in _stats.items()}
+    return {"backend": BACKEND, "subscribers": subs}
+
+
+def _reset_for_tests() -> None:
+    """Forget subscribers, counters and this context's binding (test isolation only)."""
+    global _subscribers, _n_local
+    with _registry_lock:
+        _subscribers = ()
+        _n_local = 0
+        _stats.clear()
+        _refresh_enabled()
+
+
+def root_of(frame) -> ScopeHandle:
+    """The implicit root of the trace ``frame`` belongs to."""
+    while frame._parent is not None:
+        frame = frame._parent
+    return frame
