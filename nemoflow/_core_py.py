@@ -637,9 +637,8 @@ def start(name, scope_type, parent, attributes, data, metadata, input, timestamp
 def end(frame, output, metadata, timestamp, status=STATUS_NONE, desc=None, top=None):
     """Close ``frame`` (emit its end event, drop its scope-local registrations)."""
     if timestamp is None:
-        ts = now_ns()
-        if ts <= frame._start_ns:
-            ts = frame._start_ns + 1000  # an automatic end is strictly after its start
+        # max(now, start + 1 µs): an automatically stamped end is strictly after its start.
+        ts = max(now_ns(), frame._start_ns + 1000)
     else:
         ts = timestamp_ns(timestamp)
     out_raw = encode(output)

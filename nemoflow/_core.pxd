@@ -1,0 +1,106 @@
+# Declarations of the compiled core: C helpers, cdef classes and their fields.
+
+from libc.stdint cimport int64_t, uint64_t
+
+
+cdef extern from "nemoflow_core.h" nogil:
+    int64_t nf_now_ns() noexcept
+    int nf_install_fork_handler() noexcept
+    void nf_uuid7(int64_t ns, uint64_t *hi, uint64_t *lo) noexcept
+    void nf_format_uuid(uint64_t hi, uint64_t lo, char *out) noexcept
+    int nf_format_timestamp(int64_t ns, char *out) noexcept
+    int nf_has_null(const char *s, size_t n) noexcept
+    unsigned long nf_load_relaxed(unsigned long *p) noexcept
+    void nf_store_relaxed(unsigned long *p, unsigned long v) noexcept
+
+
+cdef class Encoded:
+    cdef readonly bytes raw
+
+
+cdef class ScopeHandle:
+    cdef uint64_t _hi
+    cdef uint64_t _lo
+    cdef object _uuid_s          # formatted lazily: most uuids are never read as text
+    cdef str _name
+    cdef object _scope_type
+    cdef int _attrs
+    cdef int _kind
+    cdef ScopeHandle _parent     # logical parent (parent_uuid); None only for a root
+    cdef ScopeHandle _prev       # the frame this one was pushed over (restored on pop)
+    cdef object _data            # encoded JSON bytes or None
+    cdef object _meta
+    cdef object _profile
+    cdef int64_t _start_ns
+    cdef bint _closed
+    cdef tuple _locals           # scope-local subscribers, or None
+    cdef object __weakref__
+
+    cdef str _uuid(self)
+
+
+cdef class ScopeEvent:
+    cdef ScopeHandle _frame
+    cdef bint _is_end
+    cdef int64_t _ts
+    cdef object _data
+    cdef object _end_meta
+    cdef int _status
+    cdef object _desc
+    cdef object _meta_cache
+
+    cdef object _metadata_raw(self)
+
+
+cdef class MarkEvent:
+    cdef str _uuid_s
+    cdef ScopeHandle _parent
+    cdef str _name
+    cdef int64_t _ts
+    cdef object _data
+    cdef object _meta
+    cdef object _schema
+    cdef object _category
+    cdef object _profile
+
+
+cdef class _Stat:
+    cdef public long long calls
+    cdef public long long errors
+
+
+cdef class Subscriber:
+    cdef readonly str name
+    cdef readonly object callback
+    cdef void *_lock             # PyThread_type_lock; re-entrant through _owner/_depth
+    cdef unsigned long _owner
+    cdef int _depth
+    cdef _Stat _stat
+    cdef bint _warned
+
+    cdef int deliver(self, object event) except -1
+
+
+cdef class ScopeContext:
+    cdef str _name
+    cdef object _scope_type
+    cdef ScopeHandle _parent
+    cdef int _attrs
+    cdef object _data
+    cdef object _meta
+    cdef object _input
+    cdef int64_t _start_ts
+    cdef bint _has_start_ts
+    cdef int64_t _end_ts
+    cdef bint _has_end_ts
+    cdef ScopeHandle _frame
+    cdef object _token
+
+    cdef int _setup(self, name, scope_type, handle, attributes, data, metadata, input,
+                    timestamp, end_timestamp, bint lenient) except -1
+    cdef ScopeHandle _enter(self)
+    cdef int _exit(self, exc, output) except -1
+
+
+cdef class Span(ScopeContext):
+    cdef public object output
