@@ -33,7 +33,7 @@ cdef class ScopeHandle:
     cdef object _profile
     cdef int64_t _start_ns
     cdef bint _closed
-    cdef tuple _locals           # scope-local subscribers, or None
+    cdef bint _has_locals        # scope-local subscribers in _scope_locals[self]
     cdef object __weakref__
 
     cdef str _uuid(self)

@@ -8,7 +8,7 @@
 # pushes never touch another task's nesting.
 #
 # Free-threading notes: frames are immutable after construction except ``_closed``,
-# ``_locals`` (swapped under ``_registry_lock``) and ``_uuid_s`` (a benign idempotent cache).
+# ``_has_locals`` (changed under ``_registry_lock``) and ``_uuid_s`` (a benign idempotent cache).
 # Global registries are tuples swapped under ``_registry_lock``. Subscriber locks are real
 # locks, not the GIL.
 
@@ -208,6 +208,9 @@ def uuid7():
 # ---------------------------------------------------------------------------------------------
 # Frames (handles).
 
+# Scope-local subscribers (whose callbacks may reference the frame) live in _scope_locals, not
+# on the frame: frames stay acyclic and their teardown cheap.
+@cython.trashcan(True)  # a long chain of frames must not recurse in dealloc
 @cython.freelist(64)
 cdef class ScopeHandle:
     """An open scope: read-only identity, parent link and the payloads given at push."""
@@ -255,7 +258,11 @@ cdef class ScopeHandle:
 cdef ScopeHandle _new_frame(type cls, int kind, str name, object scope_type, int attrs,
                             ScopeHandle parent, ScopeHandle prev, object data, object meta,
                             object profile, int64_t start_ns):
-    cdef ScopeHandle f = cls.__new__(cls)
+    cdef ScopeHandle f
+    if cls is ScopeHandle:
+        f = ScopeHandle.__new__(ScopeHandle)  # direct tp_new, no Python-level call
+    else:
+        f = cls.__new__(cls)
     nf_uuid7(start_ns, &f._hi, &f._lo)
     f._name = name
     f._scope_type = scope_type
@@ -270,10 +277,17 @@ cdef ScopeHandle _new_frame(type cls, int kind, str name, object scope_type, int
     return f
 
 
+cdef object _AGENT = ScopeType.Agent
+
+
+cdef ScopeHandle _new_root():
+    return _new_frame(ScopeHandle, _KIND_SCOPE, "root", _AGENT, 0, None, None, None, None, None,
+                      nf_now_ns())
+
+
 def new_root():
     """A fresh implicit root: never emitted, cannot be popped, identifies one trace."""
-    return _new_frame(ScopeHandle, _KIND_SCOPE, "root", ScopeType.Agent, 0, None, None, None,
-                      None, None, nf_now_ns())
+    return _new_root()
 
 
 def is_root(ScopeHandle frame):
@@ -300,7 +314,7 @@ cdef inline ScopeHandle _peek():
 cdef ScopeHandle _top():
     cdef ScopeHandle frame = _peek()
     if frame is None:
-        frame = new_root()
+        frame = _new_root()
         PyContextVar_Set(_current, frame)
     return frame
 
@@ -530,6 +544,7 @@ cdef tuple _subscribers = ()     # global, in registration order
 cdef Py_ssize_t _n_local = 0     # live scope-local registrations across all frames
 cdef bint _enabled = False       # anything at all to deliver to?
 cdef dict _stats = {}            # subscriber name -> _Stat
+cdef dict _scope_locals = {}     # frame -> tuple of scope-local Subscribers
 
 
 @cython.final
@@ -634,11 +649,12 @@ def local_register(frame, name, callback):
     with _registry_lock:
         if f._closed:
             raise NotFoundError(f"not found: scope {f._uuid()} not found")
-        locals_ = f._locals or ()
+        locals_ = _scope_locals.get(f, ())
         for s in locals_:
             if (<Subscriber>s).name == name:
                 raise AlreadyExistsError(f"already exists: {name} subscriber already exists")
-        f._locals = locals_ + (sub,)
+        _scope_locals[f] = locals_ + (sub,)
+        f._has_locals = True
         _n_local += 1
         _refresh_enabled()
 
@@ -649,23 +665,29 @@ def local_deregister(frame, name):
     _check_active(frame)
     cdef ScopeHandle f = <ScopeHandle>frame
     with _registry_lock:
-        locals_ = f._locals or ()
+        locals_ = _scope_locals.get(f, ())
         kept = tuple([s for s in locals_ if (<Subscriber>s).name != name])
         if len(kept) == len(locals_):
             return False
-        f._locals = kept or None
+        if kept:
+            _scope_locals[f] = kept
+        else:
+            del _scope_locals[f]
+            f._has_locals = False
         _n_local -= 1
         _refresh_enabled()
         return True
 
 
-cdef void _drop_locals(ScopeHandle frame) noexcept:
+cdef int _drop_locals(ScopeHandle frame) except -1:
     global _n_local
     with _registry_lock:
-        if frame._locals:
-            _n_local -= len(frame._locals)
-            frame._locals = None
+        locals_ = _scope_locals.pop(frame, None)
+        frame._has_locals = False
+        if locals_:
+            _n_local -= len(<tuple>locals_)
             _refresh_enabled()
+    return 0
 
 
 cdef int _deliver(object event, ScopeHandle top) except -1:
@@ -679,8 +701,10 @@ cdef int _deliver(object event, ScopeHandle top) except -1:
         chain = []
         f = top
         while f is not None:
-            if f._locals:
-                chain.append(f._locals)
+            if f._has_locals:
+                locals_ = _scope_locals.get(f)
+                if locals_:
+                    chain.append(locals_)
             f = f._prev
         for i in range(len(chain) - 1, -1, -1):
             for s in <tuple>chain[i]:
@@ -771,7 +795,7 @@ cdef int _end(ScopeHandle frame, object out_raw, object meta_raw, int64_t ts, in
         ev._status = status
         ev._desc = desc
         _deliver(ev, frame if top is None else top)
-    if frame._locals is not None:
+    if frame._has_locals:
         _drop_locals(frame)
     return 0
 
@@ -808,6 +832,8 @@ cdef int _check_poppable(handle) except -1:
     cdef ScopeHandle h = <ScopeHandle>handle
     if h._parent is None:
         raise InvalidArgumentError("invalid argument: root scope cannot be removed")
+    if h._closed:  # popped already, possibly in another task that shared this position
+        raise NotFoundError("not found: scope handle not found")
     cdef ScopeHandle top = _peek()
     if top is h:
         return 0
@@ -884,6 +910,7 @@ cdef tuple _exc_status(object exc):
     return (_STATUS_ERROR, text)
 
 
+@cython.freelist(16)
 cdef class ScopeContext:
     """``with scope.scope(...) as handle``: push on enter, pop on exit (also on exceptions)."""
 
@@ -948,6 +975,7 @@ cdef class ScopeContext:
         return False
 
 
+@cython.freelist(16)
 cdef class Span(ScopeContext):
     """``with nf.trace(...) as span``: a scope whose output can be set while it is open."""
 
@@ -994,4 +1022,7 @@ def _reset_for_tests():
         _subscribers = ()
         _n_local = 0
         _stats.clear()
+        for f in _scope_locals:
+            (<ScopeHandle>f)._has_locals = False
+        _scope_locals.clear()
         _refresh_enabled()

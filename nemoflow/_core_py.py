@@ -676,6 +676,8 @@ def _check_poppable(handle):
         raise TypeError(f"handle must be a ScopeHandle, not {type(handle).__name__}")
     if handle._parent is None:
         raise InvalidArgumentError("invalid argument: root scope cannot be removed")
+    if handle._closed:  # popped already, possibly in another task that shared this position
+        raise NotFoundError("not found: scope handle not found")
     top = _current.get(None)
     if top is handle:
         return
