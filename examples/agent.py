@@ -1,0 +1,94 @@
+"""A small research agent, traced with nemoflow, written to ATOF JSONL and summarized.
+
+    python examples/agent.py [OUTPUT.jsonl]
+
+The agent plans, searches three sources concurrently (asyncio tasks), ranks the hits in a
+worker thread, retries a flaky step and answers. Every step is a scope; the trace goes to a
+JSONL file (one ATOF event per line) and a readable tree is printed at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import nemoflow as nf
+from nemoflow.cli import read_events, summary
+
+CORPUS = {
+    "docs": ["ring buffers keep the traced thread cheap", "ATOF is one JSON event per line"],
+    "issues": ["asyncio tasks must not share a scope stack", "fork must not duplicate events"],
+    "blog": ["tracing that nobody consumes should cost almost nothing"],
+}
+
+
+@nf.trace.agent("planner")
+def plan(question: str) -> list:
+    nf.mark("plan.ready", data={"sources": len(CORPUS)})
+    return sorted(CORPUS)
+
+
+@nf.trace.retriever
+async def search(source: str, question: str) -> list:
+    await asyncio.sleep(0.001 * (1 + len(source) % 3))  # a network round trip
+    words = set(question.lower().split())
+    return [doc for doc in CORPUS[source] if words & set(doc.split())]
+
+
+@nf.trace.reranker
+def rank(hits: list) -> list:
+    return sorted(hits, key=len)
+
+
+class Flaky(Exception):
+    pass
+
+
+_attempts = {"n": 0}
+
+
+@nf.trace
+def summarize(hits: list) -> str:
+    _attempts["n"] += 1
+    if _attempts["n"] == 1:
+        raise Flaky("model timed out")  # recorded as an ERROR end event, then retried
+    return f"{len(hits)} findings; best: {hits[0]!r}" if hits else "nothing found"
+
+
+@nf.trace.agent("research-agent")
+async def answer(question: str) -> str:
+    sources = plan(question)
+    # Concurrent tasks under one scope: each sees the agent as parent, none corrupts another.
+    found = await asyncio.gather(*(search(s, question) for s in sources))
+    hits = [doc for docs in found for doc in docs]
+    # A worker thread joins the trace through nf.wrap (threads start with their own stack).
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ranked = await loop.run_in_executor(pool, nf.wrap(rank), hits)
+    for attempt in range(3):
+        try:
+            return summarize(ranked)
+        except Flaky:
+            nf.mark("retry", data={"attempt": attempt + 1})
+    return "gave up"
+
+
+def main() -> None:
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join("traces", "agent.jsonl")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w", encoding="utf-8") as jsonl:
+        # Every event as its canonical ATOF line.
+        nf.subscribers.register("jsonl", lambda event: jsonl.write(event.to_json() + "\n"))
+        try:
+            result = asyncio.run(answer("why must asyncio tasks not share a scope stack"))
+        finally:
+            nf.subscribers.deregister("jsonl")
+    print(f"answer: {result}\n")
+    print(f"trace written to {out} (backend: {nf.BACKEND})")
+    print(summary(read_events(out)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The ``nemoflow`` command: read ATOF JSONL files.
+
+    nemoflow summary TRACE.jsonl    the scope tree with durations, status and marks
+    nemoflow validate TRACE.jsonl   check every line against the ATOF 0.1 envelope
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+
+import orjson
+
+from ._types import CATEGORIES
+
+_SCOPE_KEYS = frozenset({"atof_version", "attributes", "category", "category_profile", "data",
+                         "data_schema", "kind", "metadata", "name", "parent_uuid",
+                         "scope_category", "timestamp", "uuid"})
+_MARK_KEYS = _SCOPE_KEYS - {"attributes", "scope_category"}
+
+
+def read_events(path: str) -> list:
+    """The events of an ATOF JSONL file, as dicts, in file order."""
+    with open(path, "rb") as f:
+        return [orjson.loads(line) for line in f if line.strip()]
+
+
+def _ts(value) -> float:
+    """Seconds since the epoch of an ATOF timestamp (RFC 3339 or integer epoch µs)."""
+    if isinstance(value, int):
+        return value / 1e6
+    text = value.replace("Z", "+00:00")
+    frac_ns = 0
+    if "." in text:  # datetime keeps µs only: carry the nanosecond digits separately
+        head, rest = text.split(".", 1)
+        n = 0
+        while n < len(rest) and rest[n].isdigit():
+            n += 1
+        digits, tz = rest[:n], rest[n:]
+        frac_ns = int(digits.ljust(9, "0")[:9])
+        text = head + tz
+    return datetime.fromisoformat(text).timestamp() + frac_ns / 1e9
+
+
+def validate(events: list) -> list:
+    """Problems found in a list of event dicts (empty when the stream is valid ATOF 0.1)."""
+    problems = []
+    open_scopes = {}
+    for i, ev in enumerate(events, 1):
+        kind = ev.get("kind")
+        expected = _SCOPE_KEYS if kind == "scope" else _MARK_KEYS if kind == "mark" else None
+        if expected is None:
+            problems.append(f"line {i}: unknown kind {kind!r}")
+            continue
+        if set(ev) != expected:
+            problems.append(f"line {i}: fields {sorted(set(ev) ^ expected)} missing or extra")
+            continue
+        if ev["atof_version"] != "0.1":
+            problems.append(f"line {i}: atof_version {ev['atof_version']!r}")
+        if kind == "scope":
+            if ev["category"] not in CATEGORIES:
+                problems.append(f"line {i}: category {ev['category']!r} is not a ScopeType")
+            if ev["scope_category"] == "start":
+                open_scopes[ev["uuid"]] = ev
+            elif ev["scope_category"] == "end":
+                if open_scopes.pop(ev["uuid"], None) is None:
+                    problems.append(f"line {i}: end of {ev['uuid']} without a start")
+            else:
+                problems.append(f"line {i}: scope_category {ev['scope_category']!r}")
+    # Implicit roots are never written: a parent that is not in the file must be a root, i.e.
+    # never itself have a parent in the file. Anything else is a dangling link.
+    for uuid, ev in open_scopes.items():
+        problems.append(f"scope {ev['name']!r} ({uuid}) has no end event")
+    return problems
+
+
+def summary(events: list) -> str:
+    """A readable tree of the scopes (with durations and status) and marks of a trace."""
+    starts, ends, children, roots = {}, {}, {}, []
+    for ev in events:
+        if ev["kind"] == "scope" and ev["scope_category"] == "start":
+            starts[ev["uuid"]] = ev
+        elif ev["kind"] == "scope":
+            ends[ev["uuid"]] = ev
+    known = set(starts)
+    order = []
+    for ev in events:
+        if ev["kind"] == "scope" and ev["scope_category"] == "end":
+            continue
+        key = ev["uuid"]
+        order.append(key)
+        parent = ev["parent_uuid"]
+        if parent in known:
+            children.setdefault(parent, []).append(ev)
+        else:
+            roots.append(ev)
+
+    lines = []
+    traces = len({ev["parent_uuid"] for ev in roots})
+    n_scopes, n_marks = len(starts), sum(1 for ev in events if ev["kind"] == "mark")
+    errors = sum(1 for ev in ends.values()
+                 if isinstance(ev["metadata"], dict)
+                 and ev["metadata"].get("otel.status_code") == "ERROR")
+    lines.append(f"{len(events)} events: {n_scopes} scopes, {n_marks} marks, {errors} errors, "
+                 f"{traces} trace(s)")
+
+    def walk(ev, depth):
+        pad = "  " * depth
+        if ev["kind"] == "mark":
+            data = "" if ev["data"] is None else " " + orjson.dumps(ev["data"]).decode()
+            lines.append(f"{pad}• {ev['name']}{data}")
+            return
+        end = ends.get(ev["uuid"])
+        if end is None:
+            took, status = "   (open)", ""
+        else:
+            took = f"{(_ts(end['timestamp']) - _ts(ev['timestamp'])) * 1e3:8.3f} ms"
+            meta = end["metadata"] if isinstance(end["metadata"], dict) else {}
+            status = meta.get("otel.status_code", "")
+            if status == "ERROR":
+                status += f": {meta.get('otel.status_description', '')}"
+        lines.append(f"{pad}{ev['name']} [{ev['category']}] {took} {status}".rstrip())
+        for child in children.get(ev["uuid"], []):
+            walk(child, depth + 1)
+
+    for ev in roots:
+        walk(ev, 1)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="nemoflow", description="Read ATOF JSONL traces.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("summary", "print the scope tree"), ("validate", "check the format")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("path", help="an ATOF JSONL file")
+    args = parser.parse_args(argv)
+    events = read_events(args.path)
+    if args.command == "summary":
+        print(summary(events))
+        return 0
+    problems = validate(events)
+    for problem in problems:
+        print(problem)
+    print(f"{args.path}: {len(events)} events, {len(problems)} problems")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
