@@ -1,0 +1,107 @@
+"""Which core is loaded: the compiled one by default, the twin on request, and CI insists."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+_NO_EXT = os.environ.get("NEMOFLOW_NO_EXTENSIONS", "") not in ("", "0")
+
+# Imports nemoflow as an application would and prints the backend it got.
+PRINT_BACKEND = "import nemoflow; print(nemoflow.BACKEND)"
+# The same, as if the compiled core had not been built (its import fails).
+PRINT_BACKEND_WITHOUT_CORE = (
+    "import sys; sys.modules['nemoflow._core'] = None; " + PRINT_BACKEND)
+
+
+def run_python(code, **env_changes):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep)
+    for key, value in env_changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=str(REPO))
+
+
+def test_backend_name(nf):
+    assert nf.BACKEND in ("cython", "python")
+    assert nf._core.BACKEND == nf.BACKEND
+    assert nf.diagnostics()["backend"] == nf.BACKEND
+
+
+def test_cython_backend_is_the_extension_module(nf):
+    core_file = pathlib.Path(nf._core.__file__).name
+    is_extension = any(core_file.endswith(s) for s in importlib.machinery.EXTENSION_SUFFIXES)
+    assert is_extension == (nf.BACKEND == "cython"), core_file
+
+
+def test_compiled_core_is_loaded_by_default():
+    """Fails in CI when a default ``import nemoflow`` does not get the compiled core."""
+    proc = run_python(PRINT_BACKEND, NEMOFLOW_NO_EXTENSIONS=None)
+    must_be_compiled = bool(os.environ.get("CI")) and not _NO_EXT
+    if must_be_compiled:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "cython", (
+            "CI requires the compiled core, but `import nemoflow` loaded the "
+            f"{proc.stdout.strip() or 'nothing'} backend\n{proc.stderr}")
+        return
+    assert proc.returncode == 0, proc.stderr
+    if proc.stdout.strip() == "python":
+        pytest.skip("compiled core nemoflow._core is not built")
+    assert proc.stdout.strip() == "cython"
+
+
+@pytest.mark.parametrize("value", ["1", "true", "yes"])
+def test_no_extensions_env_forces_twin(value):
+    proc = run_python(PRINT_BACKEND, NEMOFLOW_NO_EXTENSIONS=value)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "python"
+
+
+@pytest.mark.parametrize("value", ["0", "", "false", "no"])
+def test_no_extensions_env_false_values_do_not_force_twin(value):
+    default = run_python(PRINT_BACKEND, NEMOFLOW_NO_EXTENSIONS=None)
+    proc = run_python(PRINT_BACKEND, NEMOFLOW_NO_EXTENSIONS=value)
+    assert proc.returncode == default.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == default.stdout.strip()
+
+
+def test_missing_compiled_core_falls_back_to_twin():
+    proc = run_python(PRINT_BACKEND_WITHOUT_CORE, NEMOFLOW_NO_EXTENSIONS=None,
+                      NEMOFLOW_REQUIRE_EXTENSIONS=None)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "python"
+
+
+def test_missing_compiled_core_with_require_extensions_fails_import():
+    proc = run_python(PRINT_BACKEND_WITHOUT_CORE, NEMOFLOW_NO_EXTENSIONS=None,
+                      NEMOFLOW_REQUIRE_EXTENSIONS="1")
+    assert proc.returncode != 0
+    assert "ImportError" in proc.stderr or "ModuleNotFoundError" in proc.stderr
+    assert proc.stdout.strip() == ""
+
+
+def test_no_extensions_wins_over_require_extensions():
+    proc = run_python(PRINT_BACKEND_WITHOUT_CORE, NEMOFLOW_NO_EXTENSIONS="1",
+                      NEMOFLOW_REQUIRE_EXTENSIONS="1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "python"
+
+
+def test_both_backends_share_types(nf):
+    types = sys.modules["nemoflow._types"]
+    assert nf.ScopeType is types.ScopeType
+    assert nf.NotFoundError is types.NotFoundError
+    h = nf.scope.push("x", nf.ScopeType.Tool)
+    nf.scope.pop(h)
+    assert type(h.scope_type) is types.ScopeType
