@@ -88,10 +88,6 @@ def test_pop_handle_pushed_in_another_task_is_not_found(nf, events):
     assert [e.scope_category for e in events] == ["start"]
 
 
-@pytest.mark.xfail(reason="BUG: a handle already popped by a child task (or in a copied "
-                          "context) is still the current frame of the parent's context, and "
-                          "popping it there succeeds and emits a second end event instead of "
-                          "NotFoundError", strict=True)
 def test_pop_of_handle_already_popped_in_child_task_is_not_found(nf, events):
     async def main():
         h = nf.scope.push("shared", nf.ScopeType.Function)
@@ -104,25 +100,18 @@ def test_pop_of_handle_already_popped_in_child_task_is_not_found(nf, events):
             nf.scope.pop(h)
         check_error(info, nf.NotFoundError, "not found: scope handle not found")
 
-    try:
-        asyncio.run(main())
-    finally:
-        assert [e.scope_category for e in events] == ["start", "end"]
+    asyncio.run(main())
+    assert [e.scope_category for e in events] == ["start", "end"]  # no second end event
 
 
-@pytest.mark.xfail(reason="BUG: popping a closed handle that is still current in a copied "
-                          "contextvars.Context emits a second end event instead of "
-                          "NotFoundError", strict=True)
 def test_pop_of_closed_handle_in_copied_context_is_not_found(nf, events):
     h = nf.scope.push("x", nf.ScopeType.Function)
     ctx = contextvars.copy_context()
     nf.scope.pop(h)
-    try:
-        with pytest.raises(nf.NotFoundError) as info:
-            ctx.run(nf.scope.pop, h)
-        check_error(info, nf.NotFoundError, "not found: scope handle not found")
-    finally:
-        assert [e.scope_category for e in events] == ["start", "end"]
+    with pytest.raises(nf.NotFoundError) as info:
+        ctx.run(nf.scope.pop, h)
+    check_error(info, nf.NotFoundError, "not found: scope handle not found")
+    assert [e.scope_category for e in events] == ["start", "end"]  # no second end event
 
 
 def test_pop_not_on_top_is_invalid_and_changes_nothing(nf, events):
