@@ -193,7 +193,12 @@ def normalized(stream):
         del d["timestamp"]
         d["uuid"] = ordinal(d["uuid"])
         d["parent_uuid"] = ordinal(d["parent_uuid"])
-        out.append((who, d))
+        # the exact line too: both backends must write byte-identical JSONL
+        line = e.to_json().replace(f'"timestamp":"{e.timestamp}"', '"timestamp":"T"')
+        for u in (e.uuid, e.parent_uuid):
+            if u is not None:
+                line = line.replace(u, f"uuid-{ordinal(u)}")
+        out.append((who, d, line))
     return out
 
 
@@ -215,10 +220,15 @@ def run_program(nf, program):
     return normalized(runner.stream), runner.outcomes
 
 
+@pytest.fixture(scope="module")
+def both_backends():
+    return backends()
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(program=PROGRAMS)
-def test_backends_emit_identical_streams(program):
-    cython, python = backends()
+def test_backends_emit_identical_streams(both_backends, program):
+    cython, python = both_backends
     got_c = run_program(cython, program)
     got_py = run_program(python, program)
     assert got_c[1] == got_py[1]  # outcomes (errors) first: they explain stream differences
@@ -253,8 +263,10 @@ def test_programs_exercise_errors_and_events():
     assert ("AlreadyExistsError", "already exists: l1 subscriber already exists") in outcomes
     assert ("ValueError", "Failed to convert to JSON") in outcomes
     assert ("Boom", "boom in blk") in outcomes
-    assert [who for who, _ in stream].count("l1") > 0
-    globals_ = [d for who, d in stream if who == "global"]
+    assert [who for who, _, _ in stream].count("l1") > 0
+    globals_ = [d for who, d, _ in stream if who == "global"]
+    assert stream[0][2].startswith('{"atof_version":"0.1","attributes":["parallel","relocatable"]')
+    assert '"parent_uuid":"uuid-1"' in stream[0][2] and '"timestamp":"T"' in stream[0][2]
     assert [(d["name"], d.get("scope_category")) for d in globals_] == [
         ("a", "start"), ("m", None), ("b", "start"), ("blk", "start"), ("c", "start"),
         ("c", "end"), ("blk", "end"), ("b", "end"), ("a", "end")]
