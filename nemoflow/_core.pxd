@@ -95,6 +95,7 @@ cdef class ScopeContext:
     cdef bint _has_end_ts
     cdef ScopeHandle _frame
     cdef object _token
+    cdef bint _active
 
     cdef int _setup(self, name, scope_type, handle, attributes, data, metadata, input,
                     timestamp, end_timestamp, bint lenient) except -1
@@ -104,3 +105,23 @@ cdef class ScopeContext:
 
 cdef class Span(ScopeContext):
     cdef public object output
+    cdef bint _keep_output
+    cdef object _decor_input     # input= as given to nf.trace(...): bool, or a payload
+    cdef object _decorate        # set when made by a Tracer: the span is also a decorator
+
+
+cdef class Tracer:
+    cdef object _scope_type
+    cdef object _decorate
+
+
+cdef class TracedFunction:
+    cdef object _fn
+    cdef str _name
+    cdef object _scope_type
+    cdef int _attrs
+    cdef object _meta
+    cdef object _capture         # (args, kwargs) -> payload, or None when input is not kept
+    cdef bint _keep_output
+    cdef dict __dict__           # functools.wraps copies the function's attributes here
+    cdef object __weakref__

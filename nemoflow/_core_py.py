@@ -16,8 +16,10 @@ import contextvars
 import datetime as _dt
 import math
 import random
+import sys
 import threading
 import time
+import types
 import warnings
 
 import orjson
@@ -612,9 +614,12 @@ def start(name, scope_type, parent, attributes, data, metadata, input, timestamp
     _check_parent(parent)
     attrs = _attr_value(attributes)
     ts = now_ns() if timestamp is None else timestamp_ns(timestamp)
-    data_raw = encode(data)
-    meta_raw = encode(metadata)
-    input_raw = encode(input)
+    return _start_encoded(name, scope_type, parent, attrs, encode(data), encode(metadata),
+                          encode(input), ts, kind, profile, cls)
+
+
+def _start_encoded(name, scope_type, parent, attrs, data_raw, meta_raw, input_raw, ts, kind,
+                   profile, cls):
     top = current()
     if parent is None:
         parent = top
@@ -737,27 +742,37 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
 # --------------------------------------------------------------------------------------------
 # Context managers: ``scope.scope(...)`` and the span behind ``nf.trace``.
 
-def _exc_status(exc):
-    if exc is None:
-        return STATUS_OK, None
-    text = str(exc)
-    if isinstance(exc, _CancelledError) and not text:
-        text = "cancelled"
-    return STATUS_ERROR, text
+def describe(exc) -> str:
+    """The status description of an exception: ``str(exc)``, "cancelled" for a bare cancel."""
+    try:
+        text = str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
+    if not text and type(exc).__name__ == "CancelledError":
+        asyncio = sys.modules.get("asyncio")
+        if asyncio is not None and isinstance(exc, asyncio.CancelledError):
+            return "cancelled"
+    return text
 
 
-try:  # asyncio is imported lazily by users; its CancelledError is a BaseException subclass
-    from asyncio import CancelledError as _CancelledError
-except ImportError:  # pragma: no cover
-    class _CancelledError(BaseException):
-        pass
+def _lenient(value):
+    # A value from the traced program: never raises, whatever its str() does.
+    try:
+        return encode(value, True)
+    except Exception:
+        return None
+
+
+def enabled() -> bool:
+    """Whether anything consumes events now (when not, payload capture can be skipped)."""
+    return _enabled
 
 
 class ScopeContext:
     """``with scope.scope(...) as handle``: push on enter, pop on exit (also on exceptions)."""
 
     __slots__ = ("_name", "_scope_type", "_parent", "_attrs", "_data", "_meta", "_input",
-                 "_start_ts", "_end_ts", "_frame", "_token", "_lenient")
+                 "_start_ts", "_end_ts", "_frame", "_token", "_active")
 
     def __init__(self, name, scope_type, *, handle=None, attributes=None, data=None,
                  metadata=None, input=None, timestamp=None, end_timestamp=None):
@@ -766,7 +781,7 @@ class ScopeContext:
 
     def _setup(self, name, scope_type, handle, attributes, data, metadata, input, timestamp,
                end_timestamp, lenient):
-        # Validate everything before anything is emitted.
+        # Validate and encode everything before anything is emitted.
         _check_name(name)
         if type(scope_type) is not ScopeType:
             raise TypeError(f"scope_type must be a ScopeType, not {type(scope_type).__name__}")
@@ -775,22 +790,25 @@ class ScopeContext:
         self._scope_type = scope_type
         self._parent = handle
         self._attrs = _attr_value(attributes)
-        self._data = Encoded(encode(data)) if data is not None else None
-        self._meta = Encoded(encode(metadata)) if metadata is not None else None
-        self._input = Encoded(encode(input, lenient)) if input is not None else None
-        self._start_ts = None if timestamp is None else _dt_checked(timestamp)
-        self._end_ts = None if end_timestamp is None else _dt_checked(end_timestamp)
-        self._lenient = lenient
+        self._data = encode(data)
+        self._meta = encode(metadata)
+        self._input = _lenient(input) if lenient else encode(input)
+        self._start_ts = None if timestamp is None else timestamp_ns(timestamp)
+        self._end_ts = None if end_timestamp is None else timestamp_ns(end_timestamp)
         self._frame = None
         self._token = None
+        self._active = False
 
     def _enter(self):
-        if self._frame is not None:
-            raise RuntimeError("this scope context is already in use")
-        frame = start(self._name, self._scope_type, self._parent, self._attrs, self._data,
-                      self._meta, self._input, self._start_ts)
+        if self._active:
+            raise RuntimeError("this scope block is already in use; create one per with-statement")
+        ts = now_ns() if self._start_ts is None else self._start_ts
+        frame = _start_encoded(self._name, self._scope_type, self._parent, self._attrs,
+                               self._data, self._meta, self._input, ts, KIND_SCOPE, None,
+                               ScopeHandle)
         self._frame = frame
         self._token = _current.set(frame)
+        self._active = True
         return frame
 
     def __enter__(self):
@@ -798,38 +816,46 @@ class ScopeContext:
 
     def _exit(self, exc, output):
         frame = self._frame
-        status, desc = _exc_status(exc)
+        self._active = False
         try:
             if not frame._closed:
-                ts = None if self._end_ts is None else self._end_ts
-                end(frame, Encoded(encode(output, True)) if output is not None else None, None,
-                    ts, status, desc)
+                if self._end_ts is not None:
+                    ts = self._end_ts
+                else:
+                    ts = max(now_ns(), frame._start_ns + 1000)
+                if exc is None:
+                    _end_encoded(frame, _lenient(output) if _enabled else None, None, ts,
+                                 STATUS_OK, None, None)
+                else:
+                    _end_encoded(frame, None, None, ts, STATUS_ERROR, describe(exc), None)
         finally:
             try:
                 _current.reset(self._token)
             except ValueError:  # exited in another context than entered: restore by value
                 _current.set(frame._prev)
+            self._token = None
 
     def __exit__(self, exc_type, exc, tb):
         self._exit(exc, None)
         return False
 
 
-def _dt_checked(ts):
-    timestamp_ns(ts)  # raises TypeError / ValueError for strings and naive datetimes
-    return ts
-
-
 class Span(ScopeContext):
-    """``with nf.trace(...) as span``: a scope whose output can be set while it is open."""
+    """``with nf.trace(...) as span``: a scope whose output can be set while it is open.
 
-    __slots__ = ("output",)
+    Made by ``nf.trace(...)``, it is also a decorator: ``@nf.trace("name", ...)``.
+    """
+
+    __slots__ = ("output", "_keep_output", "_decor_input", "_decorate")
 
     def __init__(self, name, scope_type=ScopeType.Function, *, attributes=None, metadata=None,
                  input=None, handle=None):
         self._setup(name, scope_type, handle, attributes, None, metadata, input, None, None,
                     True)
         self.output = None
+        self._keep_output = True
+        self._decor_input = None
+        self._decorate = None
 
     def set_output(self, value) -> None:
         """Set what the end event records as this span's output."""
@@ -841,12 +867,139 @@ class Span(ScopeContext):
         return self._frame
 
     def __enter__(self):
+        if self._name is None:
+            raise TypeError("nf.trace needs a name when used as a context manager")
         self._enter()
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self._exit(exc, self.output)
+        self._exit(exc, self.output if self._keep_output else None)
         return False
+
+    def __call__(self, fn):
+        """Decorate ``fn`` with this span's name and options."""
+        if self._decorate is None:
+            raise TypeError("this span is not a decorator; use nf.trace(...)")
+        if self._decor_input is not None and not isinstance(self._decor_input, bool):
+            raise TypeError("nf.trace input= must be True or False when decorating a function "
+                            "(an input value is for `with nf.trace(...)` blocks)")
+        meta = None if self._meta is None else Encoded(self._meta)
+        return self._decorate(fn, self._name, self._scope_type, self._attrs, meta,
+                              bool(self._decor_input), self._keep_output)
+
+    def __repr__(self):
+        return f"<nf.trace {self._name!r} {self._scope_type.name}>"
+
+
+class Tracer:
+    """``nf.trace`` for one scope type: ``@tracer``, ``@tracer("name", ...)``, ``with tracer(...)``.
+
+    ``decorate(fn, name, scope_type, attributes, metadata, keep_input, keep_output)`` is the
+    Pythonic module's function that wraps a callable.
+    """
+
+    __slots__ = ("_scope_type", "_decorate")
+
+    def __init__(self, scope_type, decorate):
+        if type(scope_type) is not ScopeType:
+            raise TypeError(f"scope_type must be a ScopeType, not {type(scope_type).__name__}")
+        self._scope_type = scope_type
+        self._decorate = decorate
+
+    @property
+    def scope_type(self):
+        return self._scope_type
+
+    def __call__(self, target=None, *, name=None, input=True, output=True, metadata=None,
+                 attributes=None):
+        """Trace a function (``@trace``) or make a decorator / ``with`` block (``trace("x")``)."""
+        if target is not None and not isinstance(target, str):
+            if name is not None and not isinstance(name, str):
+                raise TypeError(f"nf.trace name must be str, not {type(name).__name__}")
+            if input is not None and not isinstance(input, bool):
+                raise TypeError("nf.trace input= must be True or False when decorating a "
+                                "function (an input value is for `with nf.trace(...)` blocks)")
+            if not isinstance(output, bool):
+                raise TypeError(
+                    f"nf.trace output= must be True or False, not {type(output).__name__}")
+            raw = encode(metadata)
+            return self._decorate(target, name, self._scope_type, _attr_value(attributes),
+                                  None if raw is None else Encoded(raw), bool(input), output)
+        if target is not None:
+            if name is not None:
+                raise TypeError("nf.trace got the name twice (positionally and as name=)")
+            name = target
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"nf.trace name must be str, not {type(name).__name__}")
+        if not isinstance(output, bool):
+            raise TypeError(f"nf.trace output= must be True or False, not {type(output).__name__}")
+        span = object.__new__(Span)
+        span._setup(name if name is not None else "", self._scope_type, None, attributes, None,
+                    metadata, None if isinstance(input, bool) else input, None, None, True)
+        if name is None:
+            span._name = None
+        span.output = None
+        span._keep_output = output
+        span._decor_input = input
+        span._decorate = self._decorate
+        return span
+
+    def __repr__(self):
+        return f"<nf.trace.{self._scope_type.name.lower()}>"
+
+
+class TracedFunction:
+    """A traced sync function: one scope per call, input and output captured when consumed."""
+
+    __slots__ = ("_fn", "_name", "_scope_type", "_attrs", "_meta", "_capture", "_keep_output",
+                 "__dict__", "__weakref__")
+
+    def __init__(self, fn, name, scope_type, attributes, metadata, capture, keep_output):
+        _check_name(name)
+        if type(scope_type) is not ScopeType:
+            raise TypeError(f"scope_type must be a ScopeType, not {type(scope_type).__name__}")
+        self._fn = fn
+        self._name = name
+        self._scope_type = scope_type
+        self._attrs = int(attributes)
+        self._meta = encode(metadata)
+        self._capture = capture
+        self._keep_output = bool(keep_output)
+
+    def __call__(self, *args, **kwargs):
+        inp = None
+        if _enabled and self._capture is not None:
+            try:
+                inp = encode(self._capture(args, kwargs), True)
+            except Exception:  # capture must not break the traced call
+                inp = None
+        frame = _start_encoded(self._name, self._scope_type, None, self._attrs, None,
+                               self._meta, inp, now_ns(), KIND_SCOPE, None, ScopeHandle)
+        token = _current.set(frame)
+        try:
+            result = self._fn(*args, **kwargs)
+        except BaseException as exc:
+            _end_encoded(frame, None, None, max(now_ns(), frame._start_ns + 1000), STATUS_ERROR,
+                         describe(exc), None)
+            raise
+        else:
+            _end_encoded(frame, _lenient(result) if (_enabled and self._keep_output) else None,
+                         None, max(now_ns(), frame._start_ns + 1000), STATUS_OK, None, None)
+        finally:
+            try:
+                _current.reset(token)
+            except ValueError:  # the function switched contexts under us: restore by value
+                _current.set(frame._prev)
+        return result
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else types.MethodType(self, obj)
+
+    def __reduce__(self):
+        return self.__qualname__  # pickled by reference, like the function it replaces
+
+    def __repr__(self):
+        return f"<traced function {getattr(self, '__qualname__', self._name)} at {id(self):#x}>"
 
 
 # --------------------------------------------------------------------------------------------

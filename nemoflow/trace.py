@@ -12,10 +12,9 @@ import functools
 import inspect
 import sys
 import types
-from asyncio import CancelledError
 
 from ._backend import core as _core
-from ._types import ScopeAttributes, ScopeType
+from ._types import ScopeType
 
 __all__ = ["mark", "trace"]
 
@@ -31,6 +30,8 @@ def mark(name: str, *, data=None, metadata=None, data_schema=None, handle=None, 
 # recorded as its str() and never raises into the program.
 
 _EMPTY_INPUT = _core.Encoded(b"{}")
+describe = _core.describe
+enabled = _core.enabled
 
 
 def _lenient(value):
@@ -39,16 +40,6 @@ def _lenient(value):
     except Exception:  # observability must not break the traced call
         return None
     return None if raw is None else _core.Encoded(raw)
-
-
-def _describe(exc) -> str:
-    try:
-        text = str(exc)
-    except Exception:
-        text = f"<unprintable {type(exc).__name__}>"
-    if not text and isinstance(exc, CancelledError):
-        text = "cancelled"
-    return text
 
 
 def _input_capture(fn):
@@ -86,25 +77,9 @@ def _input_capture(fn):
 # Wrappers, one per kind of callable. Each binds the scope only while the traced code runs.
 
 def _wrap_function(fn, name, scope_type, attrs, meta, capture, keep_output):
-    start, end, bind, unbind = _core.start, _core.end, _core.bind, _core.unbind
-    ok, error = _core.STATUS_OK, _core.STATUS_ERROR
-
-    @functools.wraps(fn)
-    def traced(*args, **kwargs):
-        frame = start(name, scope_type, None, attrs, None, meta,
-                      None if capture is None else capture(args, kwargs), None)
-        token = bind(frame)
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            end(frame, None, None, None, error, _describe(exc))
-            raise
-        else:
-            end(frame, _lenient(result) if keep_output else None, None, None, ok, None)
-        finally:
-            unbind(token)
-        return result
-
+    # The hot path lives in the core: one start, bind, the call, one end, unbind.
+    traced = _core.TracedFunction(fn, name, scope_type, attrs, meta, capture, keep_output)
+    functools.update_wrapper(traced, fn)
     return traced
 
 
@@ -117,15 +92,16 @@ def _wrap_coroutine_function(fn, name, scope_type, attrs, meta, capture, keep_ou
     @functools.wraps(fn)
     async def traced(*args, **kwargs):
         frame = start(name, scope_type, None, attrs, None, meta,
-                      None if capture is None else capture(args, kwargs), None)
+                      None if capture is None or not enabled() else capture(args, kwargs), None)
         token = bind(frame)
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            end(frame, None, None, None, error, _describe(exc))
+            end(frame, None, None, None, error, describe(exc))
             raise
         else:
-            end(frame, _lenient(result) if keep_output else None, None, None, ok, None)
+            end(frame, _lenient(result) if keep_output and enabled() else None, None, None, ok,
+                None)
         finally:
             unbind(token)
         return result
@@ -169,9 +145,9 @@ def _generator_driver(name, scope_type, attrs, meta, keep_output):
             end(frame, None, None, None, ok, None)
             raise
         except BaseException as exc:
-            end(frame, None, None, None, error, _describe(exc))
+            end(frame, None, None, None, error, describe(exc))
             raise
-        end(frame, _lenient(result) if keep_output else None, None, None, ok, None)
+        end(frame, _lenient(result) if keep_output and enabled() else None, None, None, ok, None)
         return result
 
     return drive
@@ -223,7 +199,7 @@ def _async_generator_driver(name, scope_type, attrs, meta):
             end(frame, None, None, None, ok, None)
             raise
         except BaseException as exc:
-            end(frame, None, None, None, error, _describe(exc))
+            end(frame, None, None, None, error, describe(exc))
             raise
         end(frame, None, None, None, ok, None)
 
@@ -266,7 +242,7 @@ class _TracedGeneratorFunction:
         inner = self._fn(*args, **kwargs)
         capture = self._capture
         return self._drive(inner, _current(),
-                           None if capture is None else capture(args, kwargs))
+                           None if capture is None or not enabled() else capture(args, kwargs))
 
     def __get__(self, obj, objtype=None):
         return self if obj is None else types.MethodType(self, obj)
@@ -303,99 +279,23 @@ def _decorate(fn, name, scope_type, attrs, meta, keep_input, keep_output):
 
 
 # --------------------------------------------------------------------------------------------
-# ``nf.trace(...)`` with options: a decorator or a ``with`` block.
+# ``nf.trace(...)``: the core's Tracer makes the span (a ``with`` block, or a decorator through
+# ``_decorate``), so a ``with nf.trace("x")`` block costs what ``scope.scope`` does.
 
-class _TraceSpec:
-    """What ``nf.trace("name", ...)`` returns: decorate a function with it, or enter it."""
-
-    __slots__ = ("_name", "_scope_type", "_input", "_output", "_meta", "_attributes", "_span")
-
-    def __init__(self, name, scope_type, input, output, metadata, attributes):
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"nf.trace name must be str, not {type(name).__name__}")
-        if not isinstance(output, bool):
-            raise TypeError(f"nf.trace output= must be True or False, not {type(output).__name__}")
-        if attributes is not None and not (
-                type(attributes) is int or isinstance(attributes, ScopeAttributes)):
-            raise TypeError(
-                f"attributes must be ScopeAttributes, not {type(attributes).__name__}")
-        self._name = name
-        self._scope_type = scope_type
-        self._input = input
-        self._output = output
-        # Metadata comes from the caller, not the traced program: non-JSON is a ValueError now.
-        raw = _core.encode(metadata)
-        self._meta = None if raw is None else _core.Encoded(raw)
-        self._attributes = attributes
-        self._span = None
-
-    def __call__(self, fn):
-        if self._input is not None and not isinstance(self._input, bool):
-            raise TypeError("nf.trace input= must be True or False when decorating a function "
-                            "(an input value is for `with nf.trace(...)` blocks)")
-        return _decorate(fn, self._name, self._scope_type, self._attributes, self._meta,
-                         bool(self._input), self._output)
-
-    def __enter__(self):
-        if self._name is None:
-            raise TypeError("nf.trace needs a name when used as a context manager")
-        if self._span is not None:
-            raise RuntimeError("this nf.trace(...) block is already in use; "
-                               "create one per with-statement")
-        payload = None if isinstance(self._input, bool) else self._input
-        span = _core.Span(self._name, self._scope_type, attributes=self._attributes,
-                          metadata=self._meta, input=payload)
-        span.__enter__()
-        self._span = span
-        return span
-
-    def __exit__(self, exc_type, exc, tb):
-        span, self._span = self._span, None
-        if not self._output:
-            span.output = None
-        return span.__exit__(exc_type, exc, tb)
-
-    def __repr__(self):
-        return f"<nf.trace {self._name!r} {self._scope_type.name}>"
-
-
-class Tracer:
-    """``nf.trace`` for one scope type: ``@tracer``, ``@tracer("name", ...)``, ``with tracer(...)``."""
-
-    __slots__ = ("_scope_type",)
-
-    def __init__(self, scope_type: ScopeType):
-        self._scope_type = scope_type
-
-    def __call__(self, target=None, /, *, name=None, input=True, output=True, metadata=None,
-                 attributes=None):
-        """Trace a function (``@trace``) or make a decorator / ``with`` block (``trace("x")``)."""
-        if target is None or isinstance(target, str):
-            if target is not None and name is not None:
-                raise TypeError("nf.trace got the name twice (positionally and as name=)")
-            return _TraceSpec(target if name is None else name, self._scope_type, input, output,
-                              metadata, attributes)
-        spec = _TraceSpec(name, self._scope_type, input, output, metadata, attributes)
-        return spec(target)
-
-    def __repr__(self):
-        return f"<nf.trace.{self._scope_type.name.lower()}>"
-
-
-class _Trace(Tracer):
-    """``nf.trace``: function scopes, with one ``Tracer`` per scope type as attributes."""
+class _Trace(_core.Tracer):
+    """``nf.trace``: function scopes, with one tracer per scope type as attributes."""
 
     __slots__ = ()
 
-    agent = Tracer(ScopeType.Agent)
-    function = Tracer(ScopeType.Function)
-    retriever = Tracer(ScopeType.Retriever)
-    embedder = Tracer(ScopeType.Embedder)
-    reranker = Tracer(ScopeType.Reranker)
-    guardrail = Tracer(ScopeType.Guardrail)
-    evaluator = Tracer(ScopeType.Evaluator)
-    custom = Tracer(ScopeType.Custom)
-    unknown = Tracer(ScopeType.Unknown)
+    agent = _core.Tracer(ScopeType.Agent, _decorate)
+    function = _core.Tracer(ScopeType.Function, _decorate)
+    retriever = _core.Tracer(ScopeType.Retriever, _decorate)
+    embedder = _core.Tracer(ScopeType.Embedder, _decorate)
+    reranker = _core.Tracer(ScopeType.Reranker, _decorate)
+    guardrail = _core.Tracer(ScopeType.Guardrail, _decorate)
+    evaluator = _core.Tracer(ScopeType.Evaluator, _decorate)
+    custom = _core.Tracer(ScopeType.Custom, _decorate)
+    unknown = _core.Tracer(ScopeType.Unknown, _decorate)
 
     def __getattr__(self, attr):
         if attr in ("tool", "llm"):
@@ -408,4 +308,4 @@ class _Trace(Tracer):
         return "<nf.trace>"
 
 
-trace = _Trace(ScopeType.Function)
+trace = _Trace(ScopeType.Function, _decorate)
