@@ -20,7 +20,7 @@ _BACKENDS: dict = {}
 
 
 def backends():
-    """Both ``nemoflow`` packages (cython, python), loaded once; skip if there is no compiled core."""
+    """Both packages (cython, python), loaded once; skips when the compiled core is missing."""
     if not _BACKENDS:
         if _NO_EXT:
             pytest.skip("NEMOFLOW_NO_EXTENSIONS=1: compiled core deselected")
@@ -38,7 +38,8 @@ def backends():
 # ---------------------------------------------------------------------------------------------
 # Programs
 
-NAMES = st.sampled_from(["agent", "step", "search", "llm call", "naïve", "", "x\"y"])
+NAMES = (st.sampled_from(["agent", "step", "search", "llm call", "naïve", "", "x\"y"])
+         | st.text(max_size=4))
 SCOPE_TYPES = st.integers(0, 10)
 ATTRS = st.sampled_from([None, 1, 2, 3])
 JSON_LEAF = (st.none() | st.booleans() | st.integers(-(2 ** 53), 2 ** 53)
