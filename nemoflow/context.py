@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 
 from ._backend import core as _core
 
@@ -77,8 +78,23 @@ def bind(binding: Binding):
 
 
 def wrap(fn):
-    """``fn`` bound to the caller's current scope, wherever and whenever it is called."""
+    """``fn`` bound to the caller's current scope, wherever and whenever it is called.
+
+    For an ``async def`` function the binding covers the coroutine's whole body, not only the
+    creation of the coroutine object.
+    """
     frame = _core.current()
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def bound_coroutine(*args, **kwargs):
+            token = _core.bind(frame)
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                _core.unbind(token)
+
+        return bound_coroutine
 
     @functools.wraps(fn)
     def bound(*args, **kwargs):

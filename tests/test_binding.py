@@ -282,10 +282,6 @@ def test_wrap_passes_arguments_and_return_value(nf):
     assert wrapped.__doc__ == "adds"
 
 
-@pytest.mark.xfail(reason="BUG: nf.wrap(async_fn) binds the captured scope only while the "
-                          "coroutine object is created, not while its body runs, so scopes "
-                          "opened in the body are not children of the captured scope (wrap's "
-                          "docstring: bound 'wherever and whenever it is called')", strict=True)
 def test_wrap_async_function_runs_body_under_captured_scope(nf, events):
     async def job():
         h = nf.scope.push("async-job", nf.ScopeType.Function)
