@@ -770,7 +770,6 @@ def test_int_beyond_64_bits_is_rejected_like_the_reference(nf, events):
     assert [e.data for e in events] == [{"id": 2 ** 64 - 1, "neg": -(2 ** 63)}]
 
 
-
 def test_exception_with_unprintable_str_still_propagates(nf, events):
     class Unprintable(Exception):
         def __str__(self):
