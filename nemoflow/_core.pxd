@@ -14,6 +14,83 @@ cdef extern from "nemoflow_core.h" nogil:
     void nf_store_relaxed(unsigned long *p, unsigned long v) noexcept
 
 
+cdef extern from "nemoflow_ring.h" nogil:
+    enum:
+        NF_REC_START
+        NF_REC_END
+        NF_REC_MARK
+
+    ctypedef struct PyObject_ "PyObject"
+
+    ctypedef struct nf_record:
+        uint64_t uuid_hi, uuid_lo, parent_hi, parent_lo
+        int64_t ts
+        void *owner
+        void *name
+        void *data
+        void *meta
+        void *extra
+        void *text
+        void *profile
+        void *merged
+        unsigned int attrs
+        unsigned char type, kind, status, category
+
+    ctypedef struct nf_ring:
+        uint64_t mask, head, tail, delivered, high_water, dropped, waits, id
+        int closed
+        unsigned long thread_ident
+        nf_ring *next
+
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+
+    ctypedef struct nf_pipeline:
+        pthread_mutex_t mutex
+        pthread_cond_t work
+        pthread_cond_t progress
+        nf_ring *rings
+        uint64_t capacity
+        int flush_requests
+        int wake
+        int waiting_producers
+        int stopping
+        uint64_t rings_freed
+        uint64_t dropped_freed
+        uint64_t high_water_freed
+
+    nf_pipeline nf_pipe
+    int nf_pipe_init() noexcept
+    Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, int *stopping) noexcept
+    void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n) noexcept
+    void nf_pipe_stop() noexcept
+    void nf_pipe_restart() noexcept
+    int nf_pipe_idle() noexcept
+    int nf_pipe_flush(int64_t timeout_ns) noexcept
+    nf_ring *nf_ring_get() noexcept
+    uint64_t nf_ring_used(nf_ring *ring) noexcept
+    void nf_ring_publish(nf_ring *ring, const nf_record *rec) noexcept
+    void nf_ring_wait_for_room(nf_ring *ring) noexcept
+    uint64_t nf_ring_take(nf_ring *ring, nf_record *out, uint64_t max) noexcept
+
+    ctypedef struct nf_buf:
+        char *data
+        size_t len, cap
+    void nf_buf_free(nf_buf *b) noexcept
+    int nf_buf_reserve(nf_buf *b, size_t extra) noexcept
+    int nf_encode(nf_buf *b, const nf_record *r) noexcept
+    int nf_needs_merge(const nf_record *r) noexcept
+    int nf_write_all(int fd, const char *data, size_t len) noexcept
+
+    int pthread_mutex_lock(pthread_mutex_t *m) noexcept
+    int pthread_mutex_unlock(pthread_mutex_t *m) noexcept
+    int pthread_cond_signal(pthread_cond_t *c) noexcept
+    int pthread_cond_broadcast(pthread_cond_t *c) noexcept
+    int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m) noexcept
+
+
 cdef class Encoded:
     cdef readonly bytes raw
 
@@ -32,6 +109,7 @@ cdef class ScopeHandle:
     cdef object _meta
     cdef object _profile
     cdef int64_t _start_ns
+    cdef int _category           # ScopeType value, for the C encoder
     cdef bint _closed
     cdef bint _has_locals        # scope-local subscribers in _scope_locals[self]
     cdef object __weakref__
@@ -62,6 +140,22 @@ cdef class MarkEvent:
     cdef object _schema
     cdef object _category
     cdef object _profile
+
+
+cdef class LineSink:
+    cdef readonly str name
+    cdef int _fd
+    cdef readonly long long events
+    cdef readonly long long bytes
+    cdef readonly long long errors
+    cdef readonly long long bytes_in_file
+    cdef readonly long long max_bytes        # rotate past this size (0: never)
+    cdef int _errno                          # last write error, for force_flush to raise
+    cdef bint _reported
+    cdef object _rotate                      # () -> new fd, called with the GIL
+
+    cdef int _write(self, const char *data, size_t length, long long n_events) except -1
+    cdef void _failed(self, int err, exc) noexcept
 
 
 cdef class _Stat:

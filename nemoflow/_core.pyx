@@ -14,13 +14,18 @@
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.contextvars cimport PyContextVar_Reset, PyContextVar_Set, get_value_no_default
-from cpython.unicode cimport PyUnicode_DecodeASCII
+from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint64_t
 
+import atexit
 import contextvars
 import datetime as _dt
 import math
+import os
 import sys
 import threading
 import types
@@ -275,6 +280,7 @@ cdef ScopeHandle _new_frame(type cls, int kind, str name, object scope_type, int
     f._profile = profile
     f._start_ns = start_ns
     f._kind = kind
+    f._category = <int>scope_type
     return f
 
 
@@ -371,14 +377,24 @@ cdef object _merge_metadata(object start_raw, object end_raw, int status, object
     return _dumps(merged, option=_SORT)
 
 
-cdef inline bytes _or_null(object raw):
-    return b"null" if raw is None else <bytes>raw
+cdef str _line(nf_record *r):
+    # The one ATOF encoder (C), shared by to_json() and the exporters' lines.
+    cdef nf_buf buf
+    buf.data = NULL
+    buf.len = 0
+    buf.cap = 0
+    try:
+        if nf_encode(&buf, r) < 0:
+            raise MemoryError()
+        return PyUnicode_DecodeUTF8(buf.data, <Py_ssize_t>buf.len, NULL)
+    finally:
+        nf_buf_free(&buf)
 
 
-cdef bytes _quoted_uuid(ScopeHandle f):
-    if f is None:
-        return b"null"
-    return b'"' + f._uuid().encode() + b'"'
+cdef void _parse_uuid(str s, uint64_t *hi, uint64_t *lo) noexcept:
+    h = s.replace("-", "")
+    hi[0] = <uint64_t>int(h[:16], 16)
+    lo[0] = <uint64_t>int(h[16:], 16)
 
 
 @cython.freelist(128)
@@ -444,19 +460,27 @@ cdef class ScopeEvent:
     def to_json(self):
         """The canonical ATOF line (without the newline), as the JSONL exporter writes it."""
         cdef ScopeHandle f = self._frame
-        return b"".join((
-            b'{"atof_version":"0.1","attributes":',
-            _dumps(attribute_names(_ATTR_CLASS[f._kind], f._attrs)),
-            b',"category":"', (<str>_CATEGORIES[f._scope_type]).encode(),
-            b'","category_profile":', _or_null(f._profile),
-            b',"data":', _or_null(self._data),
-            b',"data_schema":null,"kind":"scope","metadata":', _or_null(self._metadata_raw()),
-            b',"name":', _dumps(f._name),
-            b',"parent_uuid":', _quoted_uuid(f._parent),
-            b',"scope_category":"', b"end" if self._is_end else b"start",
-            b'","timestamp":"', _format_ts(self._ts).encode(),
-            b'","uuid":"', f._uuid().encode(), b'"}',
-        )).decode()
+        cdef nf_record r
+        r.uuid_hi = f._hi
+        r.uuid_lo = f._lo
+        r.parent_hi = 0 if f._parent is None else f._parent._hi
+        r.parent_lo = 0 if f._parent is None else f._parent._lo
+        r.ts = self._ts
+        r.owner = NULL
+        r.name = <void *>f._name
+        r.data = NULL if self._data is None else <void *>self._data
+        r.meta = NULL if f._meta is None else <void *>f._meta
+        r.extra = NULL if self._end_meta is None else <void *>self._end_meta
+        r.text = NULL if self._desc is None else <void *>self._desc
+        r.profile = NULL if f._profile is None else <void *>f._profile
+        r.attrs = <unsigned int>f._attrs
+        r.type = NF_REC_END if self._is_end else NF_REC_START
+        r.kind = <unsigned char>f._kind
+        r.status = <unsigned char>self._status
+        r.category = <unsigned char>f._category
+        merged = self._metadata_raw() if nf_needs_merge(&r) else None
+        r.merged = NULL if merged is None else <void *>merged
+        return _line(&r)
 
     def to_dict(self):
         """The event as a dict with every ATOF field (a fresh copy on every call)."""
@@ -515,18 +539,25 @@ cdef class MarkEvent:
 
     def to_json(self):
         """The canonical ATOF line (without the newline), as the JSONL exporter writes it."""
-        return b"".join((
-            b'{"atof_version":"0.1","category":',
-            b"null" if self._category is None else _dumps(self._category),
-            b',"category_profile":', _or_null(self._profile),
-            b',"data":', _or_null(self._data),
-            b',"data_schema":', _or_null(self._schema),
-            b',"kind":"mark","metadata":', _or_null(self._meta),
-            b',"name":', _dumps(self._name),
-            b',"parent_uuid":', _quoted_uuid(self._parent),
-            b',"timestamp":"', _format_ts(self._ts).encode(),
-            b'","uuid":"', self._uuid_s.encode(), b'"}',
-        )).decode()
+        cdef nf_record r
+        r.parent_hi = 0 if self._parent is None else self._parent._hi
+        r.parent_lo = 0 if self._parent is None else self._parent._lo
+        _parse_uuid(self._uuid_s, &r.uuid_hi, &r.uuid_lo)
+        r.ts = self._ts
+        r.owner = NULL
+        r.name = <void *>self._name
+        r.data = NULL if self._data is None else <void *>self._data
+        r.meta = NULL if self._meta is None else <void *>self._meta
+        r.extra = NULL if self._schema is None else <void *>self._schema
+        r.text = NULL if self._category is None else <void *>self._category
+        r.profile = NULL if self._profile is None else <void *>self._profile
+        r.merged = NULL
+        r.attrs = 0
+        r.type = NF_REC_MARK
+        r.kind = 0
+        r.status = 0
+        r.category = 0
+        return _line(&r)
 
     def to_dict(self):
         """The event as a dict with every ATOF field (a fresh copy on every call)."""
@@ -714,6 +745,455 @@ cdef int _deliver(object event, ScopeHandle top) except -1:
 
 
 # ---------------------------------------------------------------------------------------------
+# The pipeline: exporters and buffered subscribers are fed from per-thread rings of C records
+# by one delivery thread, never on the traced thread. Nothing attached: nothing is recorded.
+
+cdef bint _recording = False       # any sink or buffered consumer attached
+cdef bint _drop_when_full = False  # overflow="drop": count instead of waiting for room
+cdef bint _need_thread = False     # the delivery thread must be (re)started before recording
+cdef tuple _sinks = ()             # LineSink: lines encoded in C, written without the GIL
+cdef tuple _consumers = ()         # buffered Subscribers and Python exporters (export(batch))
+cdef object _delivery = None       # the delivery threading.Thread
+cdef unsigned long _delivery_ident = 0
+cdef long long _lost_no_memory = 0
+cdef int64_t _TICK_NS = 20000000   # idle delivery interval: 20 ms
+cdef enum:
+    _BATCH = 4096
+
+if nf_pipe_init() != 0:
+    raise ImportError("nemoflow: could not initialise the event pipeline")
+
+
+cdef inline void *_own(object o):
+    if o is None:
+        return NULL
+    Py_INCREF(o)
+    return <void *>o
+
+
+cdef inline object _borrow(void *p):
+    return None if p == NULL else <object>p
+
+
+cdef void _release(nf_record *r) noexcept:
+    Py_XDECREF(<PyObject *>r.owner)
+    Py_XDECREF(<PyObject *>r.name)
+    Py_XDECREF(<PyObject *>r.data)
+    Py_XDECREF(<PyObject *>r.meta)
+    Py_XDECREF(<PyObject *>r.extra)
+    Py_XDECREF(<PyObject *>r.text)
+    Py_XDECREF(<PyObject *>r.profile)
+    Py_XDECREF(<PyObject *>r.merged)
+
+
+cdef nf_ring *_ring_with_room() except? NULL:
+    # This thread's ring once it has room for one record; NULL when the record is dropped.
+    global _lost_no_memory
+    if _need_thread:
+        _start_delivery()
+    cdef nf_ring *ring = nf_ring_get()
+    if ring == NULL:
+        _lost_no_memory += 1
+        return NULL
+    if nf_ring_used(ring) > ring.mask:
+        # The delivery thread cannot wait for itself: an event emitted by one of its own
+        # consumers into a full ring is dropped (and counted).
+        if _drop_when_full or PyThread_get_thread_ident() == _delivery_ident:
+            ring.dropped += 1
+            return NULL
+        with nogil:
+            nf_ring_wait_for_room(ring)
+    return ring
+
+
+cdef int _record_scope(int rtype, ScopeHandle frame, int64_t ts, object data, object extra,
+                       int status, object text) except -1:
+    cdef nf_ring *ring = _ring_with_room()
+    if ring == NULL:
+        return 0
+    cdef nf_record r
+    r.uuid_hi = frame._hi
+    r.uuid_lo = frame._lo
+    if frame._parent is not None:
+        r.parent_hi = frame._parent._hi
+        r.parent_lo = frame._parent._lo
+    else:
+        r.parent_hi = 0
+        r.parent_lo = 0
+    r.ts = ts
+    r.owner = _own(frame)
+    r.name = _own(frame._name)
+    r.data = _own(data)
+    r.meta = _own(frame._meta)
+    r.extra = _own(extra)
+    r.text = _own(text)
+    r.profile = _own(frame._profile)
+    r.merged = NULL
+    r.attrs = <unsigned int>frame._attrs
+    r.type = <unsigned char>rtype
+    r.kind = <unsigned char>frame._kind
+    r.status = <unsigned char>status
+    r.category = <unsigned char>frame._category
+    nf_ring_publish(ring, &r)
+    return 0
+
+
+cdef int _record_mark(uint64_t hi, uint64_t lo, ScopeHandle parent, str name, int64_t ts,
+                      object data, object meta, object schema, object category,
+                      object profile) except -1:
+    cdef nf_ring *ring = _ring_with_room()
+    if ring == NULL:
+        return 0
+    cdef nf_record r
+    r.uuid_hi = hi
+    r.uuid_lo = lo
+    r.parent_hi = parent._hi
+    r.parent_lo = parent._lo
+    r.ts = ts
+    r.owner = _own(parent)
+    r.name = _own(name)
+    r.data = _own(data)
+    r.meta = _own(meta)
+    r.extra = _own(schema)
+    r.text = _own(category)
+    r.profile = _own(profile)
+    r.merged = NULL
+    r.attrs = 0
+    r.type = NF_REC_MARK
+    r.kind = 0
+    r.status = 0
+    r.category = 0
+    nf_ring_publish(ring, &r)
+    return 0
+
+
+cdef object _event_from(nf_record *r):
+    cdef ScopeEvent sev
+    cdef MarkEvent mev
+    if r.type == NF_REC_MARK:
+        mev = MarkEvent.__new__(MarkEvent)
+        mev._uuid_s = _format_uuid(r.uuid_hi, r.uuid_lo)
+        mev._parent = <ScopeHandle><object>r.owner
+        mev._name = <str><object>r.name
+        mev._ts = r.ts
+        mev._data = _borrow(r.data)
+        mev._meta = _borrow(r.meta)
+        mev._schema = _borrow(r.extra)
+        mev._category = _borrow(r.text)
+        mev._profile = _borrow(r.profile)
+        return mev
+    sev = ScopeEvent.__new__(ScopeEvent)
+    sev._frame = <ScopeHandle><object>r.owner
+    sev._is_end = r.type == NF_REC_END
+    sev._ts = r.ts
+    sev._data = _borrow(r.data)
+    sev._end_meta = _borrow(r.extra)
+    sev._status = r.status
+    sev._desc = _borrow(r.text)
+    return sev
+
+
+@cython.final
+cdef class LineSink:
+    """A file descriptor the delivery thread writes ATOF lines to, without the GIL.
+
+    ``rotate()`` (called with the GIL when ``max_bytes`` would be exceeded) returns the new
+    descriptor. Write errors are counted, kept for ``raise_error()``, and never raised into
+    traced code.
+    """
+
+    def __init__(self, str name, int fd, long long max_bytes=0, rotate=None,
+                 long long bytes_in_file=0):
+        self.name = name
+        self._fd = fd
+        self.max_bytes = max_bytes
+        self._rotate = rotate
+        self.bytes_in_file = bytes_in_file
+
+    @property
+    def fd(self):
+        return self._fd
+
+    def raise_error(self):
+        """Raise the last write error (OSError) and forget it; nothing when there was none."""
+        err, self._errno = self._errno, 0
+        if err:
+            raise OSError(err, f"nemoflow: writing {self.name} failed: {os.strerror(err)}")
+
+    def stats(self):
+        return {"events": self.events, "bytes": self.bytes, "errors": self.errors}
+
+    cdef int _write(self, const char *data, size_t length, long long n_events) except -1:
+        cdef int err = 0
+        cdef int fd
+        if self.max_bytes and self.bytes_in_file and self.bytes_in_file + <long long>length > self.max_bytes:
+            try:
+                self._fd = self._rotate()
+                self.bytes_in_file = 0
+            except Exception as exc:
+                self._failed(getattr(exc, "errno", None) or 5, exc)
+        fd = self._fd
+        with nogil:
+            err = nf_write_all(fd, data, length)
+        if err:
+            self._failed(err, None)
+            return 0
+        self.events += n_events
+        self.bytes += <long long>length
+        self.bytes_in_file += <long long>length
+        return 0
+
+    cdef void _failed(self, int err, exc) noexcept:
+        self.errors += 1
+        self._errno = err
+        if not self._reported:
+            self._reported = True
+            try:
+                warnings.warn(f"nemoflow: exporter {self.name!r} could not write: "
+                              f"{exc if exc is not None else os.strerror(err)}; further errors "
+                              "are counted in nemoflow.diagnostics()", RuntimeWarning)
+            except Exception:
+                pass
+
+
+cdef int _deliver_batch(nf_record *batch, Py_ssize_t n, nf_buf *buf) except -1:
+    cdef tuple sinks = _sinks
+    cdef tuple consumers = _consumers
+    cdef Py_ssize_t i
+    cdef int failed = 0
+    cdef nf_record *r
+    try:
+        if sinks:
+            for i in range(n):
+                r = &batch[i]
+                if nf_needs_merge(r):
+                    r.merged = _own(_merge_metadata(_borrow(r.meta), _borrow(r.extra), r.status,
+                                                    _borrow(r.text)))
+            with nogil:
+                buf.len = 0
+                for i in range(n):
+                    if nf_encode(buf, &batch[i]) < 0 or nf_buf_reserve(buf, 1) < 0:
+                        failed = 1
+                        break
+                    buf.data[buf.len] = 10  # newline
+                    buf.len += 1
+            if failed:
+                raise MemoryError("nemoflow: out of memory encoding events")
+            for sink in sinks:
+                (<LineSink>sink)._write(buf.data, buf.len, n)
+        if consumers:
+            events = [_event_from(&batch[i]) for i in range(n)]
+            for consumer in consumers:
+                _consume(consumer, events)
+    finally:
+        for i in range(n):
+            _release(&batch[i])
+    return 0
+
+
+cdef int _consume(object consumer, list events) except -1:
+    cdef Subscriber sub
+    if isinstance(consumer, Subscriber):
+        sub = <Subscriber>consumer
+        for ev in events:
+            sub.deliver(ev)
+        return 0
+    try:
+        consumer.export(events)
+    except Exception as exc:
+        consumer_failed(consumer, exc)
+    return 0
+
+
+def consumer_failed(consumer, exc):
+    """Count (and report once) an exporter's failure; never raised into traced code."""
+    name = getattr(consumer, "name", type(consumer).__name__)
+    cdef _Stat st
+    with _registry_lock:
+        st = _stat_for(f"exporter:{name}")
+    st.errors += 1
+    if st.errors == 1:
+        warnings.warn(f"nemoflow: exporter {name!r} raised {type(exc).__name__}: {exc}; further "
+                      "errors are counted in nemoflow.diagnostics()", RuntimeWarning)
+
+
+def _delivery_main():
+    """The delivery thread: drain every ring in batches, write sinks, feed consumers."""
+    global _delivery_ident
+    _delivery_ident = PyThread_get_thread_ident()
+    cdef nf_record *batch = <nf_record *>PyMem_RawMalloc(_BATCH * sizeof(nf_record))
+    cdef uint64_t *counts = NULL
+    cdef nf_ring **rings = NULL
+    cdef size_t cap = 0
+    cdef Py_ssize_t nrings = 0, total, i
+    cdef int stopping = 0
+    cdef nf_buf buf
+    buf.data = NULL
+    buf.len = 0
+    buf.cap = 0
+    if batch == NULL:
+        raise MemoryError()
+    try:
+        while True:
+            with nogil:
+                nrings = nf_pipe_next(&rings, &cap, _TICK_NS, &stopping)
+            if nrings < 0:
+                raise MemoryError()
+            counts = <uint64_t *>PyMem_RawRealloc(counts, (nrings + 1) * sizeof(uint64_t))
+            if counts == NULL:
+                raise MemoryError()
+            total = 0
+            with nogil:
+                for i in range(nrings):
+                    counts[i] = nf_ring_take(rings[i], batch + total, _BATCH - total)
+                    total += <Py_ssize_t>counts[i]
+                if nf_pipe.waiting_producers:
+                    # room was made: waiting producers may go on before the batch is written
+                    pthread_mutex_lock(&nf_pipe.mutex)
+                    pthread_cond_broadcast(&nf_pipe.progress)
+                    pthread_mutex_unlock(&nf_pipe.mutex)
+            if total:
+                try:
+                    _deliver_batch(batch, total, &buf)
+                except BaseException as exc:  # the thread must survive whatever a batch does
+                    consumer_failed(_Pipeline, exc)
+            with nogil:
+                nf_pipe_finish(rings, counts, <size_t>nrings)
+            if stopping and total == 0 and nf_pipe_idle():
+                break
+    finally:
+        PyMem_RawFree(batch)
+        PyMem_RawFree(counts)
+        PyMem_RawFree(rings)
+        nf_buf_free(&buf)
+
+
+class _Pipeline:
+    name = "pipeline"
+
+
+cdef int _start_delivery() except -1:
+    global _delivery, _need_thread
+    with _registry_lock:
+        if _delivery is not None and _delivery.is_alive() and not _need_thread:
+            return 0
+        nf_pipe_restart()
+        thread = threading.Thread(target=_delivery_main, name="nemoflow-delivery", daemon=True)
+        thread.start()
+        _delivery = thread
+        _need_thread = False
+    return 0
+
+
+cdef void _refresh_recording() noexcept:
+    global _recording
+    _recording = len(_sinks) > 0 or len(_consumers) > 0
+
+
+def attach(consumer):
+    """Feed ``consumer`` from the pipeline: a LineSink, a buffered Subscriber, or an object
+    with ``export(events)``. Starts the delivery thread on first use."""
+    global _sinks, _consumers
+    with _registry_lock:
+        if isinstance(consumer, LineSink):
+            if consumer not in _sinks:
+                _sinks = _sinks + (consumer,)
+        elif consumer not in _consumers:
+            _consumers = _consumers + (consumer,)
+        _refresh_recording()
+    _start_delivery()
+
+
+def detach(consumer):
+    """Stop feeding ``consumer``; what was emitted before is still delivered to it first."""
+    global _sinks, _consumers
+    flush()
+    with _registry_lock:
+        _sinks = tuple([c for c in _sinks if c is not consumer])
+        _consumers = tuple([c for c in _consumers if c is not consumer])
+        _refresh_recording()
+
+
+def flush(timeout=None):
+    """Block until every event emitted before the call has been delivered; False on timeout."""
+    if _delivery is None or PyThread_get_thread_ident() == _delivery_ident:
+        return True
+    if _need_thread:
+        _start_delivery()
+    cdef int64_t t = -1 if timeout is None else <int64_t>(float(timeout) * 1e9)
+    cdef int result
+    with nogil:
+        result = nf_pipe_flush(t)
+    if result < 0:
+        raise MemoryError()
+    return result == 0
+
+
+def shutdown(timeout=5.0):
+    """Deliver everything, then stop the delivery thread (at interpreter exit)."""
+    global _delivery
+    thread = _delivery
+    if thread is None:
+        return True
+    flushed = flush(timeout)
+    nf_pipe_stop()
+    thread.join(timeout)
+    with _registry_lock:
+        _delivery = None
+    return flushed and not thread.is_alive()
+
+
+def configure(ring_size=None, overflow=None):
+    """Pipeline settings: ``ring_size`` (records per thread, a power of two, for rings made
+    from now on) and ``overflow`` ("block", the lossless default, or "drop")."""
+    global _drop_when_full
+    if ring_size is not None:
+        if (not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
+                or ring_size & (ring_size - 1)):
+            raise ValueError("ring_size must be a power of two >= 16")
+        pthread_mutex_lock(&nf_pipe.mutex)
+        nf_pipe.capacity = <uint64_t>ring_size
+        pthread_mutex_unlock(&nf_pipe.mutex)
+    if overflow is not None:
+        if overflow not in ("block", "drop"):
+            raise ValueError('overflow must be "block" or "drop"')
+        _drop_when_full = overflow == "drop"
+
+
+def _after_fork_in_child():
+    # The C fork handler already forgot the parent's rings; start a delivery thread of our own
+    # before the next record (threads do not survive fork).
+    global _need_thread, _delivery, _delivery_ident
+    _delivery = None
+    _delivery_ident = 0
+    _need_thread = _recording
+
+
+def _pipeline_stats():
+    cdef nf_ring *r
+    rings = []
+    pthread_mutex_lock(&nf_pipe.mutex)
+    try:
+        r = nf_pipe.rings
+        while r != NULL:
+            rings.append({"thread": r.thread_ident, "capacity": r.mask + 1,
+                          "pending": r.head - r.delivered, "high_water": r.high_water,
+                          "dropped": r.dropped, "waits": r.waits, "closed": bool(r.closed)})
+            r = r.next
+        dropped = nf_pipe.dropped_freed
+        high = nf_pipe.high_water_freed
+        freed = nf_pipe.rings_freed
+        capacity = nf_pipe.capacity
+    finally:
+        pthread_mutex_unlock(&nf_pipe.mutex)
+    dropped += sum(x["dropped"] for x in rings) + _lost_no_memory
+    return {"recording": _recording, "overflow": "drop" if _drop_when_full else "block",
+            "ring_size": capacity, "dropped": dropped, "rings": rings, "rings_freed": freed,
+            "high_water_freed": high}
+
+
+
+# ---------------------------------------------------------------------------------------------
 # Scope lifecycle.
 
 cdef inline int _check_name(name) except -1:
@@ -757,6 +1237,8 @@ cdef ScopeHandle _start(str name, object scope_type, ScopeHandle parent, int att
         ev._ts = ts
         ev._data = input_raw
         _deliver(ev, top)
+    if _recording:
+        _record_scope(NF_REC_START, frame, ts, input_raw, None, _STATUS_NONE, None)
     return frame
 
 
@@ -796,6 +1278,8 @@ cdef int _end(ScopeHandle frame, object out_raw, object meta_raw, int64_t ts, in
         ev._status = status
         ev._desc = desc
         _deliver(ev, frame if top is None else top)
+    if _recording:
+        _record_scope(NF_REC_END, frame, ts, out_raw, meta_raw, status, desc)
     if frame._has_locals:
         _drop_locals(frame)
     return 0
@@ -880,21 +1364,27 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     schema_raw = _check_schema(data_schema)
     profile_raw = _encode(category_profile, False)
     cdef ScopeHandle top = _top()
-    if not _enabled:
+    if not _enabled and not _recording:
         return
     cdef uint64_t hi, lo
-    cdef MarkEvent ev = MarkEvent.__new__(MarkEvent)
+    cdef MarkEvent ev
+    cdef ScopeHandle parent = top if handle is None else <ScopeHandle>handle
     nf_uuid7(ts, &hi, &lo)
-    ev._uuid_s = _format_uuid(hi, lo)
-    ev._parent = top if handle is None else <ScopeHandle>handle
-    ev._name = name
-    ev._ts = ts
-    ev._data = data_raw
-    ev._meta = meta_raw
-    ev._schema = schema_raw
-    ev._category = category
-    ev._profile = profile_raw
-    _deliver(ev, top)
+    if _enabled:
+        ev = MarkEvent.__new__(MarkEvent)
+        ev._uuid_s = _format_uuid(hi, lo)
+        ev._parent = parent
+        ev._name = name
+        ev._ts = ts
+        ev._data = data_raw
+        ev._meta = meta_raw
+        ev._schema = schema_raw
+        ev._category = category
+        ev._profile = profile_raw
+        _deliver(ev, top)
+    if _recording:
+        _record_mark(hi, lo, parent, name, ts, data_raw, meta_raw, schema_raw, category,
+                     profile_raw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1163,12 +1653,23 @@ def diagnostics():
         for name, stat in _stats.items():
             st = <_Stat>stat
             subs[name] = {"calls": st.calls, "errors": st.errors}
-    return {"backend": BACKEND, "subscribers": subs}
+        exporters = {}
+        for c in _sinks + _consumers:
+            if isinstance(c, Subscriber):
+                continue
+            name = getattr(c, "name", type(c).__name__)
+            stats = dict(c.stats()) if hasattr(c, "stats") else {}
+            st = _stats.get(f"exporter:{name}")
+            if st is not None:
+                stats["errors"] = stats.get("errors", 0) + st.errors
+            exporters[name] = stats
+    return {"backend": BACKEND, "subscribers": subs, "exporters": exporters,
+            "pipeline": _pipeline_stats()}
 
 
 def _reset_for_tests():
     """Forget subscribers, counters and registrations (test isolation only)."""
-    global _subscribers, _n_local
+    global _subscribers, _n_local, _sinks, _consumers, _drop_when_full
     with _registry_lock:
         _subscribers = ()
         _n_local = 0
@@ -1176,4 +1677,20 @@ def _reset_for_tests():
         for f in _scope_locals:
             (<ScopeHandle>f)._has_locals = False
         _scope_locals.clear()
+    flush()
+    with _registry_lock:
+        _sinks = ()
+        _consumers = ()
+        _drop_when_full = False
+        _refresh_recording()
         _refresh_enabled()
+
+
+def _before_fork():
+    # Deliver what is buffered before forking, so the child neither loses nor repeats it.
+    if _recording and _delivery is not None:
+        flush(5.0)
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+atexit.register(shutdown)

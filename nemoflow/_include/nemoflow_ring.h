@@ -1,0 +1,526 @@
+/* The event pipeline of the nemoflow core: per-thread rings of fixed-size records, the shared
+ * state the delivery thread waits on, and the ATOF line encoder.
+ *
+ * A ring has one producer (its thread, which writes records with the GIL held but takes no
+ * lock) and one consumer (the delivery thread, which copies records out without the GIL).
+ * head and tail are the only shared words; they are published with release/acquire atomics,
+ * so nothing here relies on the GIL for its correctness.
+ *
+ * Every non-NULL PyObject pointer in a record is a strong reference owned by the record (taken
+ * by the producer, released by the consumer with the GIL): objects read without the GIL are
+ * immutable (str, bytes) and kept alive by that reference.
+ */
+#ifndef NEMOFLOW_RING_H
+#define NEMOFLOW_RING_H
+
+#include <Python.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "nemoflow_core.h"
+
+enum { NF_REC_START = 0, NF_REC_END = 1, NF_REC_MARK = 2 };
+enum { NF_STATUS_NONE = 0, NF_STATUS_OK = 1, NF_STATUS_ERROR = 2 };
+
+typedef struct {
+    uint64_t uuid_hi, uuid_lo;     /* the scope's (or mark's) id */
+    uint64_t parent_hi, parent_lo; /* 0, 0: no parent (null) */
+    int64_t ts;
+    PyObject *owner;               /* the frame (scope events) or parent frame (marks) */
+    PyObject *name;                /* str */
+    PyObject *data;                /* bytes or NULL */
+    PyObject *meta;                /* bytes or NULL: start metadata, or a mark's */
+    PyObject *extra;               /* bytes or NULL: end metadata, or a mark's data_schema */
+    PyObject *text;                /* str or NULL: status description, or a mark's category */
+    PyObject *profile;             /* bytes or NULL: category_profile */
+    PyObject *merged;              /* bytes or NULL: end metadata merged by the consumer */
+    uint32_t attrs;
+    uint8_t type, kind, status, category;
+} nf_record;
+
+typedef struct nf_ring {
+    nf_record *slots;
+    uint64_t mask;                 /* capacity - 1 (capacity is a power of two) */
+    uint64_t head;                 /* next slot the producer writes (producer-owned, atomic) */
+    uint64_t tail;                 /* next slot the consumer reads (consumer-owned, atomic) */
+    uint64_t delivered;            /* records fully delivered (guarded by nf_pipe.mutex) */
+    uint64_t high_water;           /* most records ever waiting at once */
+    uint64_t dropped;              /* records dropped under overflow="drop" */
+    uint64_t waits;                /* times the producer waited for room */
+    uint64_t id;                   /* unique for the process: flush targets name rings by it */
+    int closed;                    /* its thread exited (atomic) */
+    unsigned long thread_ident;
+    struct nf_ring *next;          /* in nf_pipe.rings (guarded by nf_pipe.mutex) */
+} nf_ring;
+
+typedef struct {
+    pthread_mutex_t mutex;
+    pthread_cond_t work;           /* the delivery thread waits for work here */
+    pthread_cond_t progress;       /* flushers and full producers wait here */
+    nf_ring *rings;
+    uint64_t next_id;
+    uint64_t capacity;             /* records per new ring */
+    int flush_requests;            /* pending flushes: deliver now, do not sleep */
+    int wake;                      /* a producer asked for an early drain */
+    int waiting_producers;
+    int stopping;                  /* the delivery thread drains everything, then exits */
+    uint64_t rings_freed;
+    uint64_t dropped_freed;        /* drops counted by rings that were freed since */
+    uint64_t high_water_freed;
+} nf_pipeline;
+
+static nf_pipeline nf_pipe = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+                              PTHREAD_COND_INITIALIZER, NULL, 1, 8192, 0, 0, 0, 0, 0, 0, 0};
+static __thread nf_ring *nf_tls_ring = NULL;
+static pthread_key_t nf_ring_key;
+
+/* A thread that exits leaves its ring to the delivery thread, which frees it once drained. */
+static void nf_ring_thread_exit(void *p) {
+    nf_ring *ring = (nf_ring *)p;
+    if (ring != NULL) __atomic_store_n(&ring->closed, 1, __ATOMIC_RELEASE);
+}
+
+static void nf_pipe_prepare_fork(void) { pthread_mutex_lock(&nf_pipe.mutex); }
+static void nf_pipe_parent_fork(void) { pthread_mutex_unlock(&nf_pipe.mutex); }
+static void nf_pipe_child_fork(void) {
+    /* Only the forking thread exists in the child: re-create the primitives (their state is
+     * undefined after fork) and forget every ring. The parent delivers what they held; the
+     * child starts clean. Their memory is leaked on purpose: records in them hold references
+     * that are the parent's to release. */
+    pthread_mutex_init(&nf_pipe.mutex, NULL);
+    pthread_cond_init(&nf_pipe.work, NULL);
+    pthread_cond_init(&nf_pipe.progress, NULL);
+    nf_pipe.rings = NULL;
+    nf_pipe.flush_requests = 0;
+    nf_pipe.wake = 0;
+    nf_pipe.waiting_producers = 0;
+    nf_pipe.stopping = 0;
+    nf_tls_ring = NULL;
+    pthread_setspecific(nf_ring_key, NULL);
+}
+
+static int nf_pipe_init(void) {
+    if (pthread_key_create(&nf_ring_key, nf_ring_thread_exit) != 0) return -1;
+    return pthread_atfork(nf_pipe_prepare_fork, nf_pipe_parent_fork, nf_pipe_child_fork);
+}
+
+/* This thread's ring, created and registered on first use; NULL when out of memory. */
+static nf_ring *nf_ring_get(void) {
+    nf_ring *ring = nf_tls_ring;
+    if (ring != NULL) return ring;
+    ring = (nf_ring *)PyMem_RawCalloc(1, sizeof(nf_ring));
+    if (ring == NULL) return NULL;
+    pthread_mutex_lock(&nf_pipe.mutex);
+    uint64_t cap = nf_pipe.capacity;
+    pthread_mutex_unlock(&nf_pipe.mutex);
+    ring->slots = (nf_record *)PyMem_RawCalloc((size_t)cap, sizeof(nf_record));
+    if (ring->slots == NULL) {
+        PyMem_RawFree(ring);
+        return NULL;
+    }
+    ring->mask = cap - 1;
+    ring->thread_ident = (unsigned long)pthread_self();
+    pthread_mutex_lock(&nf_pipe.mutex);
+    ring->id = nf_pipe.next_id++;
+    ring->next = nf_pipe.rings;
+    nf_pipe.rings = ring;
+    pthread_mutex_unlock(&nf_pipe.mutex);
+    pthread_setspecific(nf_ring_key, ring);
+    nf_tls_ring = ring;
+    return ring;
+}
+
+static inline uint64_t nf_ring_used(nf_ring *ring) {
+    return ring->head - __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
+}
+
+/* Publish one record; the caller checked there is room. */
+static inline void nf_ring_publish(nf_ring *ring, const nf_record *rec) {
+    uint64_t h = ring->head;
+    ring->slots[h & ring->mask] = *rec;
+    __atomic_store_n(&ring->head, h + 1, __ATOMIC_RELEASE);
+    uint64_t used = h + 1 - __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
+    if (used > ring->high_water) ring->high_water = used;
+    /* Past a quarter full, ask for an early drain instead of waiting for the next tick. */
+    if (used == (ring->mask + 1) / 4 + 1) {
+        pthread_mutex_lock(&nf_pipe.mutex);
+        nf_pipe.wake = 1;
+        pthread_cond_signal(&nf_pipe.work);
+        pthread_mutex_unlock(&nf_pipe.mutex);
+    }
+}
+
+/* Wait (the caller released the GIL) until the ring has room for one record. */
+static void nf_ring_wait_for_room(nf_ring *ring) {
+    pthread_mutex_lock(&nf_pipe.mutex);
+    ring->waits++;
+    nf_pipe.waiting_producers++;
+    while (nf_ring_used(ring) > ring->mask) {
+        nf_pipe.wake = 1;
+        pthread_cond_signal(&nf_pipe.work);
+        pthread_cond_wait(&nf_pipe.progress, &nf_pipe.mutex);
+    }
+    nf_pipe.waiting_producers--;
+    pthread_mutex_unlock(&nf_pipe.mutex);
+}
+
+/* Copy up to max records out of ring into out; the slots are free again on return. */
+static uint64_t nf_ring_take(nf_ring *ring, nf_record *out, uint64_t max) {
+    uint64_t t = ring->tail;
+    uint64_t h = __atomic_load_n(&ring->head, __ATOMIC_ACQUIRE);
+    uint64_t n = h - t;
+    if (n > max) n = max;
+    for (uint64_t i = 0; i < n; i++) out[i] = ring->slots[(t + i) & ring->mask];
+    __atomic_store_n(&ring->tail, t + n, __ATOMIC_RELEASE);
+    return n;
+}
+
+/* ---- the delivery thread's side ------------------------------------------------------------ */
+
+static void nf_deadline(struct timespec *ts, int64_t ns_from_now) {
+    clock_gettime(CLOCK_REALTIME, ts);
+    int64_t ns = ts->tv_nsec + ns_from_now % 1000000000LL;
+    ts->tv_sec += (time_t)(ns_from_now / 1000000000LL + ns / 1000000000LL);
+    ts->tv_nsec = (long)(ns % 1000000000LL);
+}
+
+/* Wait until there is work (a flush, a producer past its threshold, or tick_ns elapsed), then
+ * copy the ring list into *rings (grown as needed). Returns the number of rings, or -1 when
+ * out of memory. *stopping tells whether shutdown was asked for. */
+static Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, int *stopping) {
+    pthread_mutex_lock(&nf_pipe.mutex);
+    if (!nf_pipe.flush_requests && !nf_pipe.wake && !nf_pipe.stopping) {
+        struct timespec deadline;
+        nf_deadline(&deadline, tick_ns);
+        pthread_cond_timedwait(&nf_pipe.work, &nf_pipe.mutex, &deadline);
+    }
+    nf_pipe.wake = 0;
+    *stopping = nf_pipe.stopping;
+    size_t n = 0;
+    for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next) n++;
+    if (n > *cap) {
+        nf_ring **grown = (nf_ring **)PyMem_RawRealloc(*rings, (n + 16) * sizeof(nf_ring *));
+        if (grown == NULL) {
+            pthread_mutex_unlock(&nf_pipe.mutex);
+            return -1;
+        }
+        *rings = grown;
+        *cap = n + 16;
+    }
+    n = 0;
+    for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next) (*rings)[n++] = r;
+    pthread_mutex_unlock(&nf_pipe.mutex);
+    return (Py_ssize_t)n;
+}
+
+/* Count what was delivered, free the rings of exited threads once drained, wake waiters. */
+static void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n) {
+    pthread_mutex_lock(&nf_pipe.mutex);
+    for (size_t i = 0; i < n; i++) rings[i]->delivered += counts[i];
+    nf_ring **link = &nf_pipe.rings;
+    while (*link != NULL) {
+        nf_ring *r = *link;
+        if (__atomic_load_n(&r->closed, __ATOMIC_ACQUIRE) && r->delivered == r->head) {
+            *link = r->next;
+            nf_pipe.rings_freed++;
+            nf_pipe.dropped_freed += r->dropped;
+            if (r->high_water > nf_pipe.high_water_freed) nf_pipe.high_water_freed = r->high_water;
+            PyMem_RawFree(r->slots);
+            PyMem_RawFree(r);
+        } else {
+            link = &r->next;
+        }
+    }
+    pthread_cond_broadcast(&nf_pipe.progress);
+    pthread_mutex_unlock(&nf_pipe.mutex);
+}
+
+/* Ask the delivery thread to stop once everything is delivered. */
+static void nf_pipe_stop(void) {
+    pthread_mutex_lock(&nf_pipe.mutex);
+    nf_pipe.stopping = 1;
+    pthread_cond_signal(&nf_pipe.work);
+    pthread_mutex_unlock(&nf_pipe.mutex);
+}
+
+static void nf_pipe_restart(void) {
+    pthread_mutex_lock(&nf_pipe.mutex);
+    nf_pipe.stopping = 0;
+    pthread_mutex_unlock(&nf_pipe.mutex);
+}
+
+/* Whether every ring is drained and delivered (the delivery thread may exit). */
+static int nf_pipe_idle(void) {
+    int idle = 1;
+    pthread_mutex_lock(&nf_pipe.mutex);
+    for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next)
+        if (r->delivered != __atomic_load_n(&r->head, __ATOMIC_ACQUIRE)) idle = 0;
+    pthread_mutex_unlock(&nf_pipe.mutex);
+    return idle;
+}
+
+/* The flush barrier: wait until every record published before the call is delivered.
+ * Returns 0, 1 on timeout (timeout_ns < 0: none), -1 when out of memory. */
+static int nf_pipe_flush(int64_t timeout_ns) {
+    pthread_mutex_lock(&nf_pipe.mutex);
+    size_t n = 0;
+    for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next) n++;
+    uint64_t *targets = (uint64_t *)PyMem_RawMalloc((2 * n + 1) * sizeof(uint64_t));
+    if (targets == NULL) {
+        pthread_mutex_unlock(&nf_pipe.mutex);
+        return -1;
+    }
+    n = 0;
+    for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next) {
+        targets[2 * n] = r->id;
+        targets[2 * n + 1] = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
+        n++;
+    }
+    nf_pipe.flush_requests++;
+    pthread_cond_signal(&nf_pipe.work);
+    struct timespec deadline;
+    if (timeout_ns >= 0) nf_deadline(&deadline, timeout_ns);
+    int result = 0;
+    for (;;) {
+        int done = 1;
+        for (size_t i = 0; i < n && done; i++) {
+            for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next) {
+                if (r->id == targets[2 * i]) {
+                    if (r->delivered < targets[2 * i + 1]) done = 0;
+                    break;
+                }
+            }  /* a ring no longer listed was drained and freed */
+        }
+        if (done) break;
+        if (timeout_ns >= 0) {
+            if (pthread_cond_timedwait(&nf_pipe.progress, &nf_pipe.mutex, &deadline) == ETIMEDOUT) {
+                result = 1;
+                break;
+            }
+        } else {
+            pthread_cond_wait(&nf_pipe.progress, &nf_pipe.mutex);
+        }
+    }
+    nf_pipe.flush_requests--;
+    pthread_mutex_unlock(&nf_pipe.mutex);
+    PyMem_RawFree(targets);
+    return result;
+}
+
+/* ---- line buffer ------------------------------------------------------------------------ */
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} nf_buf;
+
+static int nf_buf_reserve(nf_buf *b, size_t extra) {
+    if (b->len + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 65536;
+    while (cap < b->len + extra) cap *= 2;
+    char *d = (char *)PyMem_RawRealloc(b->data, cap);
+    if (d == NULL) return -1;
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+static void nf_buf_free(nf_buf *b) {
+    PyMem_RawFree(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+#define NF_PUT(b, s, n) (memcpy((b)->data + (b)->len, (s), (n)), (b)->len += (n))
+#define NF_LIT(b, s) NF_PUT(b, s, sizeof(s) - 1)
+
+/* ---- JSON strings, escaped exactly as orjson does (so lines are byte-identical) ---------- */
+
+static inline size_t nf_utf8_put(char *p, Py_UCS4 c) {
+    if (c < 0x80) { p[0] = (char)c; return 1; }
+    if (c < 0x800) { p[0] = (char)(0xC0 | (c >> 6)); p[1] = (char)(0x80 | (c & 0x3F)); return 2; }
+    if (c < 0x10000) {
+        p[0] = (char)(0xE0 | (c >> 12)); p[1] = (char)(0x80 | ((c >> 6) & 0x3F));
+        p[2] = (char)(0x80 | (c & 0x3F)); return 3;
+    }
+    p[0] = (char)(0xF0 | (c >> 18)); p[1] = (char)(0x80 | ((c >> 12) & 0x3F));
+    p[2] = (char)(0x80 | ((c >> 6) & 0x3F)); p[3] = (char)(0x80 | (c & 0x3F)); return 4;
+}
+
+/* Reads the str's own (immutable) buffer: safe without the GIL while a reference is held. */
+static int nf_put_json_str(nf_buf *b, PyObject *s) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    if (nf_buf_reserve(b, (size_t)n * 6 + 2) < 0) return -1; /* worst case: \u00XX each */
+    char *p = b->data + b->len;
+    *p++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            p += nf_utf8_put(p, c);
+            continue;
+        }
+        *p++ = '\\';
+        switch (c) {
+            case '"': *p++ = '"'; break;
+            case '\\': *p++ = '\\'; break;
+            case '\b': *p++ = 'b'; break;
+            case '\t': *p++ = 't'; break;
+            case '\n': *p++ = 'n'; break;
+            case '\f': *p++ = 'f'; break;
+            case '\r': *p++ = 'r'; break;
+            default:
+                *p++ = 'u'; *p++ = '0'; *p++ = '0';
+                *p++ = nf_hex[(c >> 4) & 0xF]; *p++ = nf_hex[c & 0xF];
+        }
+    }
+    *p++ = '"';
+    b->len = (size_t)(p - b->data);
+    return 0;
+}
+
+static int nf_put_raw(nf_buf *b, PyObject *bytes_or_null) {
+    if (bytes_or_null == NULL) {
+        if (nf_buf_reserve(b, 4) < 0) return -1;
+        NF_LIT(b, "null");
+        return 0;
+    }
+    size_t n = (size_t)PyBytes_GET_SIZE(bytes_or_null);
+    if (nf_buf_reserve(b, n) < 0) return -1;
+    NF_PUT(b, PyBytes_AS_STRING(bytes_or_null), n);
+    return 0;
+}
+
+static int nf_put_uuid(nf_buf *b, uint64_t hi, uint64_t lo) {
+    if (nf_buf_reserve(b, 38) < 0) return -1;
+    if (hi == 0 && lo == 0) {
+        NF_LIT(b, "null");
+        return 0;
+    }
+    b->data[b->len++] = '"';
+    nf_format_uuid(hi, lo, b->data + b->len);
+    b->len += 36;
+    b->data[b->len++] = '"';
+    return 0;
+}
+
+/* ---- the ATOF line ----------------------------------------------------------------------- */
+
+static const char *const nf_categories[] = {
+    "agent", "function", "tool", "llm", "retriever", "embedder", "reranker", "guardrail",
+    "evaluator", "custom", "unknown"};
+#define NF_N_CATEGORIES 11
+
+/* Attribute wire names by kind (scope, tool, llm) and bit, already in sorted order. */
+static const char *const nf_attr_names[3][2] = {
+    {"parallel", "relocatable"}, {"remote", NULL}, {"stateful", "streaming"}};
+
+/* Whether an end record's metadata needs a JSON merge (Python) rather than the C fast path:
+ * start or end metadata present. Status-only metadata is written here. */
+static inline int nf_needs_merge(const nf_record *r) {
+    return r->type == NF_REC_END && (r->meta != NULL || r->extra != NULL);
+}
+
+static int nf_put_metadata(nf_buf *b, const nf_record *r) {
+    if (r->type != NF_REC_END) return nf_put_raw(b, r->meta);
+    if (r->merged != NULL) return nf_put_raw(b, r->merged);
+    if (r->status == NF_STATUS_NONE) return nf_put_raw(b, NULL);
+    if (nf_buf_reserve(b, 64) < 0) return -1;
+    if (r->status == NF_STATUS_OK) {
+        NF_LIT(b, "{\"otel.status_code\":\"OK\"}");
+        return 0;
+    }
+    NF_LIT(b, "{\"otel.status_code\":\"ERROR\",\"otel.status_description\":");
+    if (r->text == NULL) {
+        if (nf_buf_reserve(b, 5) < 0) return -1;
+        NF_LIT(b, "null}");
+        return 0;
+    }
+    if (nf_put_json_str(b, r->text) < 0) return -1;
+    if (nf_buf_reserve(b, 1) < 0) return -1;
+    b->data[b->len++] = '}';
+    return 0;
+}
+
+/* Append the canonical ATOF line of r (without the newline). End records whose metadata needs
+ * a merge must carry it in r->merged. Returns 0, or -1 when out of memory. */
+static int nf_encode(nf_buf *b, const nf_record *r) {
+    char ts[40];
+    int ts_len = nf_format_timestamp(r->ts, ts);
+    if (nf_buf_reserve(b, 160) < 0) return -1;
+    if (r->type == NF_REC_MARK) {
+        NF_LIT(b, "{\"atof_version\":\"0.1\",\"category\":");
+        if (r->text == NULL) { NF_LIT(b, "null"); }
+        else if (nf_put_json_str(b, r->text) < 0) return -1;
+    } else {
+        NF_LIT(b, "{\"atof_version\":\"0.1\",\"attributes\":[");
+        int first = 1;
+        for (int bit = 0; bit < 2; bit++) {
+            const char *name = nf_attr_names[r->kind][bit];
+            if (name == NULL || !(r->attrs & (1u << bit))) continue;
+            if (nf_buf_reserve(b, 16) < 0) return -1;
+            if (!first) b->data[b->len++] = ',';
+            b->data[b->len++] = '"';
+            NF_PUT(b, name, strlen(name));
+            b->data[b->len++] = '"';
+            first = 0;
+        }
+        if (nf_buf_reserve(b, 32) < 0) return -1;
+        NF_LIT(b, "],\"category\":\"");
+        const char *cat = r->category < NF_N_CATEGORIES ? nf_categories[r->category] : "unknown";
+        NF_PUT(b, cat, strlen(cat));
+        b->data[b->len++] = '"';
+    }
+    if (nf_buf_reserve(b, 24) < 0) return -1;
+    NF_LIT(b, ",\"category_profile\":");
+    if (nf_put_raw(b, r->profile) < 0) return -1;
+    if (nf_buf_reserve(b, 16) < 0) return -1;
+    NF_LIT(b, ",\"data\":");
+    if (nf_put_raw(b, r->data) < 0) return -1;
+    if (nf_buf_reserve(b, 48) < 0) return -1;
+    if (r->type == NF_REC_MARK) {
+        NF_LIT(b, ",\"data_schema\":");
+        if (nf_put_raw(b, r->extra) < 0) return -1;
+        if (nf_buf_reserve(b, 32) < 0) return -1;
+        NF_LIT(b, ",\"kind\":\"mark\",\"metadata\":");
+    } else {
+        NF_LIT(b, ",\"data_schema\":null,\"kind\":\"scope\",\"metadata\":");
+    }
+    if (nf_put_metadata(b, r) < 0) return -1;
+    if (nf_buf_reserve(b, 16) < 0) return -1;
+    NF_LIT(b, ",\"name\":");
+    if (nf_put_json_str(b, r->name) < 0) return -1;
+    if (nf_buf_reserve(b, 140) < 0) return -1;
+    NF_LIT(b, ",\"parent_uuid\":");
+    nf_put_uuid(b, r->parent_hi, r->parent_lo);
+    if (r->type == NF_REC_START) NF_LIT(b, ",\"scope_category\":\"start\"");
+    else if (r->type == NF_REC_END) NF_LIT(b, ",\"scope_category\":\"end\"");
+    NF_LIT(b, ",\"timestamp\":\"");
+    NF_PUT(b, ts, (size_t)ts_len);
+    NF_LIT(b, "\",\"uuid\":");
+    nf_put_uuid(b, r->uuid_hi, r->uuid_lo);
+    b->data[b->len++] = '}';
+    return 0;
+}
+
+/* Write all of buf to fd, retrying short writes and EINTR. Returns 0 or an errno value. */
+static int nf_write_all(int fd, const char *data, size_t len) {
+    while (len > 0) {
+        ssize_t n = write(fd, data, len);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return errno ? errno : EIO;
+        }
+        data += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+#endif /* NEMOFLOW_RING_H */
