@@ -1163,10 +1163,11 @@ def configure(ring_size=None, overflow=None):
 def _after_fork_in_child():
     # The C fork handler already forgot the parent's rings; start a delivery thread of our own
     # before the next record (threads do not survive fork).
-    global _need_thread, _delivery, _delivery_ident
+    global _need_thread, _delivery, _delivery_ident, _registry_lock
     _delivery = None
     _delivery_ident = 0
     _need_thread = _recording
+    _registry_lock = threading.Lock()  # another thread may have held it at fork
 
 
 def _pipeline_stats():
@@ -1652,7 +1653,8 @@ def diagnostics():
     with _registry_lock:
         for name, stat in _stats.items():
             st = <_Stat>stat
-            subs[name] = {"calls": st.calls, "errors": st.errors}
+            if not name.startswith("exporter:"):
+                subs[name] = {"calls": st.calls, "errors": st.errors}
         exporters = {}
         for c in _sinks + _consumers:
             if isinstance(c, Subscriber):

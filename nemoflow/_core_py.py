@@ -12,9 +12,12 @@ scope sees it as parent and its own pushes never touch another task's nesting.
 
 from __future__ import annotations
 
+import atexit
+import collections
 import contextvars
 import datetime as _dt
 import math
+import os
 import random
 import sys
 import threading
@@ -585,6 +588,363 @@ def _deliver(event, top):
 
 
 # --------------------------------------------------------------------------------------------
+# The pipeline: exporters and buffered subscribers are fed from per-thread rings by one
+# delivery thread, never on the traced thread. Nothing attached: nothing is recorded. (The
+# compiled core keeps C records in its rings; the twin keeps the event objects.)
+
+_recording = False
+_drop_when_full = False
+_sinks = ()
+_consumers = ()
+_delivery = None
+_delivery_ident = 0
+_pid = os.getpid()
+_TICK = 0.02
+_BATCH = 4096
+
+_pipe_lock = threading.Lock()
+_work = threading.Condition(_pipe_lock)
+_progress = threading.Condition(_pipe_lock)
+_pipe = {"rings": [], "capacity": 8192, "next_id": 1, "flush_requests": 0, "wake": False,
+         "waiting": 0, "stopping": False, "freed": 0, "dropped_freed": 0, "high_freed": 0}
+_tls = threading.local()
+
+
+class _Ring:
+    __slots__ = ("items", "capacity", "head", "tail", "delivered", "high_water", "dropped",
+                 "waits", "closed", "thread_ident", "id", "pid")
+
+    def __init__(self, capacity, ring_id):
+        self.items = collections.deque()
+        self.capacity = capacity
+        self.head = self.tail = self.delivered = 0
+        self.high_water = self.dropped = self.waits = 0
+        self.closed = False
+        self.thread_ident = threading.get_ident()
+        self.id = ring_id
+        self.pid = _pid
+
+
+class _RingOwner:
+    """Lives in the thread's locals: when the thread ends it is dropped and closes the ring."""
+
+    __slots__ = ("ring",)
+
+    def __init__(self, ring):
+        self.ring = ring
+
+    def __del__(self):
+        self.ring.closed = True
+
+
+def _ring():
+    owner = getattr(_tls, "owner", None)
+    if owner is not None and owner.ring.pid == _pid:
+        return owner.ring
+    with _pipe_lock:
+        ring = _Ring(_pipe["capacity"], _pipe["next_id"])
+        _pipe["next_id"] += 1
+        _pipe["rings"].append(ring)
+    _tls.owner = _RingOwner(ring)
+    return ring
+
+
+def _record(ev):
+    if _delivery is None or _delivery.pid != _pid:
+        _start_delivery()
+    ring = _ring()
+    if ring.head - ring.tail >= ring.capacity:
+        # The delivery thread cannot wait for itself: an event emitted by one of its own
+        # consumers into a full ring is dropped (and counted).
+        if _drop_when_full or threading.get_ident() == _delivery_ident:
+            ring.dropped += 1
+            return
+        with _pipe_lock:
+            ring.waits += 1
+            _pipe["waiting"] += 1
+            while ring.head - ring.tail >= ring.capacity:
+                _pipe["wake"] = True
+                _work.notify()
+                _progress.wait()
+            _pipe["waiting"] -= 1
+    ring.items.append(ev)
+    ring.head += 1
+    used = ring.head - ring.tail
+    if used > ring.high_water:
+        ring.high_water = used
+    if used == ring.capacity // 4 + 1:
+        with _pipe_lock:
+            _pipe["wake"] = True
+            _work.notify()
+
+
+class LineSink:
+    """A file descriptor the delivery thread writes ATOF lines to.
+
+    ``rotate()`` (called when ``max_bytes`` would be exceeded) returns the new descriptor.
+    Write errors are counted, kept for ``raise_error()``, and never raised into traced code.
+    """
+
+    def __init__(self, name, fd, max_bytes=0, rotate=None, bytes_in_file=0):
+        if not isinstance(name, str):
+            raise TypeError("name must be str")
+        self.name = name
+        self._fd = int(fd)
+        self.max_bytes = int(max_bytes)
+        self._rotate = rotate
+        self.bytes_in_file = int(bytes_in_file)
+        self.events = self.bytes = self.errors = 0
+        self._errno = 0
+        self._reported = False
+
+    @property
+    def fd(self):
+        return self._fd
+
+    def raise_error(self):
+        """Raise the last write error (OSError) and forget it; nothing when there was none."""
+        err, self._errno = self._errno, 0
+        if err:
+            raise OSError(err, f"nemoflow: writing {self.name} failed: {os.strerror(err)}")
+
+    def stats(self):
+        return {"events": self.events, "bytes": self.bytes, "errors": self.errors}
+
+    def _write(self, data, n_events):
+        if self.max_bytes and self.bytes_in_file and self.bytes_in_file + len(data) > self.max_bytes:
+            try:
+                self._fd = self._rotate()
+                self.bytes_in_file = 0
+            except Exception as exc:
+                self._failed(getattr(exc, "errno", None) or 5, exc)
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            self._failed(exc.errno or 5, None)
+            return
+        self.events += n_events
+        self.bytes += len(data)
+        self.bytes_in_file += len(data)
+
+    def _failed(self, err, exc):
+        self.errors += 1
+        self._errno = err
+        if not self._reported:
+            self._reported = True
+            warnings.warn(f"nemoflow: exporter {self.name!r} could not write: "
+                          f"{exc if exc is not None else os.strerror(err)}; further errors are "
+                          "counted in nemoflow.diagnostics()", RuntimeWarning)
+
+
+def consumer_failed(consumer, exc):
+    """Count (and report once) an exporter's failure; never raised into traced code."""
+    name = getattr(consumer, "name", type(consumer).__name__)
+    with _registry_lock:
+        st = _stats.setdefault(f"exporter:{name}", [0, 0])
+    st[1] += 1
+    if st[1] == 1:
+        warnings.warn(f"nemoflow: exporter {name!r} raised {type(exc).__name__}: {exc}; further "
+                      "errors are counted in nemoflow.diagnostics()", RuntimeWarning)
+
+
+def _deliver_batch(batch):
+    sinks, consumers = _sinks, _consumers
+    if sinks:
+        data = b"".join([ev.to_json().encode() + b"\n" for ev in batch])
+        for sink in sinks:
+            sink._write(data, len(batch))
+    for consumer in consumers:
+        if isinstance(consumer, Subscriber):
+            for ev in batch:
+                consumer.deliver(ev)
+        else:
+            try:
+                consumer.export(list(batch))
+            except Exception as exc:
+                consumer_failed(consumer, exc)
+
+
+class _PipelineName:
+    name = "pipeline"
+
+
+def _delivery_main():
+    global _delivery_ident
+    _delivery_ident = threading.get_ident()
+    while True:
+        with _pipe_lock:
+            if not (_pipe["flush_requests"] or _pipe["wake"] or _pipe["stopping"]):
+                _work.wait(_TICK)
+            _pipe["wake"] = False
+            stopping = _pipe["stopping"]
+            rings = list(_pipe["rings"])
+        batch, counts = [], []
+        for ring in rings:
+            n = min(ring.head - ring.tail, _BATCH - len(batch))
+            for _ in range(n):
+                batch.append(ring.items.popleft())
+            ring.tail += n
+            counts.append(n)
+        if _pipe["waiting"]:
+            with _pipe_lock:
+                _progress.notify_all()
+        if batch:
+            try:
+                _deliver_batch(batch)
+            except BaseException as exc:  # the thread must survive whatever a batch does
+                consumer_failed(_PipelineName, exc)
+        with _pipe_lock:
+            for ring, n in zip(rings, counts):
+                ring.delivered += n
+            kept = []
+            for ring in _pipe["rings"]:
+                if ring.closed and ring.delivered == ring.head:
+                    _pipe["freed"] += 1
+                    _pipe["dropped_freed"] += ring.dropped
+                    _pipe["high_freed"] = max(_pipe["high_freed"], ring.high_water)
+                else:
+                    kept.append(ring)
+            _pipe["rings"] = kept
+            _progress.notify_all()
+            idle = all(r.delivered == r.head for r in kept)
+        if stopping and not batch and idle:
+            return
+
+
+def _start_delivery():
+    global _delivery
+    with _registry_lock:
+        if _delivery is not None and _delivery.pid == _pid and _delivery.is_alive():
+            return
+        with _pipe_lock:
+            _pipe["stopping"] = False
+        thread = threading.Thread(target=_delivery_main, name="nemoflow-delivery", daemon=True)
+        thread.pid = _pid
+        thread.start()
+        _delivery = thread
+
+
+def _refresh_recording():
+    global _recording
+    _recording = bool(_sinks) or bool(_consumers)
+
+
+def attach(consumer):
+    """Feed ``consumer`` from the pipeline: a LineSink, a buffered Subscriber, or an object
+    with ``export(events)``. Starts the delivery thread on first use."""
+    global _sinks, _consumers
+    with _registry_lock:
+        if isinstance(consumer, LineSink):
+            if consumer not in _sinks:
+                _sinks = _sinks + (consumer,)
+        elif consumer not in _consumers:
+            _consumers = _consumers + (consumer,)
+        _refresh_recording()
+    _start_delivery()
+
+
+def detach(consumer):
+    """Stop feeding ``consumer``; what was emitted before is still delivered to it first."""
+    global _sinks, _consumers
+    flush()
+    with _registry_lock:
+        _sinks = tuple(c for c in _sinks if c is not consumer)
+        _consumers = tuple(c for c in _consumers if c is not consumer)
+        _refresh_recording()
+
+
+def flush(timeout=None):
+    """Block until every event emitted before the call has been delivered; False on timeout."""
+    if _delivery is None or threading.get_ident() == _delivery_ident:
+        return True
+    if _delivery.pid != _pid:
+        _start_delivery()
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
+    with _pipe_lock:
+        targets = [(ring, ring.head) for ring in _pipe["rings"]]
+        _pipe["flush_requests"] += 1
+        _work.notify()
+        try:
+            while True:
+                live = _pipe["rings"]
+                if all(ring not in live or ring.delivered >= head for ring, head in targets):
+                    return True
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                _progress.wait(left)
+        finally:
+            _pipe["flush_requests"] -= 1
+
+
+def shutdown(timeout=5.0):
+    """Deliver everything, then stop the delivery thread (at interpreter exit)."""
+    global _delivery
+    thread = _delivery
+    if thread is None or thread.pid != _pid:
+        return True
+    flushed = flush(timeout)
+    with _pipe_lock:
+        _pipe["stopping"] = True
+        _work.notify()
+    thread.join(timeout)
+    with _registry_lock:
+        _delivery = None
+    return flushed and not thread.is_alive()
+
+
+def configure(ring_size=None, overflow=None):
+    """Pipeline settings: ``ring_size`` (records per thread, a power of two, for rings made
+    from now on) and ``overflow`` ("block", the lossless default, or "drop")."""
+    global _drop_when_full
+    if ring_size is not None:
+        if (not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
+                or ring_size & (ring_size - 1)):
+            raise ValueError("ring_size must be a power of two >= 16")
+        with _pipe_lock:
+            _pipe["capacity"] = ring_size
+    if overflow is not None:
+        if overflow not in ("block", "drop"):
+            raise ValueError('overflow must be "block" or "drop"')
+        _drop_when_full = overflow == "drop"
+
+
+def _before_fork():
+    # Deliver what is buffered before forking, so the child neither loses nor repeats it.
+    if _recording and _delivery is not None:
+        flush(5.0)
+
+
+def _after_fork_in_child():
+    # Only the forking thread exists in the child: new locks, no rings of the parent's (the
+    # parent delivers what they held), a delivery thread of our own before the next record.
+    global _pid, _pipe_lock, _work, _progress, _delivery, _delivery_ident, _registry_lock
+    _pid = os.getpid()
+    _pipe_lock = threading.Lock()
+    _work = threading.Condition(_pipe_lock)
+    _progress = threading.Condition(_pipe_lock)
+    _pipe.update(rings=[], flush_requests=0, wake=False, waiting=0, stopping=False)
+    _delivery = None
+    _delivery_ident = 0
+    _registry_lock = threading.Lock()
+
+
+def _pipeline_stats():
+    with _pipe_lock:
+        rings = [{"thread": r.thread_ident, "capacity": r.capacity,
+                  "pending": r.head - r.delivered, "high_water": r.high_water,
+                  "dropped": r.dropped, "waits": r.waits, "closed": r.closed}
+                 for r in _pipe["rings"]]
+        dropped = _pipe["dropped_freed"] + sum(x["dropped"] for x in rings)
+        return {"recording": _recording, "overflow": "drop" if _drop_when_full else "block",
+                "ring_size": _pipe["capacity"], "dropped": dropped, "rings": rings,
+                "rings_freed": _pipe["freed"], "high_water_freed": _pipe["high_freed"]}
+
+
+
+# --------------------------------------------------------------------------------------------
 # Scope lifecycle.
 
 def _check_name(name):
@@ -636,6 +996,8 @@ def _start_encoded(name, scope_type, parent, attrs, data_raw, meta_raw, input_ra
         ev._desc = None
         ev._meta_cache = None
         _deliver(ev, top)
+    if _recording:
+        _record(_scope_event(frame, False, ts, input_raw, None, STATUS_NONE, None))
     return frame
 
 
@@ -651,19 +1013,26 @@ def end(frame, output, metadata, timestamp, status=STATUS_NONE, desc=None, top=N
     _end_encoded(frame, out_raw, meta_raw, ts, status, desc, top)
 
 
+def _scope_event(frame, is_end, ts, data, end_meta, status, desc):
+    ev = object.__new__(ScopeEvent)
+    ev._frame = frame
+    ev._is_end = is_end
+    ev._ts = ts
+    ev._data = data
+    ev._end_meta = end_meta
+    ev._status = status
+    ev._desc = desc
+    ev._meta_cache = None
+    return ev
+
+
 def _end_encoded(frame, out_raw, meta_raw, ts, status, desc, top):
     frame._closed = True
     if _enabled:
-        ev = object.__new__(ScopeEvent)
-        ev._frame = frame
-        ev._is_end = True
-        ev._ts = ts
-        ev._data = out_raw
-        ev._end_meta = meta_raw
-        ev._status = status
-        ev._desc = desc
-        ev._meta_cache = None
-        _deliver(ev, frame if top is None else top)
+        _deliver(_scope_event(frame, True, ts, out_raw, meta_raw, status, desc),
+                 frame if top is None else top)
+    if _recording:
+        _record(_scope_event(frame, True, ts, out_raw, meta_raw, status, desc))
     if frame._locals:
         _drop_locals(frame)
 
@@ -724,7 +1093,7 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     schema_raw = _check_schema(data_schema)
     profile_raw = encode(category_profile)
     top = current()
-    if not _enabled:
+    if not _enabled and not _recording:
         return
     ev = object.__new__(MarkEvent)
     ev._uuid = _uuid7_str(ts)
@@ -736,7 +1105,10 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     ev._schema = schema_raw
     ev._category = category
     ev._profile = profile_raw
-    _deliver(ev, top)
+    if _enabled:
+        _deliver(ev, top)
+    if _recording:
+        _record(ev)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1007,18 +1379,36 @@ class TracedFunction:
 def diagnostics() -> dict:
     """Counters of what the core delivered and what failed, per subscriber."""
     with _registry_lock:
-        subs = {name: {"calls": s[0], "errors": s[1]} for name, s in _stats.items()}
-    return {"backend": BACKEND, "subscribers": subs}
+        subs = {name: {"calls": s[0], "errors": s[1]} for name, s in _stats.items()
+                if not name.startswith("exporter:")}
+        exporters = {}
+        for c in _sinks + _consumers:
+            if isinstance(c, Subscriber):
+                continue
+            name = getattr(c, "name", type(c).__name__)
+            stats = dict(c.stats()) if hasattr(c, "stats") else {}
+            st = _stats.get(f"exporter:{name}")
+            if st is not None:
+                stats["errors"] = stats.get("errors", 0) + st[1]
+            exporters[name] = stats
+    return {"backend": BACKEND, "subscribers": subs, "exporters": exporters,
+            "pipeline": _pipeline_stats()}
 
 
 def _reset_for_tests() -> None:
     """Forget subscribers, counters and this context's binding (test isolation only)."""
-    global _subscribers, _n_local
+    global _subscribers, _n_local, _sinks, _consumers, _drop_when_full
     with _registry_lock:
         _subscribers = ()
         _n_local = 0
         _stats.clear()
         _refresh_enabled()
+    flush()
+    with _registry_lock:
+        _sinks = ()
+        _consumers = ()
+        _drop_when_full = False
+        _refresh_recording()
 
 
 def root_of(frame) -> ScopeHandle:
@@ -1026,3 +1416,7 @@ def root_of(frame) -> ScopeHandle:
     while frame._parent is not None:
         frame = frame._parent
     return frame
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+atexit.register(shutdown)
