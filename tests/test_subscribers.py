@@ -216,15 +216,75 @@ def test_subscriber_may_emit_from_its_callback(nf):
     assert seen == ["ping", "pong"]
 
 
-@pytest.mark.xfail(reason="BUG: subscribers.register() has no buffered= keyword (API.md: "
-                          "register(name, callback, *, buffered=False))", strict=True)
-def test_buffered_subscriber(nf):
+def test_buffered_subscriber_gets_events_on_delivery_thread_after_flush(nf):
     seen = []
-    nf.subscribers.register("buf", seen.append, buffered=True)
+    nf.subscribers.register("buf", lambda e: seen.append((e.name, getattr(
+        e, "scope_category", None), threading.get_ident())), buffered=True)
     h = nf.scope.push("x", nf.ScopeType.Function)
+    nf.scope.event("m")
     nf.scope.pop(h)
     nf.subscribers.flush()
-    assert names(seen) == [("x", "start"), ("x", "end")]
+    assert [(n, c) for n, c, _ in seen] == [("x", "start"), ("m", None), ("x", "end")]
+    assert {ident for _, _, ident in seen} != {threading.get_ident()}
+
+
+def test_buffered_subscriber_emission_order_per_thread(nf):
+    seen = []
+    nf.subscribers.register("buf", lambda e: seen.append(e.name), buffered=True)
+
+    def worker(t):
+        for i in range(200):
+            nf.scope.event(f"{t}:{i}")
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    nf.subscribers.flush()
+    assert len(seen) == 800
+    for t in range(4):
+        assert [n for n in seen if n.startswith(f"{t}:")] == [f"{t}:{i}" for i in range(200)]
+
+
+def test_buffered_subscriber_flush_async(nf):
+    seen = []
+    nf.subscribers.register("buf", seen.append, buffered=True)
+
+    async def main():
+        nf.scope.event("m")
+        await nf.subscribers.flush_async()
+        return [e.name for e in seen]
+
+    assert asyncio.run(main()) == ["m"]
+
+
+def test_buffered_and_sync_subscribers_see_the_same_stream(nf, events):
+    buffered = []
+    nf.subscribers.register("buf", buffered.append, buffered=True)
+    with nf.scope.scope("s", nf.ScopeType.Agent):
+        nf.scope.event("m", data={"k": 1})
+    nf.subscribers.flush()
+    assert [e.to_json() for e in buffered] == [e.to_json() for e in events]
+
+
+def test_raising_buffered_subscriber_is_isolated(nf, events):
+    def bad(event):
+        raise ValueError("buffered boom")
+
+    nf.subscribers.register("bad-buf", bad, buffered=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nf.scope.event("m1")
+        nf.scope.event("m2")
+        nf.subscribers.flush()
+    assert [e.name for e in events] == ["m1", "m2"]
+    assert nf.diagnostics()["subscribers"]["bad-buf"]["errors"] == 2
+
+
+def test_buffered_must_be_bool(nf):
+    with pytest.raises(TypeError):
+        nf.subscribers.register("buf", lambda e: None, buffered="yes")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +304,16 @@ def test_flush_inside_running_loop_raises(nf):
         await nf.subscribers.flush_async()
 
     asyncio.run(main())
+
+
+def test_flush_from_executor_thread_of_running_loop_returns(nf, events):
+    async def main():
+        nf.scope.event("m")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, nf.subscribers.flush)
+
+    assert asyncio.run(main()) is None
+    assert len(events) == 1
 
 
 def test_flush_async(nf, events):
@@ -335,6 +405,25 @@ def test_scope_local_not_in_other_threads(nf):
     nf.scope.event("here")
     nf.scope.pop(s)
     assert names(seen) == [("here", None), ("s", "end")]
+
+
+def test_scope_local_sees_bound_worker_thread(nf):
+    seen = []
+    with nf.scope.scope("s", nf.ScopeType.Agent) as s:
+        nf.scope_local.register_subscriber(
+            s, "local", lambda e: seen.append((e.name, threading.get_ident())))
+
+        def job():
+            with nf.scope.scope("in-worker", nf.ScopeType.Function):
+                pass
+            return threading.get_ident()
+
+        box = []
+        wrapped = nf.wrap(job)
+        t = threading.Thread(target=lambda: box.append(wrapped()))
+        t.start()
+        t.join()
+    assert seen == [("in-worker", box[0]), ("in-worker", box[0]), ("s", threading.get_ident())]
 
 
 def test_scope_local_in_child_tasks(nf):
