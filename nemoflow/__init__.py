@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import scope, scope_local, subscribers
+from . import exporters, scope, scope_local, subscribers
 from ._backend import BACKEND
 from ._backend import core as _core
 from ._types import (
@@ -31,6 +31,7 @@ from .context import (
     use_scope_stack,
     wrap,
 )
+from .exporters import AtofExporter, AtofExporterConfig, AtofExporterMode
 from .trace import mark, trace
 
 ScopeHandle = _core.ScopeHandle
@@ -38,11 +39,15 @@ ScopeEvent = _core.ScopeEvent
 MarkEvent = _core.MarkEvent
 Event = ScopeEvent | MarkEvent
 diagnostics = _core.diagnostics
+configure = _core.configure
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyExistsError",
+    "AtofExporter",
+    "AtofExporterConfig",
+    "AtofExporterMode",
     "BACKEND",
     "Binding",
     "Event",
@@ -61,8 +66,10 @@ __all__ = [
     "ToolAttributes",
     "bind",
     "capture",
+    "configure",
     "create_scope_stack",
     "diagnostics",
+    "exporters",
     "fork_asyncio_context",
     "get_scope_stack",
     "mark",

@@ -143,7 +143,7 @@ cdef class MarkEvent:
 
 
 cdef class LineSink:
-    cdef readonly str name
+    cdef public str name
     cdef int _fd
     cdef readonly long long events
     cdef readonly long long bytes

@@ -1,0 +1,6 @@
+"""Exporters: each consumes the event stream from the pipeline's delivery thread, never on the
+traced thread. Errors are counted in ``nemoflow.diagnostics()``, never raised into traced code."""
+
+from .atof import AtofExporter, AtofExporterConfig, AtofExporterMode
+
+__all__ = ["AtofExporter", "AtofExporterConfig", "AtofExporterMode"]
