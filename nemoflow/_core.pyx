@@ -1669,8 +1669,8 @@ def diagnostics():
             "pipeline": _pipeline_stats()}
 
 
-def _reset_for_tests():
-    """Forget subscribers, counters and registrations (test isolation only)."""
+def _forget_registrations():
+    """Forget subscribers, exporters, counters and registrations (tests, and at exit)."""
     global _subscribers, _n_local, _sinks, _consumers, _drop_when_full
     with _registry_lock:
         _subscribers = ()
@@ -1694,5 +1694,14 @@ def _before_fork():
         flush(5.0)
 
 
+def _at_exit():
+    # Deliver what is buffered, then let go of every callback and exporter: registries held
+    # by this module are not cleared by interpreter teardown, and a callback's globals (an open
+    # file of __main__, say) must be finalized normally. atexit handlers registered after
+    # nemoflow was imported run before this one, so what they emit is still delivered.
+    shutdown()
+    _forget_registrations()
+
+
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
-atexit.register(shutdown)
+atexit.register(_at_exit)

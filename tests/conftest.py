@@ -27,7 +27,7 @@ def nf_session(request):
 
 def _reset(nf) -> None:
     nf.subscribers._clear()
-    nf._core._reset_for_tests()
+    nf._core._forget_registrations()
 
 
 @pytest.fixture

@@ -672,12 +672,7 @@ nf.scope.event("m")
 """
 
 
-def test_interpreter_exit_finalizes_objects_held_by_subscribers(nf, tmp_path, request):
-    if nf.BACKEND == "cython":
-        request.applymarker(pytest.mark.xfail(
-            reason="BUG: with the compiled core, a registered subscriber keeps __main__'s "
-                   "globals from being finalized at exit, so an open file the script wrote to "
-                   "is never flushed and its data is lost (the twin flushes it)", strict=True))
+def test_interpreter_exit_finalizes_objects_held_by_subscribers(nf, tmp_path):
     out = tmp_path / "out.txt"
     proc = subprocess.run([sys.executable, "-c", FINALIZE_SCRIPT, str(out)],
                           env=_backend_env(nf), capture_output=True, text=True, timeout=60,
