@@ -205,7 +205,7 @@ def normalized(stream):
 
 def run_program(nf, program):
     nf.subscribers._clear()
-    nf._core._reset_for_tests()
+    nf._core._forget_registrations()
     token = nf._core.bind(nf._core.new_root())
     runner = Runner(nf)
     try:
@@ -217,7 +217,7 @@ def run_program(nf, program):
     finally:
         nf._core.unbind(token)
         nf.subscribers._clear()
-        nf._core._reset_for_tests()
+        nf._core._forget_registrations()
     return normalized(runner.stream), runner.outcomes
 
 
