@@ -22,10 +22,14 @@ cdef extern from "nemoflow_ring.h" nogil:
 
     ctypedef struct PyObject_ "PyObject"
 
+    enum:
+        NF_NAME_INLINE
+        NF_RECORD_REFS
+        NF_MAX_SINKS
+
     ctypedef struct nf_record:
         uint64_t uuid_hi, uuid_lo, parent_hi, parent_lo
         int64_t ts
-        void *owner
         void *name
         void *data
         void *meta
@@ -35,6 +39,20 @@ cdef extern from "nemoflow_ring.h" nogil:
         void *merged
         unsigned int attrs
         unsigned char type, kind, status, category
+        char name_inline[23]
+        unsigned char name_len
+    void **nf_record_ref(nf_record *r, int i) noexcept
+
+    ctypedef struct nf_sink:
+        int fd
+        int err
+        int refs
+        int failures_unreported
+        int64_t events, bytes, errors, bytes_in_file, max_bytes
+    nf_sink *nf_sink_new(int fd) noexcept
+    void nf_sink_release(nf_sink *k) noexcept
+    int nf_sink_attach(nf_sink *k) noexcept
+    void nf_sink_detach(nf_sink *k) noexcept
 
     ctypedef struct nf_ring:
         uint64_t mask, head, tail, delivered, high_water, dropped, waits, id
@@ -63,8 +81,10 @@ cdef extern from "nemoflow_ring.h" nogil:
 
     nf_pipeline nf_pipe
     int nf_pipe_init() noexcept
-    Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, int *stopping) noexcept
-    void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n) noexcept
+    Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, int *stopping,
+                            nf_sink **sinks, int *n_sinks) noexcept
+    void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n, nf_sink **sinks,
+                        int n_sinks) noexcept
     void nf_pipe_stop() noexcept
     void nf_pipe_restart() noexcept
     int nf_pipe_idle() noexcept
@@ -118,7 +138,13 @@ cdef class ScopeHandle:
 
 
 cdef class ScopeEvent:
-    cdef ScopeHandle _frame
+    # Self-contained (no frame): built on the emitting thread for synchronous subscribers, or
+    # from a ring record on the delivery thread.
+    cdef uint64_t _hi, _lo, _phi, _plo
+    cdef str _name
+    cdef int _attrs, _kind, _category
+    cdef object _meta            # the scope's start metadata (bytes or None)
+    cdef object _profile
     cdef bint _is_end
     cdef int64_t _ts
     cdef object _data
@@ -131,8 +157,7 @@ cdef class ScopeEvent:
 
 
 cdef class MarkEvent:
-    cdef str _uuid_s
-    cdef ScopeHandle _parent
+    cdef uint64_t _hi, _lo, _phi, _plo
     cdef str _name
     cdef int64_t _ts
     cdef object _data
@@ -144,18 +169,9 @@ cdef class MarkEvent:
 
 cdef class LineSink:
     cdef public str name
-    cdef int _fd
-    cdef readonly long long events
-    cdef readonly long long bytes
-    cdef readonly long long errors
-    cdef readonly long long bytes_in_file
-    cdef readonly long long max_bytes        # rotate past this size (0: never)
-    cdef int _errno                          # last write error, for force_flush to raise
-    cdef bint _reported
+    cdef nf_sink *_k                         # shared with the delivery thread
     cdef object _rotate                      # () -> new fd, called with the GIL
-
-    cdef int _write(self, const char *data, size_t length, long long n_events) except -1
-    cdef void _failed(self, int err, exc) noexcept
+    cdef bint _reported
 
 
 cdef class _Stat:

@@ -19,6 +19,12 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.contextvars cimport PyContextVar_Reset, PyContextVar_Set, get_value_no_default
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
+from libc.string cimport memcpy
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    void *PyUnicode_DATA(object o)
 from libc.stdint cimport int64_t, uint64_t
 
 import atexit
@@ -391,10 +397,8 @@ cdef str _line(nf_record *r):
         nf_buf_free(&buf)
 
 
-cdef void _parse_uuid(str s, uint64_t *hi, uint64_t *lo) noexcept:
-    h = s.replace("-", "")
-    hi[0] = <uint64_t>int(h[:16], 16)
-    lo[0] = <uint64_t>int(h[16:], 16)
+cdef inline str _uuid_or_none(uint64_t hi, uint64_t lo):
+    return None if hi == 0 and lo == 0 else _format_uuid(hi, lo)
 
 
 @cython.freelist(128)
@@ -407,11 +411,11 @@ cdef class ScopeEvent:
 
     @property
     def uuid(self):
-        return self._frame._uuid()
+        return _format_uuid(self._hi, self._lo)
 
     @property
     def parent_uuid(self):
-        return None if self._frame._parent is None else self._frame._parent._uuid()
+        return _uuid_or_none(self._phi, self._plo)
 
     @property
     def timestamp(self):
@@ -423,7 +427,7 @@ cdef class ScopeEvent:
 
     @property
     def name(self):
-        return self._frame._name
+        return self._name
 
     @property
     def data(self):
@@ -431,9 +435,9 @@ cdef class ScopeEvent:
 
     cdef object _metadata_raw(self):
         if not self._is_end:
-            return self._frame._meta
+            return self._meta
         if self._meta_cache is None:
-            self._meta_cache = (_merge_metadata(self._frame._meta, self._end_meta, self._status,
+            self._meta_cache = (_merge_metadata(self._meta, self._end_meta, self._status,
                                                 self._desc),)
         return self._meta_cache[0]
 
@@ -447,37 +451,20 @@ cdef class ScopeEvent:
 
     @property
     def attributes(self):
-        return attribute_names(_ATTR_CLASS[self._frame._kind], self._frame._attrs)
+        return attribute_names(_ATTR_CLASS[self._kind], self._attrs)
 
     @property
     def category(self):
-        return _CATEGORIES[self._frame._scope_type]
+        return _CATEGORIES[self._category]
 
     @property
     def category_profile(self):
-        return _decode(self._frame._profile)
+        return _decode(self._profile)
 
     def to_json(self):
         """The canonical ATOF line (without the newline), as the JSONL exporter writes it."""
-        cdef ScopeHandle f = self._frame
         cdef nf_record r
-        r.uuid_hi = f._hi
-        r.uuid_lo = f._lo
-        r.parent_hi = 0 if f._parent is None else f._parent._hi
-        r.parent_lo = 0 if f._parent is None else f._parent._lo
-        r.ts = self._ts
-        r.owner = NULL
-        r.name = <void *>f._name
-        r.data = NULL if self._data is None else <void *>self._data
-        r.meta = NULL if f._meta is None else <void *>f._meta
-        r.extra = NULL if self._end_meta is None else <void *>self._end_meta
-        r.text = NULL if self._desc is None else <void *>self._desc
-        r.profile = NULL if f._profile is None else <void *>f._profile
-        r.attrs = <unsigned int>f._attrs
-        r.type = NF_REC_END if self._is_end else NF_REC_START
-        r.kind = <unsigned char>f._kind
-        r.status = <unsigned char>self._status
-        r.category = <unsigned char>f._category
+        _record_of_scope_event(&r, self)
         merged = self._metadata_raw() if nf_needs_merge(&r) else None
         r.merged = NULL if merged is None else <void *>merged
         return _line(&r)
@@ -490,6 +477,51 @@ cdef class ScopeEvent:
         return f"<ScopeEvent {self.scope_category} {self.name!r} {self.uuid}>"
 
 
+cdef void _record_of_scope_event(nf_record *r, ScopeEvent ev) noexcept:
+    # Borrowed pointers: for encoding while ev is alive.
+    r.uuid_hi = ev._hi
+    r.uuid_lo = ev._lo
+    r.parent_hi = ev._phi
+    r.parent_lo = ev._plo
+    r.ts = ev._ts
+    r.name = <void *>ev._name
+    r.data = NULL if ev._data is None else <void *>ev._data
+    r.meta = NULL if ev._meta is None else <void *>ev._meta
+    r.extra = NULL if ev._end_meta is None else <void *>ev._end_meta
+    r.text = NULL if ev._desc is None else <void *>ev._desc
+    r.profile = NULL if ev._profile is None else <void *>ev._profile
+    r.merged = NULL
+    r.attrs = <unsigned int>ev._attrs
+    r.type = NF_REC_END if ev._is_end else NF_REC_START
+    r.kind = <unsigned char>ev._kind
+    r.status = <unsigned char>ev._status
+    r.category = <unsigned char>ev._category
+    r.name_len = 0
+
+
+cdef ScopeEvent _scope_event(ScopeHandle f, bint is_end, int64_t ts, object data,
+                             object end_meta, int status, object desc):
+    cdef ScopeEvent ev = ScopeEvent.__new__(ScopeEvent)
+    ev._hi = f._hi
+    ev._lo = f._lo
+    if f._parent is not None:
+        ev._phi = f._parent._hi
+        ev._plo = f._parent._lo
+    ev._name = f._name
+    ev._attrs = f._attrs
+    ev._kind = f._kind
+    ev._category = f._category
+    ev._meta = f._meta
+    ev._profile = f._profile
+    ev._is_end = is_end
+    ev._ts = ts
+    ev._data = data
+    ev._end_meta = end_meta
+    ev._status = status
+    ev._desc = desc
+    return ev
+
+
 @cython.freelist(64)
 cdef class MarkEvent:
     """A point-in-time event (ATOF ``kind: "mark"``)."""
@@ -499,11 +531,11 @@ cdef class MarkEvent:
 
     @property
     def uuid(self):
-        return self._uuid_s
+        return _format_uuid(self._hi, self._lo)
 
     @property
     def parent_uuid(self):
-        return None if self._parent is None else self._parent._uuid()
+        return _uuid_or_none(self._phi, self._plo)
 
     @property
     def timestamp(self):
@@ -540,11 +572,11 @@ cdef class MarkEvent:
     def to_json(self):
         """The canonical ATOF line (without the newline), as the JSONL exporter writes it."""
         cdef nf_record r
-        r.parent_hi = 0 if self._parent is None else self._parent._hi
-        r.parent_lo = 0 if self._parent is None else self._parent._lo
-        _parse_uuid(self._uuid_s, &r.uuid_hi, &r.uuid_lo)
+        r.uuid_hi = self._hi
+        r.uuid_lo = self._lo
+        r.parent_hi = self._phi
+        r.parent_lo = self._plo
         r.ts = self._ts
-        r.owner = NULL
         r.name = <void *>self._name
         r.data = NULL if self._data is None else <void *>self._data
         r.meta = NULL if self._meta is None else <void *>self._meta
@@ -557,6 +589,7 @@ cdef class MarkEvent:
         r.kind = 0
         r.status = 0
         r.category = 0
+        r.name_len = 0
         return _line(&r)
 
     def to_dict(self):
@@ -564,7 +597,7 @@ cdef class MarkEvent:
         return _loads(self.to_json())
 
     def __repr__(self):
-        return f"<MarkEvent {self._name!r} {self._uuid_s}>"
+        return f"<MarkEvent {self._name!r} {self.uuid}>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -757,8 +790,10 @@ cdef object _delivery = None       # the delivery threading.Thread
 cdef unsigned long _delivery_ident = 0
 cdef long long _lost_no_memory = 0
 cdef int64_t _TICK_NS = 20000000   # idle delivery interval: 20 ms
+cdef int _n_consumers = 0        # len(_consumers), readable without the GIL
 cdef enum:
     _BATCH = 4096
+    _PENDING_REFS = 65536
 
 if nf_pipe_init() != 0:
     raise ImportError("nemoflow: could not initialise the event pipeline")
@@ -775,15 +810,17 @@ cdef inline object _borrow(void *p):
     return None if p == NULL else <object>p
 
 
-cdef void _release(nf_record *r) noexcept:
-    Py_XDECREF(<PyObject *>r.owner)
-    Py_XDECREF(<PyObject *>r.name)
-    Py_XDECREF(<PyObject *>r.data)
-    Py_XDECREF(<PyObject *>r.meta)
-    Py_XDECREF(<PyObject *>r.extra)
-    Py_XDECREF(<PyObject *>r.text)
-    Py_XDECREF(<PyObject *>r.profile)
-    Py_XDECREF(<PyObject *>r.merged)
+cdef inline void _set_name(nf_record *r, str name) noexcept:
+    # Short ASCII names are copied into the record: no reference for the consumer to release.
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(name)
+    if PyUnicode_IS_COMPACT_ASCII(name) and n <= NF_NAME_INLINE:
+        memcpy(r.name_inline, PyUnicode_DATA(name), <size_t>n)
+        r.name_len = <unsigned char>n
+        r.name = NULL
+    else:
+        Py_INCREF(name)
+        r.name = <void *>name
+        r.name_len = 0
 
 
 cdef nf_ring *_ring_with_room() except? NULL:
@@ -821,8 +858,7 @@ cdef int _record_scope(int rtype, ScopeHandle frame, int64_t ts, object data, ob
         r.parent_hi = 0
         r.parent_lo = 0
     r.ts = ts
-    r.owner = _own(frame)
-    r.name = _own(frame._name)
+    _set_name(&r, frame._name)
     r.data = _own(data)
     r.meta = _own(frame._meta)
     r.extra = _own(extra)
@@ -850,8 +886,7 @@ cdef int _record_mark(uint64_t hi, uint64_t lo, ScopeHandle parent, str name, in
     r.parent_hi = parent._hi
     r.parent_lo = parent._lo
     r.ts = ts
-    r.owner = _own(parent)
-    r.name = _own(name)
+    _set_name(&r, name)
     r.data = _own(data)
     r.meta = _own(meta)
     r.extra = _own(schema)
@@ -867,14 +902,22 @@ cdef int _record_mark(uint64_t hi, uint64_t lo, ScopeHandle parent, str name, in
     return 0
 
 
+cdef str _record_name(nf_record *r):
+    if r.name != NULL:
+        return <str><object>r.name
+    return PyUnicode_DecodeASCII(r.name_inline, r.name_len, NULL)
+
+
 cdef object _event_from(nf_record *r):
     cdef ScopeEvent sev
     cdef MarkEvent mev
     if r.type == NF_REC_MARK:
         mev = MarkEvent.__new__(MarkEvent)
-        mev._uuid_s = _format_uuid(r.uuid_hi, r.uuid_lo)
-        mev._parent = <ScopeHandle><object>r.owner
-        mev._name = <str><object>r.name
+        mev._hi = r.uuid_hi
+        mev._lo = r.uuid_lo
+        mev._phi = r.parent_hi
+        mev._plo = r.parent_lo
+        mev._name = _record_name(r)
         mev._ts = r.ts
         mev._data = _borrow(r.data)
         mev._meta = _borrow(r.meta)
@@ -883,7 +926,16 @@ cdef object _event_from(nf_record *r):
         mev._profile = _borrow(r.profile)
         return mev
     sev = ScopeEvent.__new__(ScopeEvent)
-    sev._frame = <ScopeHandle><object>r.owner
+    sev._hi = r.uuid_hi
+    sev._lo = r.uuid_lo
+    sev._phi = r.parent_hi
+    sev._plo = r.parent_lo
+    sev._name = _record_name(r)
+    sev._attrs = r.attrs
+    sev._kind = r.kind
+    sev._category = r.category
+    sev._meta = _borrow(r.meta)
+    sev._profile = _borrow(r.profile)
     sev._is_end = r.type == NF_REC_END
     sev._ts = r.ts
     sev._data = _borrow(r.data)
@@ -902,93 +954,101 @@ cdef class LineSink:
     traced code.
     """
 
+    def __cinit__(self, str name, int fd, long long max_bytes=0, rotate=None,
+                  long long bytes_in_file=0):
+        self._k = nf_sink_new(fd)
+        if self._k == NULL:
+            raise MemoryError()
+
     def __init__(self, str name, int fd, long long max_bytes=0, rotate=None,
                  long long bytes_in_file=0):
         self.name = name
-        self._fd = fd
-        self.max_bytes = max_bytes
+        self._k.max_bytes = max_bytes
+        self._k.bytes_in_file = bytes_in_file
         self._rotate = rotate
-        self.bytes_in_file = bytes_in_file
+
+    def __dealloc__(self):
+        if self._k != NULL:
+            nf_sink_release(self._k)
 
     @property
     def fd(self):
-        return self._fd
+        return self._k.fd
+
+    @property
+    def events(self):
+        return self._k.events
+
+    @property
+    def bytes(self):
+        return self._k.bytes
+
+    @property
+    def errors(self):
+        return self._k.errors
 
     def raise_error(self):
         """Raise the last write error (OSError) and forget it; nothing when there was none."""
-        err, self._errno = self._errno, 0
+        err, self._k.err = self._k.err, 0
         if err:
             raise OSError(err, f"nemoflow: writing {self.name} failed: {os.strerror(err)}")
 
     def stats(self):
-        return {"events": self.events, "bytes": self.bytes, "errors": self.errors}
+        return {"events": self._k.events, "bytes": self._k.bytes, "errors": self._k.errors}
 
-    cdef int _write(self, const char *data, size_t length, long long n_events) except -1:
-        cdef int err = 0
-        cdef int fd
-        if self.max_bytes and self.bytes_in_file and self.bytes_in_file + <long long>length > self.max_bytes:
-            try:
-                self._fd = self._rotate()
-                self.bytes_in_file = 0
-            except Exception as exc:
-                self._failed(getattr(exc, "errno", None) or 5, exc)
-        fd = self._fd
-        with nogil:
-            err = nf_write_all(fd, data, length)
-        if err:
-            self._failed(err, None)
-            return 0
-        self.events += n_events
-        self.bytes += <long long>length
-        self.bytes_in_file += <long long>length
-        return 0
-
-    cdef void _failed(self, int err, exc) noexcept:
-        self.errors += 1
-        self._errno = err
+    def _report(self, exc=None):
+        # With the GIL, after a failed write: count a failed rotation, warn once.
+        if exc is not None:
+            self._k.errors += 1
+            self._k.err = getattr(exc, "errno", None) or 5
+        self._k.failures_unreported = 0
         if not self._reported:
             self._reported = True
-            try:
-                warnings.warn(f"nemoflow: exporter {self.name!r} could not write: "
-                              f"{exc if exc is not None else os.strerror(err)}; further errors "
-                              "are counted in nemoflow.diagnostics()", RuntimeWarning)
-            except Exception:
-                pass
+            warnings.warn(f"nemoflow: exporter {self.name!r} could not write: "
+                          f"{exc if exc is not None else os.strerror(self._k.err)}; further "
+                          "errors are counted in nemoflow.diagnostics()", RuntimeWarning)
+
+    def _rotate_now(self):
+        try:
+            self._k.fd = self._rotate()
+            self._k.bytes_in_file = 0
+        except Exception as exc:
+            self._report(exc)
 
 
-cdef int _deliver_batch(nf_record *batch, Py_ssize_t n, nf_buf *buf) except -1:
-    cdef tuple sinks = _sinks
-    cdef tuple consumers = _consumers
-    cdef Py_ssize_t i
-    cdef int failed = 0
-    cdef nf_record *r
+cdef object _sink_objects = {}     # nf_sink address -> LineSink, for rotation and reports
+
+
+cdef void _write_sinks(nf_sink **sinks, int n_sinks, const char *data, size_t length,
+                       int64_t n_events) noexcept nogil:
+    cdef int i, err
+    cdef nf_sink *k
+    for i in range(n_sinks):
+        k = sinks[i]
+        if k.max_bytes and k.bytes_in_file and k.bytes_in_file + <int64_t>length > k.max_bytes:
+            with gil:
+                _sink_call(k, "_rotate_now")
+        err = nf_write_all(k.fd, data, length)
+        if err:
+            k.errors += 1
+            k.err = err
+            if not k.failures_unreported:
+                k.failures_unreported = 1
+                with gil:
+                    _sink_call(k, "_report")
+            continue
+        k.events += n_events
+        k.bytes += <int64_t>length
+        k.bytes_in_file += <int64_t>length
+
+
+cdef void _sink_call(nf_sink *k, str method) noexcept:
     try:
-        if sinks:
-            for i in range(n):
-                r = &batch[i]
-                if nf_needs_merge(r):
-                    r.merged = _own(_merge_metadata(_borrow(r.meta), _borrow(r.extra), r.status,
-                                                    _borrow(r.text)))
-            with nogil:
-                buf.len = 0
-                for i in range(n):
-                    if nf_encode(buf, &batch[i]) < 0 or nf_buf_reserve(buf, 1) < 0:
-                        failed = 1
-                        break
-                    buf.data[buf.len] = 10  # newline
-                    buf.len += 1
-            if failed:
-                raise MemoryError("nemoflow: out of memory encoding events")
-            for sink in sinks:
-                (<LineSink>sink)._write(buf.data, buf.len, n)
-        if consumers:
-            events = [_event_from(&batch[i]) for i in range(n)]
-            for consumer in consumers:
-                _consume(consumer, events)
-    finally:
-        for i in range(n):
-            _release(&batch[i])
-    return 0
+        sink = _sink_objects.get(<size_t>k)
+        if sink is not None:
+            getattr(sink, method)()
+    except BaseException:
+        pass
 
 
 cdef int _consume(object consumer, list events) except -1:
@@ -1017,55 +1077,145 @@ def consumer_failed(consumer, exc):
                       "errors are counted in nemoflow.diagnostics()", RuntimeWarning)
 
 
+cdef int _python_phase(nf_record *batch, Py_ssize_t n) except -1:
+    # With the GIL: events for the Python consumers (buffered subscribers, exporters).
+    cdef tuple consumers = _consumers
+    cdef Py_ssize_t i
+    if not consumers:
+        return 0
+    events = [_event_from(&batch[i]) for i in range(n)]
+    for consumer in consumers:
+        _consume(consumer, events)
+    return 0
+
+
+cdef int _merge_phase(nf_record *batch, Py_ssize_t n) except -1:
+    # With the GIL: end metadata that is a JSON merge, not just a status.
+    cdef Py_ssize_t i
+    cdef nf_record *r
+    for i in range(n):
+        r = &batch[i]
+        if nf_needs_merge(r) and r.merged == NULL:
+            r.merged = _own(_merge_metadata(_borrow(r.meta), _borrow(r.extra), r.status,
+                                            _borrow(r.text)))
+    return 0
+
+
+cdef int _release_refs(void **refs, Py_ssize_t n) except -1:
+    cdef Py_ssize_t i
+    for i in range(n):
+        Py_XDECREF(<PyObject *>refs[i])
+    return 0
+
+
 def _delivery_main():
-    """The delivery thread: drain every ring in batches, write sinks, feed consumers."""
+    """The delivery thread: drain every ring in batches, write sinks, feed consumers.
+
+    Encoding and writing run without the GIL. The GIL is taken only when the batch needs
+    Python: consumers to call, metadata to merge, references to release (batched), a file to
+    rotate or a failure to report.
+    """
     global _delivery_ident
     _delivery_ident = PyThread_get_thread_ident()
     cdef nf_record *batch = <nf_record *>PyMem_RawMalloc(_BATCH * sizeof(nf_record))
+    cdef void **refs = <void **>PyMem_RawMalloc(_PENDING_REFS * sizeof(void *))
     cdef uint64_t *counts = NULL
     cdef nf_ring **rings = NULL
+    cdef nf_sink *sinks[NF_MAX_SINKS]
+    cdef int n_sinks = 0
     cdef size_t cap = 0
-    cdef Py_ssize_t nrings = 0, total, i
-    cdef int stopping = 0
+    cdef Py_ssize_t nrings = 0, total = 0, i, n_refs = 0
+    cdef int stopping = 0, j, failed = 0, merges
+    cdef void **ref
     cdef nf_buf buf
     buf.data = NULL
     buf.len = 0
     buf.cap = 0
-    if batch == NULL:
+    if batch == NULL or refs == NULL:
         raise MemoryError()
     try:
-        while True:
-            with nogil:
-                nrings = nf_pipe_next(&rings, &cap, _TICK_NS, &stopping)
-            if nrings < 0:
-                raise MemoryError()
-            counts = <uint64_t *>PyMem_RawRealloc(counts, (nrings + 1) * sizeof(uint64_t))
-            if counts == NULL:
-                raise MemoryError()
-            total = 0
-            with nogil:
+        with nogil:
+            while True:
+                nrings = nf_pipe_next(&rings, &cap, _TICK_NS, &stopping, sinks, &n_sinks)
+                if nrings < 0:
+                    failed = 1
+                    break
+                counts = <uint64_t *>PyMem_RawRealloc(counts, (nrings + 1) * sizeof(uint64_t))
+                if counts == NULL:
+                    failed = 1
+                    break
+                total = 0
                 for i in range(nrings):
                     counts[i] = nf_ring_take(rings[i], batch + total, _BATCH - total)
                     total += <Py_ssize_t>counts[i]
-                if nf_pipe.waiting_producers:
-                    # room was made: waiting producers may go on before the batch is written
+                if total and nf_pipe.waiting_producers:
+                    # room was made: producers waiting for it may go on
                     pthread_mutex_lock(&nf_pipe.mutex)
                     pthread_cond_broadcast(&nf_pipe.progress)
                     pthread_mutex_unlock(&nf_pipe.mutex)
-            if total:
-                try:
-                    _deliver_batch(batch, total, &buf)
-                except BaseException as exc:  # the thread must survive whatever a batch does
-                    consumer_failed(_Pipeline, exc)
-            with nogil:
-                nf_pipe_finish(rings, counts, <size_t>nrings)
-            if stopping and total == 0 and nf_pipe_idle():
-                break
+                if total:
+                    if n_sinks:
+                        merges = 0
+                        for i in range(total):
+                            merges += nf_needs_merge(&batch[i])
+                        if merges:
+                            with gil:
+                                _guarded(_merge_phase, batch, total)
+                        buf.len = 0
+                        for i in range(total):
+                            if nf_encode(&buf, &batch[i]) < 0 or nf_buf_reserve(&buf, 1) < 0:
+                                failed = 1
+                                break
+                            buf.data[buf.len] = 10  # newline
+                            buf.len += 1
+                        if failed:
+                            break
+                        _write_sinks(sinks, n_sinks, buf.data, buf.len, total)
+                    if _n_consumers:
+                        with gil:
+                            _guarded(_python_phase, batch, total)
+                    # Collect the batch's references; release them with the GIL in bulk.
+                    for i in range(total):
+                        for j in range(NF_RECORD_REFS):
+                            ref = nf_record_ref(&batch[i], j)
+                            if ref[0] != NULL:
+                                if n_refs == _PENDING_REFS:
+                                    with gil:
+                                        _release_refs(refs, n_refs)
+                                    n_refs = 0
+                                refs[n_refs] = ref[0]
+                                n_refs += 1
+                if n_refs and (total < _BATCH or stopping):
+                    with gil:
+                        _release_refs(refs, n_refs)
+                    n_refs = 0
+                nf_pipe_finish(rings, counts, <size_t>nrings, sinks, n_sinks)
+                if stopping and total == 0 and nf_pipe_idle():
+                    break
+        if failed:
+            raise MemoryError("nemoflow: the delivery thread ran out of memory")
     finally:
+        if n_refs:
+            _release_refs(refs, n_refs)
         PyMem_RawFree(batch)
+        PyMem_RawFree(refs)
         PyMem_RawFree(counts)
         PyMem_RawFree(rings)
         nf_buf_free(&buf)
+
+
+ctypedef int (*_phase_fn)(nf_record *, Py_ssize_t) except -1
+
+
+cdef void _guarded(_phase_fn phase, nf_record *batch, Py_ssize_t n) noexcept:
+    # The delivery thread must survive whatever a batch does: count it and go on.
+    try:
+        phase(batch, n)
+    except BaseException as exc:
+        try:
+            consumer_failed(_Pipeline, exc)
+        except BaseException:
+            pass
 
 
 class _Pipeline:
@@ -1086,8 +1236,9 @@ cdef int _start_delivery() except -1:
 
 
 cdef void _refresh_recording() noexcept:
-    global _recording
-    _recording = len(_sinks) > 0 or len(_consumers) > 0
+    global _recording, _n_consumers
+    _n_consumers = <int>len(_consumers)
+    _recording = len(_sinks) > 0 or _n_consumers > 0
 
 
 def attach(consumer):
@@ -1097,6 +1248,9 @@ def attach(consumer):
     with _registry_lock:
         if isinstance(consumer, LineSink):
             if consumer not in _sinks:
+                if nf_sink_attach((<LineSink>consumer)._k) != 0:
+                    raise RuntimeError(f"nemoflow: at most {NF_MAX_SINKS} file exporters")
+                _sink_objects[<size_t>(<LineSink>consumer)._k] = consumer
                 _sinks = _sinks + (consumer,)
         elif consumer not in _consumers:
             _consumers = _consumers + (consumer,)
@@ -1109,6 +1263,9 @@ def detach(consumer):
     global _sinks, _consumers
     flush()
     with _registry_lock:
+        if isinstance(consumer, LineSink) and consumer in _sinks:
+            nf_sink_detach((<LineSink>consumer)._k)
+            _sink_objects.pop(<size_t>(<LineSink>consumer)._k, None)
         _sinks = tuple([c for c in _sinks if c is not consumer])
         _consumers = tuple([c for c in _consumers if c is not consumer])
         _refresh_recording()
@@ -1200,6 +1357,16 @@ def _pipeline_stats():
 cdef inline int _check_name(name) except -1:
     if type(name) is not str and not isinstance(name, str):
         raise TypeError(f"name must be str, not {type(name).__name__}")
+    if not PyUnicode_IS_COMPACT_ASCII(name):
+        _check_text(name)
+    return 0
+
+
+cdef int _check_text(str name) except -1:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("name must be valid Unicode text (it contains a lone surrogate)") from None
     return 0
 
 
@@ -1233,11 +1400,7 @@ cdef ScopeHandle _start(str name, object scope_type, ScopeHandle parent, int att
     cdef ScopeHandle frame = _new_frame(cls, kind, name, scope_type, attrs, parent, top,
                                         data_raw, meta_raw, profile, ts)
     if _enabled:
-        ev = ScopeEvent.__new__(ScopeEvent)
-        ev._frame = frame
-        ev._ts = ts
-        ev._data = input_raw
-        _deliver(ev, top)
+        _deliver(_scope_event(frame, False, ts, input_raw, None, _STATUS_NONE, None), top)
     if _recording:
         _record_scope(NF_REC_START, frame, ts, input_raw, None, _STATUS_NONE, None)
     return frame
@@ -1270,15 +1433,8 @@ cdef int _end(ScopeHandle frame, object out_raw, object meta_raw, int64_t ts, in
     cdef ScopeEvent ev
     frame._closed = True
     if _enabled:
-        ev = ScopeEvent.__new__(ScopeEvent)
-        ev._frame = frame
-        ev._is_end = True
-        ev._ts = ts
-        ev._data = out_raw
-        ev._end_meta = meta_raw
-        ev._status = status
-        ev._desc = desc
-        _deliver(ev, frame if top is None else top)
+        _deliver(_scope_event(frame, True, ts, out_raw, meta_raw, status, desc),
+                 frame if top is None else top)
     if _recording:
         _record_scope(NF_REC_END, frame, ts, out_raw, meta_raw, status, desc)
     if frame._has_locals:
@@ -1373,8 +1529,10 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     nf_uuid7(ts, &hi, &lo)
     if _enabled:
         ev = MarkEvent.__new__(MarkEvent)
-        ev._uuid_s = _format_uuid(hi, lo)
-        ev._parent = parent
+        ev._hi = hi
+        ev._lo = lo
+        ev._phi = parent._hi
+        ev._plo = parent._lo
         ev._name = name
         ev._ts = ts
         ev._data = data_raw
@@ -1681,6 +1839,9 @@ def _forget_registrations():
         _scope_locals.clear()
     flush()
     with _registry_lock:
+        for sink in _sinks:
+            nf_sink_detach((<LineSink>sink)._k)
+        _sink_objects.clear()
         _sinks = ()
         _consumers = ()
         _drop_when_full = False

@@ -950,6 +950,12 @@ def _pipeline_stats():
 def _check_name(name):
     if not isinstance(name, str):
         raise TypeError(f"name must be str, not {type(name).__name__}")
+    if not name.isascii():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                "name must be valid Unicode text (it contains a lone surrogate)") from None
 
 
 def _check_parent(handle):

@@ -27,12 +27,16 @@
 enum { NF_REC_START = 0, NF_REC_END = 1, NF_REC_MARK = 2 };
 enum { NF_STATUS_NONE = 0, NF_STATUS_OK = 1, NF_STATUS_ERROR = 2 };
 
+#define NF_NAME_INLINE 23
+
+/* 128 bytes. A record holds no frame: everything the line needs is copied in, and short ASCII
+ * names are copied inline, so a scope without payloads holds no Python reference at all and
+ * the delivery thread can write it without ever taking the GIL. */
 typedef struct {
     uint64_t uuid_hi, uuid_lo;     /* the scope's (or mark's) id */
     uint64_t parent_hi, parent_lo; /* 0, 0: no parent (null) */
     int64_t ts;
-    PyObject *owner;               /* the frame (scope events) or parent frame (marks) */
-    PyObject *name;                /* str */
+    PyObject *name;                /* str, or NULL when the name is in name_inline */
     PyObject *data;                /* bytes or NULL */
     PyObject *meta;                /* bytes or NULL: start metadata, or a mark's */
     PyObject *extra;               /* bytes or NULL: end metadata, or a mark's data_schema */
@@ -41,7 +45,12 @@ typedef struct {
     PyObject *merged;              /* bytes or NULL: end metadata merged by the consumer */
     uint32_t attrs;
     uint8_t type, kind, status, category;
+    char name_inline[NF_NAME_INLINE]; /* ASCII, not terminated */
+    uint8_t name_len;
 } nf_record;
+
+#define NF_RECORD_REFS 7
+static inline PyObject **nf_record_ref(nf_record *r, int i) { return &r->name + i; }
 
 typedef struct nf_ring {
     nf_record *slots;
@@ -58,6 +67,19 @@ typedef struct nf_ring {
     struct nf_ring *next;          /* in nf_pipe.rings (guarded by nf_pipe.mutex) */
 } nf_ring;
 
+/* A file the delivery thread writes lines to. Shared by its Python owner (LineSink) and the
+ * delivery thread's per-batch snapshot: refs is guarded by nf_pipe.mutex, the counters are
+ * written by the delivery thread only and read with relaxed atomics. */
+typedef struct {
+    int fd;
+    int err;                       /* last write errno, until raise_error() takes it */
+    int refs;
+    int failures_unreported;       /* a warning is owed (emitted with the GIL) */
+    int64_t events, bytes, errors, bytes_in_file, max_bytes;
+} nf_sink;
+
+#define NF_MAX_SINKS 64
+
 typedef struct {
     pthread_mutex_t mutex;
     pthread_cond_t work;           /* the delivery thread waits for work here */
@@ -72,10 +94,59 @@ typedef struct {
     uint64_t rings_freed;
     uint64_t dropped_freed;        /* drops counted by rings that were freed since */
     uint64_t high_water_freed;
+    nf_sink *sinks[NF_MAX_SINKS];  /* attached sinks, each holding one ref */
+    int n_sinks;
 } nf_pipeline;
 
 static nf_pipeline nf_pipe = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-                              PTHREAD_COND_INITIALIZER, NULL, 1, 8192, 0, 0, 0, 0, 0, 0, 0};
+                              PTHREAD_COND_INITIALIZER, NULL, 1, 8192, 0, 0, 0, 0, 0, 0, 0,
+                              {NULL}, 0};
+
+static nf_sink *nf_sink_new(int fd) {
+    nf_sink *k = (nf_sink *)PyMem_RawCalloc(1, sizeof(nf_sink));
+    if (k != NULL) {
+        k->fd = fd;
+        k->refs = 1;
+    }
+    return k;
+}
+
+static void nf_sink_release_locked(nf_sink *k) {
+    if (--k->refs == 0) PyMem_RawFree(k);
+}
+
+static void nf_sink_release(nf_sink *k) {
+    pthread_mutex_lock(&nf_pipe.mutex);
+    nf_sink_release_locked(k);
+    pthread_mutex_unlock(&nf_pipe.mutex);
+}
+
+/* 0, or -1 when NF_MAX_SINKS are attached already. */
+static int nf_sink_attach(nf_sink *k) {
+    int rc = -1;
+    pthread_mutex_lock(&nf_pipe.mutex);
+    for (int i = 0; i < nf_pipe.n_sinks; i++)
+        if (nf_pipe.sinks[i] == k) rc = 0;
+    if (rc != 0 && nf_pipe.n_sinks < NF_MAX_SINKS) {
+        k->refs++;
+        nf_pipe.sinks[nf_pipe.n_sinks++] = k;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&nf_pipe.mutex);
+    return rc;
+}
+
+static void nf_sink_detach(nf_sink *k) {
+    pthread_mutex_lock(&nf_pipe.mutex);
+    for (int i = 0; i < nf_pipe.n_sinks; i++) {
+        if (nf_pipe.sinks[i] == k) {
+            nf_pipe.sinks[i] = nf_pipe.sinks[--nf_pipe.n_sinks];
+            nf_sink_release_locked(k);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&nf_pipe.mutex);
+}
 static __thread nf_ring *nf_tls_ring = NULL;
 static pthread_key_t nf_ring_key;
 
@@ -102,6 +173,8 @@ static void nf_pipe_child_fork(void) {
     nf_pipe.stopping = 0;
     nf_tls_ring = NULL;
     pthread_setspecific(nf_ring_key, NULL);
+    /* attached sinks stay attached (the child writes the same files): their counts of refs
+     * held by the parent's delivery thread, which does not exist here, are not ours to fix */
 }
 
 static int nf_pipe_init(void) {
@@ -192,7 +265,8 @@ static void nf_deadline(struct timespec *ts, int64_t ns_from_now) {
 /* Wait until there is work (a flush, a producer past its threshold, or tick_ns elapsed), then
  * copy the ring list into *rings (grown as needed). Returns the number of rings, or -1 when
  * out of memory. *stopping tells whether shutdown was asked for. */
-static Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, int *stopping) {
+static Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, int *stopping,
+                               nf_sink **sinks, int *n_sinks) {
     pthread_mutex_lock(&nf_pipe.mutex);
     if (!nf_pipe.flush_requests && !nf_pipe.wake && !nf_pipe.stopping) {
         struct timespec deadline;
@@ -214,13 +288,21 @@ static Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, i
     }
     n = 0;
     for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next) (*rings)[n++] = r;
+    /* the batch's sinks: each snapshot entry holds a ref until nf_pipe_finish */
+    *n_sinks = nf_pipe.n_sinks;
+    for (int i = 0; i < nf_pipe.n_sinks; i++) {
+        sinks[i] = nf_pipe.sinks[i];
+        sinks[i]->refs++;
+    }
     pthread_mutex_unlock(&nf_pipe.mutex);
     return (Py_ssize_t)n;
 }
 
 /* Count what was delivered, free the rings of exited threads once drained, wake waiters. */
-static void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n) {
+static void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n, nf_sink **sinks,
+                           int n_sinks) {
     pthread_mutex_lock(&nf_pipe.mutex);
+    for (int i = 0; i < n_sinks; i++) nf_sink_release_locked(sinks[i]);
     for (size_t i = 0; i < n; i++) rings[i]->delivered += counts[i];
     nf_ring **link = &nf_pipe.rings;
     while (*link != NULL) {
@@ -385,6 +467,32 @@ static int nf_put_json_str(nf_buf *b, PyObject *s) {
     return 0;
 }
 
+static int nf_put_json_ascii(nf_buf *b, const char *s, size_t n) {
+    if (nf_buf_reserve(b, n * 6 + 2) < 0) return -1;
+    char *p = b->data + b->len;
+    *p++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') { *p++ = (char)c; continue; }
+        *p++ = '\\';
+        switch (c) {
+            case '"': *p++ = '"'; break;
+            case '\\': *p++ = '\\'; break;
+            case '\b': *p++ = 'b'; break;
+            case '\t': *p++ = 't'; break;
+            case '\n': *p++ = 'n'; break;
+            case '\f': *p++ = 'f'; break;
+            case '\r': *p++ = 'r'; break;
+            default:
+                *p++ = 'u'; *p++ = '0'; *p++ = '0';
+                *p++ = nf_hex[(c >> 4) & 0xF]; *p++ = nf_hex[c & 0xF];
+        }
+    }
+    *p++ = '"';
+    b->len = (size_t)(p - b->data);
+    return 0;
+}
+
 static int nf_put_raw(nf_buf *b, PyObject *bytes_or_null) {
     if (bytes_or_null == NULL) {
         if (nf_buf_reserve(b, 4) < 0) return -1;
@@ -495,7 +603,11 @@ static int nf_encode(nf_buf *b, const nf_record *r) {
     if (nf_put_metadata(b, r) < 0) return -1;
     if (nf_buf_reserve(b, 16) < 0) return -1;
     NF_LIT(b, ",\"name\":");
-    if (nf_put_json_str(b, r->name) < 0) return -1;
+    if (r->name != NULL) {
+        if (nf_put_json_str(b, r->name) < 0) return -1;
+    } else if (nf_put_json_ascii(b, r->name_inline, r->name_len) < 0) {
+        return -1;
+    }
     if (nf_buf_reserve(b, 140) < 0) return -1;
     NF_LIT(b, ",\"parent_uuid\":");
     nf_put_uuid(b, r->parent_hi, r->parent_lo);
