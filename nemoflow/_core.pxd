@@ -6,6 +6,7 @@ from libc.stdint cimport int64_t, uint64_t
 cdef extern from "nemoflow_core.h" nogil:
     int64_t nf_now_ns() noexcept
     int nf_install_fork_handler() noexcept
+    void nf_init_hex_pairs() noexcept
     void nf_uuid7(int64_t ns, uint64_t *hi, uint64_t *lo) noexcept
     void nf_format_uuid(uint64_t hi, uint64_t lo, char *out) noexcept
     int nf_format_timestamp(int64_t ns, char *out) noexcept
@@ -81,8 +82,8 @@ cdef extern from "nemoflow_ring.h" nogil:
 
     nf_pipeline nf_pipe
     int nf_pipe_init() noexcept
-    Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, int *stopping,
-                            nf_sink **sinks, int *n_sinks) noexcept
+    Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, int busy,
+                            int *stopping, nf_sink **sinks, int *n_sinks) noexcept
     void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n, nf_sink **sinks,
                         int n_sinks) noexcept
     void nf_pipe_stop() noexcept

@@ -81,6 +81,7 @@ cdef tuple _ATTR_CLASS = (ScopeAttributes, ToolAttributes, LLMAttributes)
 cdef tuple _CATEGORIES = CATEGORIES
 cdef object _ScopeType = ScopeType
 
+nf_init_hex_pairs()
 if nf_install_fork_handler() != 0:
     raise ImportError("nemoflow: could not install the fork handler")
 
@@ -1136,7 +1137,8 @@ def _delivery_main():
     try:
         with nogil:
             while True:
-                nrings = nf_pipe_next(&rings, &cap, _TICK_NS, &stopping, sinks, &n_sinks)
+                nrings = nf_pipe_next(&rings, &cap, _TICK_NS, total > 0, &stopping, sinks,
+                                      &n_sinks)
                 if nrings < 0:
                     failed = 1
                     break

@@ -612,7 +612,7 @@ _tls = threading.local()
 
 class _Ring:
     __slots__ = ("items", "capacity", "head", "tail", "delivered", "high_water", "dropped",
-                 "waits", "closed", "thread_ident", "id", "pid")
+                 "waits", "closed", "thread_ident", "id", "pid", "wake_sent")
 
     def __init__(self, capacity, ring_id):
         self.items = collections.deque()
@@ -620,6 +620,7 @@ class _Ring:
         self.head = self.tail = self.delivered = 0
         self.high_water = self.dropped = self.waits = 0
         self.closed = False
+        self.wake_sent = False
         self.thread_ident = threading.get_ident()
         self.id = ring_id
         self.pid = _pid
@@ -672,7 +673,9 @@ def _record(ev):
     used = ring.head - ring.tail
     if used > ring.high_water:
         ring.high_water = used
-    if used == ring.capacity // 4 + 1:
+    # Past a quarter full, ask for an early drain, once until the consumer takes from the ring.
+    if used > ring.capacity // 4 and not ring.wake_sent:
+        ring.wake_sent = True
         with _pipe_lock:
             _pipe["wake"] = True
             _work.notify()
@@ -773,9 +776,11 @@ class _PipelineName:
 def _delivery_main():
     global _delivery_ident
     _delivery_ident = threading.get_ident()
+    batch = ()
     while True:
         with _pipe_lock:
-            if not (_pipe["flush_requests"] or _pipe["wake"] or _pipe["stopping"]):
+            # Sleep only when the last pass found nothing: under load the thread keeps draining.
+            if not (batch or _pipe["flush_requests"] or _pipe["wake"] or _pipe["stopping"]):
                 _work.wait(_TICK)
             _pipe["wake"] = False
             stopping = _pipe["stopping"]
@@ -786,6 +791,7 @@ def _delivery_main():
             for _ in range(n):
                 batch.append(ring.items.popleft())
             ring.tail += n
+            ring.wake_sent = False
             counts.append(n)
         if _pipe["waiting"]:
             with _pipe_lock:

@@ -79,12 +79,22 @@ static inline void nf_uuid7(int64_t ns, uint64_t *hi, uint64_t *lo) {
 
 static const char nf_hex[] = "0123456789abcdef";
 
-/* 36 characters, no terminator. */
+/* Two hex digits per byte value, built once. */
+static char nf_hex_pairs[512];
+
+static void nf_init_hex_pairs(void) {
+    for (int i = 0; i < 256; i++) {
+        nf_hex_pairs[2 * i] = nf_hex[i >> 4];
+        nf_hex_pairs[2 * i + 1] = nf_hex[i & 0xF];
+    }
+}
+
+/* 36 characters, no terminator. (nf_init_hex_pairs runs at module import.) */
 static inline void nf_format_uuid(uint64_t hi, uint64_t lo, char *out) {
     char h[32];
-    for (int i = 0; i < 16; i++) {
-        h[i] = nf_hex[(hi >> (60 - 4 * i)) & 0xF];
-        h[16 + i] = nf_hex[(lo >> (60 - 4 * i)) & 0xF];
+    for (int i = 0; i < 8; i++) {
+        memcpy(h + 2 * i, nf_hex_pairs + 2 * ((hi >> (56 - 8 * i)) & 0xFF), 2);
+        memcpy(h + 16 + 2 * i, nf_hex_pairs + 2 * ((lo >> (56 - 8 * i)) & 0xFF), 2);
     }
     memcpy(out, h, 8);
     out[8] = '-';
@@ -111,7 +121,7 @@ static inline int nf_has_null(const char *s, size_t n) {
 
 /* ---- RFC 3339 ----------------------------------------------------------------------------
  * UTC with "+00:00" and 0, 3, 6 or 9 fractional digits, whichever is the shortest exact one.
- * Returns the length written (at most 35). */
+ * nf_format_timestamp returns the length written (at most 35). */
 static inline char *nf_put_digits(char *p, uint64_t v, int n) {
     for (int i = n - 1; i >= 0; i--) {
         p[i] = (char)('0' + v % 10);
@@ -120,9 +130,12 @@ static inline char *nf_put_digits(char *p, uint64_t v, int n) {
     return p + n;
 }
 
-static inline int nf_format_timestamp(int64_t ns, char *out) {
-    int64_t secs = ns / 1000000000LL, frac = ns % 1000000000LL;
-    if (frac < 0) { frac += 1000000000LL; secs -= 1; }
+/* The "YYYY-MM-DDTHH:MM:SS" of the last second formatted by this thread: consecutive events
+ * almost always share it. */
+static __thread int64_t nf_ts_cached_secs = INT64_MIN;
+static __thread char nf_ts_cached[19];
+
+static inline void nf_format_civil(int64_t secs, char *out) {
     int64_t days = secs / 86400, rem = secs % 86400;
     if (rem < 0) { rem += 86400; days -= 1; }
     /* days -> civil date (H. Hinnant's algorithm) */
@@ -144,7 +157,18 @@ static inline int nf_format_timestamp(int64_t ns, char *out) {
     p = nf_put_digits(p, d, 2); *p++ = 'T';
     p = nf_put_digits(p, (uint64_t)(rem / 3600), 2); *p++ = ':';
     p = nf_put_digits(p, (uint64_t)(rem % 3600 / 60), 2); *p++ = ':';
-    p = nf_put_digits(p, (uint64_t)(rem % 60), 2);
+    nf_put_digits(p, (uint64_t)(rem % 60), 2);
+}
+
+static inline int nf_format_timestamp(int64_t ns, char *out) {
+    int64_t secs = ns / 1000000000LL, frac = ns % 1000000000LL;
+    if (frac < 0) { frac += 1000000000LL; secs -= 1; }
+    if (secs != nf_ts_cached_secs) {
+        nf_format_civil(secs, nf_ts_cached);
+        nf_ts_cached_secs = secs;
+    }
+    memcpy(out, nf_ts_cached, 19);
+    char *p = out + 19;
     if (frac != 0) {
         *p++ = '.';
         if (frac % 1000000 == 0) p = nf_put_digits(p, (uint64_t)(frac / 1000000), 3);

@@ -63,6 +63,7 @@ typedef struct nf_ring {
     uint64_t waits;                /* times the producer waited for room */
     uint64_t id;                   /* unique for the process: flush targets name rings by it */
     int closed;                    /* its thread exited (atomic) */
+    int wake_sent;                 /* the producer asked for an early drain (atomic) */
     unsigned long thread_ident;
     struct nf_ring *next;          /* in nf_pipe.rings (guarded by nf_pipe.mutex) */
 } nf_ring;
@@ -219,8 +220,10 @@ static inline void nf_ring_publish(nf_ring *ring, const nf_record *rec) {
     __atomic_store_n(&ring->head, h + 1, __ATOMIC_RELEASE);
     uint64_t used = h + 1 - __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
     if (used > ring->high_water) ring->high_water = used;
-    /* Past a quarter full, ask for an early drain instead of waiting for the next tick. */
-    if (used == (ring->mask + 1) / 4 + 1) {
+    /* Past a quarter full, ask for an early drain instead of waiting for the next tick; once,
+     * until the consumer has taken from this ring again. */
+    if (used > (ring->mask + 1) / 4 && !__atomic_load_n(&ring->wake_sent, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&ring->wake_sent, 1, __ATOMIC_RELAXED);
         pthread_mutex_lock(&nf_pipe.mutex);
         nf_pipe.wake = 1;
         pthread_cond_signal(&nf_pipe.work);
@@ -250,6 +253,7 @@ static uint64_t nf_ring_take(nf_ring *ring, nf_record *out, uint64_t max) {
     if (n > max) n = max;
     for (uint64_t i = 0; i < n; i++) out[i] = ring->slots[(t + i) & ring->mask];
     __atomic_store_n(&ring->tail, t + n, __ATOMIC_RELEASE);
+    __atomic_store_n(&ring->wake_sent, 0, __ATOMIC_RELAXED);
     return n;
 }
 
@@ -262,13 +266,15 @@ static void nf_deadline(struct timespec *ts, int64_t ns_from_now) {
     ts->tv_nsec = (long)(ns % 1000000000LL);
 }
 
-/* Wait until there is work (a flush, a producer past its threshold, or tick_ns elapsed), then
+/* Unless busy, wait until there is work (a flush, a producer past its threshold, or tick_ns
+ * elapsed), then
  * copy the ring list into *rings (grown as needed). Returns the number of rings, or -1 when
  * out of memory. *stopping tells whether shutdown was asked for. */
-static Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, int *stopping,
-                               nf_sink **sinks, int *n_sinks) {
+static Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, int busy,
+                               int *stopping, nf_sink **sinks, int *n_sinks) {
     pthread_mutex_lock(&nf_pipe.mutex);
-    if (!nf_pipe.flush_requests && !nf_pipe.wake && !nf_pipe.stopping) {
+    /* Sleep only when the last pass found nothing: under load the thread keeps draining. */
+    if (!busy && !nf_pipe.flush_requests && !nf_pipe.wake && !nf_pipe.stopping) {
         struct timespec deadline;
         nf_deadline(&deadline, tick_ns);
         pthread_cond_timedwait(&nf_pipe.work, &nf_pipe.mutex, &deadline);

@@ -2,5 +2,8 @@
 traced thread. Errors are counted in ``nemoflow.diagnostics()``, never raised into traced code."""
 
 from .atof import AtofExporter, AtofExporterConfig, AtofExporterMode
+from .chrome import ChromeTraceExporter, validate_chrome_trace
+from .memory import InMemoryRecorder
 
-__all__ = ["AtofExporter", "AtofExporterConfig", "AtofExporterMode"]
+__all__ = ["AtofExporter", "AtofExporterConfig", "AtofExporterMode", "ChromeTraceExporter",
+           "InMemoryRecorder", "validate_chrome_trace"]
