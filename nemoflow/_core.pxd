@@ -83,7 +83,8 @@ cdef extern from "nemoflow_ring.h" nogil:
     nf_pipeline nf_pipe
     int nf_pipe_init() noexcept
     Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, int busy,
-                            int *stopping, nf_sink **sinks, int *n_sinks) noexcept
+                            int *stopping) noexcept
+    int nf_pipe_sinks(nf_sink **sinks) noexcept
     void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n, nf_sink **sinks,
                         int n_sinks) noexcept
     void nf_pipe_stop() noexcept

@@ -1137,8 +1137,7 @@ def _delivery_main():
     try:
         with nogil:
             while True:
-                nrings = nf_pipe_next(&rings, &cap, _TICK_NS, total > 0, &stopping, sinks,
-                                      &n_sinks)
+                nrings = nf_pipe_next(&rings, &cap, _TICK_NS, total > 0, &stopping)
                 if nrings < 0:
                     failed = 1
                     break
@@ -1150,6 +1149,7 @@ def _delivery_main():
                 for i in range(nrings):
                     counts[i] = nf_ring_take(rings[i], batch + total, _BATCH - total)
                     total += <Py_ssize_t>counts[i]
+                n_sinks = nf_pipe_sinks(sinks)
                 if total and nf_pipe.waiting_producers:
                     # room was made: producers waiting for it may go on
                     pthread_mutex_lock(&nf_pipe.mutex)

@@ -381,3 +381,34 @@ def test_encoder_matches_orjson_for_any_names_and_payloads(nf, jsonl, name, data
         assert end_meta["otel.status_description"] == description
     else:
         assert end_meta == meta
+
+
+def test_exporter_registered_while_busy_gets_everything_after_register(nf, tmp_path):
+    # A record published after register() returned must reach the new exporter even when the
+    # delivery thread was in the middle of a batch when it was attached.
+    stop = threading.Event()
+    noise = []
+    nf.subscribers.register("noise", noise.append, buffered=True)
+
+    def background():
+        while not stop.is_set():
+            nf.mark("noise")
+
+    t = threading.Thread(target=background)
+    t.start()
+    try:
+        for round_ in range(20):
+            config = nf.AtofExporterConfig(output_directory=str(tmp_path),
+                                           filename=f"late-{round_}.jsonl")
+            late = nf.AtofExporter(config)
+            late.register(f"late-{round_}")
+            for i in range(50):
+                nf.mark("mine", data=i)
+            late.force_flush()
+            mine = [json.loads(line)["data"] for line in read_lines(late.path)
+                    if json.loads(line)["name"] == "mine"]
+            late.shutdown()
+            assert mine == list(range(50)), f"round {round_}"
+    finally:
+        stop.set()
+        t.join()

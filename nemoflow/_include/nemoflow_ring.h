@@ -271,7 +271,7 @@ static void nf_deadline(struct timespec *ts, int64_t ns_from_now) {
  * copy the ring list into *rings (grown as needed). Returns the number of rings, or -1 when
  * out of memory. *stopping tells whether shutdown was asked for. */
 static Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, int busy,
-                               int *stopping, nf_sink **sinks, int *n_sinks) {
+                               int *stopping) {
     pthread_mutex_lock(&nf_pipe.mutex);
     /* Sleep only when the last pass found nothing: under load the thread keeps draining. */
     if (!busy && !nf_pipe.flush_requests && !nf_pipe.wake && !nf_pipe.stopping) {
@@ -294,14 +294,22 @@ static Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, i
     }
     n = 0;
     for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next) (*rings)[n++] = r;
-    /* the batch's sinks: each snapshot entry holds a ref until nf_pipe_finish */
-    *n_sinks = nf_pipe.n_sinks;
-    for (int i = 0; i < nf_pipe.n_sinks; i++) {
+    pthread_mutex_unlock(&nf_pipe.mutex);
+    return (Py_ssize_t)n;
+}
+
+/* The batch's sinks, taken after its records: a record published after a sink was attached is
+ * always taken after that, so it reaches the sink. Each entry holds a ref until
+ * nf_pipe_finish. */
+static int nf_pipe_sinks(nf_sink **sinks) {
+    pthread_mutex_lock(&nf_pipe.mutex);
+    int n = nf_pipe.n_sinks;
+    for (int i = 0; i < n; i++) {
         sinks[i] = nf_pipe.sinks[i];
         sinks[i]->refs++;
     }
     pthread_mutex_unlock(&nf_pipe.mutex);
-    return (Py_ssize_t)n;
+    return n;
 }
 
 /* Count what was delivered, free the rings of exited threads once drained, wake waiters. */

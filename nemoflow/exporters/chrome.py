@@ -28,10 +28,15 @@ track; one whose time lies outside its parent's span (only possible with explici
 a handle to a closed scope) is written process-scoped (``s: "p"``) so it is not drawn inside an
 unrelated slice.
 
+The core stamps an automatic end at least 1 µs after its start, so with the compiled core a
+scope that took less can seem to end after its parent, or after its next sibling started. Such
+a scope (its duration is exactly that 1 µs) is drawn cut at its parent's end or its sibling's
+start rather than given a track of its own.
+
 The whole file is rewritten (temporary file, then ``os.replace``) by ``force_flush``,
 ``shutdown``, deregistering the last name and at interpreter exit, so it is complete and valid
-whenever it is read. The events are kept in memory until then: for long runs write ATOF JSONL
-and convert it afterwards. In a forked child the exporter starts empty and writes
+whenever it is read. Everything is kept in memory for that (the ATOF JSONL exporter is the one
+that writes as it goes). In a forked child the exporter starts empty and writes
 ``<name>.<pid><ext>``.
 """
 
@@ -144,6 +149,31 @@ def _fits(spans, s, e) -> bool:
 
 def _span_end(node):
     return node.end if node.end is not None else node.span_end
+
+
+# The core stamps an automatic end at least 1 µs after its start, so a scope that took less
+# can seem to outlast its parent, or its next sibling's start, by up to that microsecond.
+_MIN_AUTO_DURATION = 1000
+
+
+def _drawn_ends(siblings, bound):
+    """``siblings`` in order of start, each with the end to draw: a scope that lasted exactly
+    the automatic minimum is cut at its parent's end (``bound``) or its next sibling's start
+    when it reaches past them, instead of needing a track of its own."""
+    siblings = sorted(siblings, key=lambda c: (c.start, -_span_end(c), c.seq))
+    out = []
+    for i, node in enumerate(siblings):
+        end = _span_end(node)
+        if node.end is not None and end - node.start == _MIN_AUTO_DURATION:
+            limit = bound if bound is not None and bound > node.start else None
+            if i + 1 < len(siblings):
+                following = siblings[i + 1].start
+                if following > node.start and (limit is None or following < limit):
+                    limit = following
+            if limit is not None and limit < end:
+                end = limit
+        out.append((node, end))
+    return out
 
 
 def _slice_event(pid, tid, node, end, origin, is_open):
@@ -278,7 +308,7 @@ class ChromeTraceExporter:
             _live.discard(self)
 
     def stats(self) -> dict:
-        """Events received, slices and instants laid out, scopes not laid out yet, tracks, writes."""
+        """Events received, slices and instants laid out, scopes waiting, tracks, writes."""
         with self._lock:
             return {"events": self._n_events, "scopes": len(self._slices),
                     "marks": len(self._instants), "pending_scopes": len(self._nodes),
@@ -439,13 +469,15 @@ class ChromeTraceExporter:
         inside = owner.start <= mark.ts <= owner.end
         return ("t" if inside else "p", owner.tid, mark)
 
-    def _lay_out(self, top, owner, slices, instants, provisional):
-        """Place ``top``'s subtree under ``owner``. Committing, open scopes are left for later
-        (they become tops of their own); provisionally, they end at their ``span_end``."""
-        stack = [(top, owner)]
+    def _lay_out(self, siblings, owner, slices, instants, provisional):
+        """Place ``siblings`` (children of ``owner``) and their subtrees. Committing, open
+        scopes are left for later (they become tops of their own); provisionally, they end at
+        their ``span_end``."""
+        stack = []
+        for node, end in reversed(_drawn_ends(siblings, owner.end)):
+            stack.append((node, end, owner))
         while stack:
-            node, owner = stack.pop()
-            end = node.end if node.end is not None else node.span_end
+            node, end, owner = stack.pop()
             tid = self._choose_track(owner, node.start, end)
             placed = _Placed(tid, node.start, end, node.name)
             self._placed[node.uuid] = placed
@@ -463,14 +495,19 @@ class ChromeTraceExporter:
                     for child in waiting:
                         self._tops[child.uuid] = child
                         self._tops_by_parent.setdefault(node.uuid, {})[child.uuid] = None
-            children = sorted(children, key=lambda c: (c.start, -_span_end(c), c.seq))
-            for child in reversed(children):
-                stack.append((child, placed))
+            for child, child_end in reversed(_drawn_ends(children, end)):
+                stack.append((child, child_end, placed))
+
+    def _lay_out_tops(self, tops, slices, instants, provisional):
+        by_parent: dict = {}
+        for node in tops:
+            by_parent.setdefault(node.parent, []).append(node)
+        for parent_uuid, siblings in by_parent.items():
+            self._lay_out(siblings, self._owner_of(parent_uuid), slices, instants, provisional)
 
     def _commit(self):
         """Lay out, for good, every finished subtree whose parent is not waiting for its end."""
         ready = [n for n in self._tops.values() if n.end is not None]
-        ready.sort(key=lambda n: (n.start, -n.end, n.seq))
         for node in ready:
             del self._tops[node.uuid]
             waiting = self._tops_by_parent.get(node.parent)
@@ -478,9 +515,7 @@ class ChromeTraceExporter:
                 waiting.pop(node.uuid, None)
                 if not waiting:
                     del self._tops_by_parent[node.parent]
-        for node in ready:
-            self._lay_out(node, self._owner_of(node.parent), self._slices, self._instants,
-                          False)
+        self._lay_out_tops(ready, self._slices, self._instants, False)
         for parent_uuid in list(self._marks_by_parent):
             if parent_uuid in self._nodes:
                 continue
@@ -491,7 +526,7 @@ class ChromeTraceExporter:
     def _provisional(self, now):
         """Slices and instants of the still-open subtrees, laid out as if they ended ``now``;
         the layout is undone afterwards so their real end can be placed later."""
-        tops = sorted(self._tops.values(), key=lambda n: (n.start, n.seq))
+        tops = list(self._tops.values())
         for top in tops:  # span ends, children first: a parent reaches past its children
             order, stack = [], [top]
             while stack:
@@ -506,12 +541,10 @@ class ChromeTraceExporter:
                     for mark in node.marks:
                         end = max(end, mark.ts)
                     node.span_end = end
-        tops.sort(key=lambda n: (n.start, -_span_end(n), n.seq))
         slices, instants = [], []
         self._undo = []
         try:
-            for top in tops:
-                self._lay_out(top, self._owner_of(top.parent), slices, instants, True)
+            self._lay_out_tops(tops, slices, instants, True)
             tracks = list(self._tracks)
         finally:
             undo, self._undo = self._undo, None
