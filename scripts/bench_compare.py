@@ -1,12 +1,18 @@
 """Run bench/ and print per-operation costs in ×call units, with targets and ratios.
 
-    python scripts/bench_compare.py            # runs the benchmarks, then prints the table
-    python scripts/bench_compare.py --json F   # prints the table of an earlier --benchmark-json
+    python scripts/bench_compare.py            # runs the benchmarks, then prints the tables
+    python scripts/bench_compare.py --json F   # prints the tables of an earlier --benchmark-json
 
 A ×call is one empty Python function call measured in the same run, timeit style: per-iteration
 time of a loop doing the operation / per-iteration time of the same loop calling an empty
 function (the unit PERFORMANCE targets are stated in). The bare loop is printed too: subtracting
 it from both sides would make every ratio larger, since CPython 3.11+ inlines Python calls.
+
+Backends: ``cython`` (nemoflow's compiled core), ``python`` (its pure-Python twin), and the
+references ``otel`` (OpenTelemetry SDK + BatchSpanProcessor + a JSON-lines file exporter) and
+``nemo-relay`` (NeMo Relay + its ATOF file exporter); a reference that is not installed shows
+"-". "OTel/nemoflow" and "NeMo Relay/nemoflow" say how many times cheaper the compiled core is.
+Every verdict is computed from this run's numbers; nothing is carried over between runs.
 """
 
 from __future__ import annotations
@@ -18,16 +24,33 @@ import subprocess
 import sys
 import tempfile
 
+N = 1000  # operations per round of the per-operation benchmarks (and asyncio tasks per round)
+BACKENDS = ("cython", "python", "otel", "nemo-relay")
+REFERENCES = {"otel": "OTel", "nemo-relay": "NeMo Relay"}
+OPS = ("scope pair", "nf.trace span", "push+pop", "mark", "decorated call", "nested depth 3")
+ATTACHED = ("jsonl", "none", "subscriber")
+
 # (operation, attached) -> target in ×call on the compiled core (None: reported, no target yet)
 TARGETS = {
     ("scope pair", "none"): 6,
     ("push+pop", "none"): 6,
+    ("nf.trace span", "none"): 6,
     ("mark", "none"): 4,
     ("scope pair", "subscriber"): None,
     ("push+pop", "subscriber"): None,
     ("mark", "subscriber"): None,
+    ("scope pair", "jsonl"): 10,
+    ("nf.trace span", "jsonl"): 10,
+    ("push+pop", "jsonl"): 8,
+    ("mark", "jsonl"): 4,
 }
-TWIN_RATIO_TARGET = 2.0  # compiled core at least this much faster than the twin
+# (operation, attached) -> {reference backend: how many times cheaper the compiled core must be}
+REFERENCE_TARGETS = {("scope pair", "jsonl"): {"otel": 40, "nemo-relay": 60}}
+ATTACHED_OVERHEAD_TARGET = 0.15   # JSONL exporter attached vs nothing attached, traced thread
+E2E_RATE_TARGET = 2e6             # JSONL end to end, events/s
+E2E_RELAY_RATIO_TARGET = 20.0     # ... and times NeMo Relay's end-to-end rate
+ASYNCIO_RATIO_TARGET = 1.5        # asyncio per-scope cost / single-thread scope pair
+TWIN_RATIO_TARGET = 2.0           # compiled core at least this much faster than the twin
 
 
 def run_benchmarks(path: str) -> None:
@@ -37,51 +60,204 @@ def run_benchmarks(path: str) -> None:
     subprocess.run(cmd, check=True, cwd=root)
 
 
+def _fmt(v, spec=".1f", suffix=""):
+    return "-" if v is None else f"{v:{spec}}{suffix}"
+
+
+def _verdict(ok):
+    return "not measured" if ok is None else ("met" if ok else "missed")
+
+
+def _order(names, name):
+    return names.index(name) if name in names else len(names)
+
+
+def _rate(v):
+    if v is None:
+        return "-"
+    return f"{v / 1e6:.2f} M" if v >= 1e6 else f"{v / 1e3:.0f} k"
+
+
+class Report:
+    """The tables of one pytest-benchmark JSON run, and the verdict on every target."""
+
+    def __init__(self, data: dict):
+        self.median = {}      # (op, backend, attached) -> ns per operation incl. loop
+        self.throughput = {}  # (op, backend) -> extra_info + median seconds per round
+        for b in data["benchmarks"]:
+            info = b["extra_info"]
+            if info.get("kind") == "throughput":
+                self.throughput[(info["op"], info["backend"])] = dict(
+                    info, seconds=b["stats"]["median"])
+            else:
+                key = (info["op"], info.get("backend", "-"), info.get("attached", "-"))
+                self.median[key] = b["stats"]["median"] / N * 1e9
+        self.loop = self.median[("bare loop", "-", "-")]
+        self.unit = self.median[("empty call", "-", "-")]
+        self.lines = []
+        self.checks = []  # (group, target, measured, ok or None); groups follow the targets
+        self.twin = []    # (compiled/twin speed ratio, where)
+
+    def xcall(self, op, backend, att):
+        ns = self.median.get((op, backend, att))
+        return None if ns is None else ns / self.unit
+
+    def check(self, group, target, measured, ok):
+        self.checks.append((group, target, measured, ok))
+
+    def render(self) -> str:
+        self.lines += [f"1 ×call = {self.unit:.1f} ns in this run (loop iteration calling an "
+                       f"empty function; bare loop {self.loop:.1f} ns)", ""]
+        self.per_operation()
+        self.end_to_end()
+        self.asyncio()
+        self.scorecard()
+        return "\n".join(self.lines)
+
+    def per_operation(self):
+        add = self.lines.append
+        add("Traced-thread cost per operation (×call; ratios: how many times cheaper the "
+            "compiled core is)")
+        add(f"{'operation':<16}{'attached':<12}{'cython':>8}{'python':>8}{'otel':>8}"
+            f"{'nemo-relay':>12}{'twin/compiled':>15}{'OTel/nemoflow':>15}"
+            f"{'NeMo Relay/nemoflow':>21}{'vs none':>9}{'target':>8}  result")
+        ops = sorted({(op, att) for (op, be, att) in self.median
+                      if be != "-" and op != "asyncio tasks"},
+                     key=lambda k: (_order(ATTACHED, k[1]), _order(OPS, k[0]), k))
+        for op, att in ops:
+            x = {be: self.xcall(op, be, att) for be in BACKENDS}
+            cx = x["cython"]
+            ratio = x["python"] / cx if (cx and x["python"]) else None
+            if ratio is not None:
+                self.twin.append((ratio, f"{op} [{att}]"))
+            refs = {be: (x[be] / cx if (cx and x[be]) else None) for be in REFERENCES}
+            none = self.xcall(op, "cython", "none")
+            overhead = cx / none - 1 if (cx and none and att == "jsonl") else None
+            target = TARGETS.get((op, att))
+            if cx is None:
+                verdict = "compiled core not measured"
+            else:
+                parts = []
+                if target is not None:
+                    parts.append("met" if cx <= target else f"missed (×{cx / target:.1f} over)")
+                if ratio is not None:
+                    parts.append(f"twin ratio {'met' if ratio >= TWIN_RATIO_TARGET else 'missed'}")
+                verdict = ", ".join(parts) or "-"
+            add(f"{op:<16}{att:<12}{_fmt(x['cython']):>8}{_fmt(x['python']):>8}"
+                f"{_fmt(x['otel']):>8}{_fmt(x['nemo-relay']):>12}"
+                f"{_fmt(ratio, '.1f', 'x'):>15}{_fmt(refs['otel'], '.0f', 'x'):>15}"
+                f"{_fmt(refs['nemo-relay'], '.0f', 'x'):>21}"
+                f"{_fmt(None if overhead is None else overhead * 100, '+.0f', '%'):>9}"
+                f"{('-' if target is None else str(target)):>8}  {verdict}")
+            if target is not None:
+                self.check(0 if att == "jsonl" else 1, f"{op} [{att}] ≤ {target} ×call",
+                           _fmt(cx, ".1f", " ×call"), None if cx is None else cx <= target)
+            for be, want in REFERENCE_TARGETS.get((op, att), {}).items():
+                self.check(0, f"{op} [{att}] ≥ {want}× cheaper than {REFERENCES[be]}",
+                           _fmt(refs[be], ".0f", "×"),
+                           None if refs[be] is None else refs[be] >= want)
+            if overhead is not None:
+                self.check(2, f"{op}: JSONL attached vs nothing ≤ "
+                              f"+{ATTACHED_OVERHEAD_TARGET:.0%}",
+                           f"{overhead:+.0%}", overhead <= ATTACHED_OVERHEAD_TARGET)
+        refs = [(op, ns / self.unit) for (op, be, att), ns in self.median.items() if be == "-"]
+        add("")
+        add("references: " + ", ".join(f"{op} {x:.1f}" for op, x in sorted(refs)))
+
+    def end_to_end(self):
+        add = self.lines.append
+        add("")
+        add("End to end (emit, then wait until the file is written; events = 2 per scope pair; "
+            "an OTel span is one line)")
+        add(f"{'operation':<18}{'backend':<12}{'pairs':>9}{'lines written':>15}"
+            f"{'lost':>7}{'ms':>9}{'events/s':>11}{'ns/pair':>9}{'nemoflow/this':>15}")
+        rows = sorted(self.throughput.items(),
+                      key=lambda kv: (kv[0][0], _order(BACKENDS, kv[0][1])))
+        rate = {}
+        for (op, be), info in rows:
+            # A rate counts only what was written: a lost line is work not done.
+            written = info["events"] * info["lines_written"] / info["lines_expected"]
+            rate[(op, be)] = written / info["seconds"]
+        for (op, be), info in rows:
+            seconds = info["seconds"]
+            own = rate.get((op, "cython"))
+            vs = f"{own / rate[(op, be)]:.1f}x" if (own and be != "cython") else "-"
+            add(f"{op:<18}{be:<12}{info['pairs']:>9}"
+                f"{info['lines_written']:>9}/{info['lines_expected']:<5}"
+                f"{info['lines_expected'] - info['lines_written']:>7}"
+                f"{seconds * 1e3:>9.1f}{_rate(rate[(op, be)]):>11}"
+                f"{seconds / info['pairs'] * 1e9:>9.0f}{vs:>15}")
+        for be in ("cython", "python"):
+            one, two = rate.get(("1 thread", be)), rate.get(("2 threads", be))
+            if one and two:
+                add(f"{be}: 2 threads give {two / one:.2f}× the throughput of 1 thread "
+                    "(each thread the same count; no target)")
+        for op in ("JSONL end to end", "1 thread", "2 threads"):
+            c, p = rate.get((op, "cython")), rate.get((op, "python"))
+            if c and p:
+                self.twin.append((c / p, f"{op} (events/s)"))
+        e2e = rate.get(("JSONL end to end", "cython"))
+        self.check(3, f"JSONL end to end ≥ {E2E_RATE_TARGET / 1e6:g} M events/s", _rate(e2e),
+                   None if e2e is None else e2e >= E2E_RATE_TARGET)
+        relay = rate.get(("JSONL end to end", "nemo-relay"))
+        ratio = e2e / relay if (e2e and relay) else None
+        self.check(3, f"JSONL end to end ≥ {E2E_RELAY_RATIO_TARGET:g}× NeMo Relay's rate",
+                   _fmt(ratio, ".1f", "×"),
+                   None if ratio is None else ratio >= E2E_RELAY_RATIO_TARGET)
+
+    def asyncio(self):
+        add = self.lines.append
+        add("")
+        add(f"asyncio: {N} tasks, each a scope pair around `await asyncio.sleep(0)`, JSONL "
+            "attached, ns; per scope = (per task - per task without the scope);")
+        add("single thread = scope pair [jsonl] - bare loop")
+        add(f"{'backend':<12}{'per task':>10}{'no scope':>10}{'per scope':>11}"
+            f"{'single thread':>15}{'ratio':>8}{'target':>8}  result")
+        bare = self.median.get(("asyncio tasks", "-", "-"))
+        target = f"asyncio per scope ≤ {ASYNCIO_RATIO_TARGET:g}× single thread"
+        measured, ok = "-", None
+        for be in ("cython", "python"):
+            task = self.median.get(("asyncio tasks", be, "jsonl"))
+            single = self.median.get(("scope pair", be, "jsonl"))
+            if task is None or bare is None or single is None:
+                continue
+            per_scope, single = task - bare, single - self.loop
+            ratio = per_scope / single
+            met = ratio <= ASYNCIO_RATIO_TARGET
+            add(f"{be:<12}{task:>10.0f}{bare:>10.0f}{per_scope:>11.0f}{single:>15.0f}"
+                f"{ratio:>7.2f}x{ASYNCIO_RATIO_TARGET:>7g}x  "
+                f"{_verdict(met) if be == 'cython' else '-'}")
+            if be == "cython":
+                measured, ok = f"{ratio:.2f}×", met
+        self.check(4, target, measured, ok)
+
+    def scorecard(self):
+        if self.twin:
+            worst, where = min(self.twin)
+            below = [w for r, w in self.twin if r < TWIN_RATIO_TARGET]
+            measured = f"min {worst:.1f}× ({where})"
+            if below:
+                measured += f"; below on {len(below)}: " + ", ".join(below)
+            self.check(5, f"compiled vs twin ≥ {TWIN_RATIO_TARGET:g}× ({len(self.twin)} rows)",
+                       measured, not below)
+        else:
+            self.check(5, f"compiled vs twin ≥ {TWIN_RATIO_TARGET:g}×", "-", None)
+        add = self.lines.append
+        add("")
+        add("Targets (compiled core)")
+        checks = sorted(self.checks, key=lambda c: c[0])  # stable: the tables' order within
+        width = max(len(t) for _, t, _, _ in checks) + 2
+        add(f"{'target':<{width}}{'result':<14}measured")
+        for _, target, measured, ok in checks:
+            add(f"{target:<{width}}{_verdict(ok):<14}{measured}")
+        met = sum(1 for *_, ok in checks if ok)
+        missed = sum(1 for *_, ok in checks if ok is False)
+        add(f"{met} met, {missed} missed, {len(checks) - met - missed} not measured")
+
+
 def table(path: str) -> str:
     with open(path) as f:
-        data = json.load(f)
-    n = 1000
-    median = {}
-    for b in data["benchmarks"]:
-        info = b["extra_info"]
-        key = (info["op"], info.get("backend", "-"), info.get("attached", "-"))
-        median[key] = b["stats"]["median"] / n * 1e9  # ns per operation incl. loop
-    loop = median[("bare loop", "-", "-")]
-    unit = median[("empty call", "-", "-")]
-
-    def xcall(ns):
-        return ns / unit
-
-    lines = [f"1 ×call = {unit:.1f} ns in this run (loop iteration calling an empty function; "
-             f"bare loop {loop:.1f} ns)", ""]
-    lines.append(f"{'operation':<22}{'attached':<12}{'cython ×call':>13}{'python ×call':>14}"
-                 f"{'twin/compiled':>15}{'target':>8}  result")
-    ops = sorted({(op, att) for (op, be, att) in median if be != "-"},
-                 key=lambda k: (k[1], k[0]))
-    for op, att in ops:
-        c = median.get((op, "cython", att))
-        p = median.get((op, "python", att))
-        cx = xcall(c) if c is not None else None
-        px = xcall(p) if p is not None else None
-        ratio = (px / cx) if (cx and px) else None
-        target = TARGETS.get((op, att))
-        if cx is None:
-            verdict = "compiled core not measured"
-        else:
-            parts = []
-            if target is not None:
-                parts.append("met" if cx <= target else f"missed (×{cx / target:.1f} over)")
-            if ratio is not None:
-                parts.append(f"twin ratio {'met' if ratio >= TWIN_RATIO_TARGET else 'missed'}")
-            verdict = ", ".join(parts) or "-"
-        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-        lines.append(f"{op:<22}{att:<12}{fmt(cx):>13}{fmt(px):>14}"
-                     f"{('-' if ratio is None else f'{ratio:.1f}x'):>15}"
-                     f"{('-' if target is None else str(target)):>8}  {verdict}")
-    refs = [(op, xcall(ns)) for (op, be, att), ns in median.items() if be == "-"]
-    lines.append("")
-    lines.append("references: " + ", ".join(f"{op} {x:.1f}" for op, x in sorted(refs)))
-    return "\n".join(lines)
+        return Report(json.load(f)).render()
 
 
 def main() -> None:
