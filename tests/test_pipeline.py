@@ -390,9 +390,11 @@ def test_exporter_registered_while_busy_gets_everything_after_register(nf, tmp_p
     noise = []
     nf.subscribers.register("noise", noise.append, buffered=True)
 
-    def background():
+    def background():  # keeps the delivery thread busy without saturating it
         while not stop.is_set():
-            nf.mark("noise")
+            for _ in range(100):
+                nf.mark("noise")
+            time.sleep(0.001)
 
     t = threading.Thread(target=background)
     t.start()
