@@ -25,14 +25,15 @@ import asyncio
 import os
 import tempfile
 import threading
+import time
 
 import pytest
 
 #: Operations per round of the traced-thread benchmarks (the test_core_ops.py convention).
 N = 1000
 R = range(N)
-ROUNDS = 40       # traced-thread rounds (pedantic: a setup per round)
-E2E_ROUNDS = 3    # end-to-end rounds
+MAX_ROUNDS = 2000  # traced-thread rounds: as many as --benchmark-max-time allows, up to this
+E2E_ROUNDS = 3     # end-to-end rounds
 TASKS = 1000      # asyncio tasks per round
 
 OTEL_MISSING = ("opentelemetry-sdk is not installed (pip install opentelemetry-sdk): "
@@ -57,6 +58,25 @@ def _untimed(flush):
     def setup():
         flush()
     return setup
+
+
+@pytest.fixture
+def timed(benchmark, pytestconfig):
+    """``benchmark.pedantic`` with ``setup`` untimed before every round, over as many rounds as
+    fit in ``--benchmark-max-time`` (at least ``--benchmark-min-rounds``), as ``benchmark()``
+    calibrates itself: a short run would let one burst of machine noise move the median."""
+    def run_rounds(run, setup=_untimed(lambda: None)):
+        if pytestconfig.getoption("benchmark_disable"):
+            return benchmark.pedantic(run, setup=setup)
+        setup()
+        start = time.perf_counter()
+        run()
+        once = max(time.perf_counter() - start, 1e-6)
+        budget = float(pytestconfig.getoption("benchmark_max_time"))
+        rounds = max(int(pytestconfig.getoption("benchmark_min_rounds")),
+                     min(MAX_ROUNDS, int(budget / once)))
+        return benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=1)
+    return run_rounds
 
 
 @pytest.fixture
@@ -86,7 +106,7 @@ def _waits(nf) -> int:
     return sum(r["waits"] for r in nf.diagnostics()["pipeline"]["rings"] if r["thread"] == me)
 
 
-def _traced(benchmark, nf, exporter, op, run):
+def _traced(benchmark, timed, nf, exporter, op, run):
     def drained():
         nf.subscribers.flush()
         # The file is opened O_APPEND: truncating between rounds keeps it small.
@@ -95,51 +115,51 @@ def _traced(benchmark, nf, exporter, op, run):
     benchmark.group = f"{op} [jsonl]"
     benchmark.extra_info.update(op=op, backend=nf.BACKEND, attached="jsonl")
     waits = _waits(nf)
-    benchmark.pedantic(run, setup=drained, rounds=ROUNDS, warmup_rounds=2)
+    timed(run, drained)
     nf.subscribers.flush()
     assert _waits(nf) == waits, "the ring filled during a round: that measures waiting"
     assert nf.diagnostics()["pipeline"]["dropped"] == 0
 
 
-def test_scope_pair_jsonl(benchmark, nf, jsonl):
+def test_scope_pair_jsonl(benchmark, timed, nf, jsonl):
     scope, kind = nf.scope.scope, nf.ScopeType.Function
 
     def run():
         for _ in R:
             with scope("step", kind):
                 pass
-    _traced(benchmark, nf, jsonl, "scope pair", run)
+    _traced(benchmark, timed, nf, jsonl, "scope pair", run)
 
 
-def test_trace_span_jsonl(benchmark, nf, jsonl):
+def test_trace_span_jsonl(benchmark, timed, nf, jsonl):
     trace = nf.trace
 
     def run():
         for _ in R:
             with trace("step"):
                 pass
-    _traced(benchmark, nf, jsonl, "nf.trace span", run)
+    _traced(benchmark, timed, nf, jsonl, "nf.trace span", run)
 
 
-def test_push_pop_jsonl(benchmark, nf, jsonl):
+def test_push_pop_jsonl(benchmark, timed, nf, jsonl):
     push, pop, kind = nf.scope.push, nf.scope.pop, nf.ScopeType.Function
 
     def run():
         for _ in R:
             pop(push("step", kind))
-    _traced(benchmark, nf, jsonl, "push+pop", run)
+    _traced(benchmark, timed, nf, jsonl, "push+pop", run)
 
 
-def test_mark_jsonl(benchmark, nf, jsonl):
+def test_mark_jsonl(benchmark, timed, nf, jsonl):
     event = nf.scope.event
 
     def run():
         for _ in R:
             event("checkpoint")
-    _traced(benchmark, nf, jsonl, "mark", run)
+    _traced(benchmark, timed, nf, jsonl, "mark", run)
 
 
-def test_decorated_call_jsonl(benchmark, nf, jsonl):
+def test_decorated_call_jsonl(benchmark, timed, nf, jsonl):
     @nf.trace
     def step(x):
         return x
@@ -147,10 +167,10 @@ def test_decorated_call_jsonl(benchmark, nf, jsonl):
     def run():
         for _ in R:
             step(1)
-    _traced(benchmark, nf, jsonl, "decorated call", run)
+    _traced(benchmark, timed, nf, jsonl, "decorated call", run)
 
 
-def test_nested_depth_3_jsonl(benchmark, nf, jsonl):
+def test_nested_depth_3_jsonl(benchmark, timed, nf, jsonl):
     scope, kind = nf.scope.scope, nf.ScopeType.Function
 
     def run():
@@ -159,7 +179,7 @@ def test_nested_depth_3_jsonl(benchmark, nf, jsonl):
                 with scope("b", kind):
                     with scope("c", kind):
                         pass
-    _traced(benchmark, nf, jsonl, "nested depth 3", run)
+    _traced(benchmark, timed, nf, jsonl, "nested depth 3", run)
 
 
 # -- OpenTelemetry SDK: BatchSpanProcessor + a JSON-lines file exporter ------------------------
@@ -194,7 +214,7 @@ def _otel_provider(sdk_trace, path: str, **batch_options):
     return provider
 
 
-def test_otel_span_pair(otel, benchmark, out_dir):
+def test_otel_span_pair(otel, benchmark, timed, out_dir):
     provider = _otel_provider(otel, os.path.join(out_dir, "otel.jsonl"))
     span = provider.get_tracer("bench").start_as_current_span
 
@@ -205,8 +225,7 @@ def test_otel_span_pair(otel, benchmark, out_dir):
     benchmark.group = "scope pair [jsonl]"
     benchmark.extra_info.update(op="scope pair", backend="otel", attached="jsonl")
     try:
-        benchmark.pedantic(run, setup=_untimed(provider.force_flush),
-                           rounds=ROUNDS, warmup_rounds=2)
+        timed(run, _untimed(provider.force_flush))
     finally:
         provider.shutdown()
 
@@ -235,7 +254,7 @@ def _relay_close(exporter) -> str:
     return exporter.path
 
 
-def test_relay_scope_pair(relay, benchmark, out_dir):
+def test_relay_scope_pair(relay, benchmark, timed, out_dir):
     exporter = _relay_exporter(relay, out_dir, "relay.jsonl")
     scope, kind = relay.scope.scope, relay.ScopeType.Function
 
@@ -247,8 +266,7 @@ def test_relay_scope_pair(relay, benchmark, out_dir):
     benchmark.extra_info.update(op="scope pair", backend="nemo-relay", attached="jsonl")
     try:
         # force_flush waits for NeMo Relay's queued delivery, then flushes the file.
-        benchmark.pedantic(run, setup=_untimed(exporter.force_flush),
-                           rounds=ROUNDS, warmup_rounds=2)
+        timed(run, _untimed(exporter.force_flush))
     finally:
         _relay_close(exporter)
 
@@ -404,19 +422,19 @@ def _tasks(loop, step):
     return lambda: loop.run_until_complete(main())
 
 
-def test_ref_asyncio_tasks(benchmark, loop):
+def test_ref_asyncio_tasks(benchmark, timed, loop):
     async def step():
         await asyncio.sleep(0)
     benchmark.group = "asyncio tasks [jsonl]"
     benchmark.extra_info.update(op="asyncio tasks", backend="-", attached="-", tasks=TASKS)
-    benchmark.pedantic(_tasks(loop, step), rounds=ROUNDS, warmup_rounds=2)
+    timed(_tasks(loop, step))
 
 
-def test_asyncio_scope_pair_jsonl(benchmark, nf, jsonl, loop):
+def test_asyncio_scope_pair_jsonl(benchmark, timed, nf, jsonl, loop):
     scope, kind = nf.scope.scope, nf.ScopeType.Function
 
     async def step():
         with scope("step", kind):
             await asyncio.sleep(0)
     benchmark.extra_info["tasks"] = TASKS
-    _traced(benchmark, nf, jsonl, "asyncio tasks", _tasks(loop, step))
+    _traced(benchmark, timed, nf, jsonl, "asyncio tasks", _tasks(loop, step))
