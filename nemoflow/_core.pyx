@@ -34,8 +34,10 @@ import math
 import os
 import sys
 import threading
+import functools
 import types
 import warnings
+import weakref
 
 import orjson
 
@@ -605,12 +607,26 @@ cdef class MarkEvent:
 # Subscribers. Registries are immutable tuples swapped under a lock; the emit path reads them
 # without locking. Each subscriber has its own lock so it is never entered concurrently.
 
-cdef object _registry_lock = threading.Lock()
+cdef object _registry_lock = threading.RLock()
 cdef tuple _subscribers = ()     # global, in registration order
 cdef Py_ssize_t _n_local = 0     # live scope-local registrations across all frames
 cdef bint _enabled = False       # anything at all to deliver to?
 cdef dict _stats = {}            # subscriber name -> _Stat
-cdef dict _scope_locals = {}     # frame -> tuple of scope-local Subscribers
+# id(frame) -> [weakref to the frame, tuple of scope-local Subscribers]. Weak: a scope that can
+# no longer be popped (nothing references its frame) takes its registrations with it.
+cdef dict _scope_locals = {}
+
+
+def _locals_gone(key, ref=None):
+    # weakref callback: the frame of an unpopped scope with scope-local subscribers is gone
+    global _n_local
+    with _registry_lock:
+        entry = _scope_locals.pop(key, None)
+        if entry is not None and entry[0] is ref:
+            _n_local -= len(entry[1])
+            _refresh_enabled()
+        elif entry is not None:
+            _scope_locals[key] = entry
 
 
 @cython.final
@@ -649,6 +665,15 @@ cdef class Subscriber:
         if self._lock != NULL:
             PyThread_free_lock(self._lock)
 
+    def _reinit_after_fork(self):
+        # In a forked child only the forking thread exists: a lock another thread held at
+        # fork() would never be released.
+        self._lock = PyThread_allocate_lock()
+        if self._lock == NULL:
+            raise MemoryError()
+        self._owner = 0
+        self._depth = 0
+
     cdef int deliver(self, object event) except -1:
         cdef unsigned long me = PyThread_get_thread_ident()
         # Re-entrant: a subscriber that emits an event from its callback on the same thread
@@ -679,6 +704,14 @@ cdef class Subscriber:
                 nf_store_relaxed(&self._owner, 0)
                 PyThread_release_lock(self._lock)
         return 0
+
+
+cdef list _all_subscribers():
+    subs = list(_subscribers)
+    subs.extend([c for c in _consumers if isinstance(c, Subscriber)])
+    for entry in _scope_locals.values():
+        subs.extend(entry[1])
+    return subs
 
 
 cdef inline void _refresh_enabled() noexcept:
@@ -715,11 +748,15 @@ def local_register(frame, name, callback):
     with _registry_lock:
         if f._closed:
             raise NotFoundError(f"not found: scope {f._uuid()} not found")
-        locals_ = _scope_locals.get(f, ())
-        for s in locals_:
+        key = id(f)
+        entry = _scope_locals.get(key)
+        if entry is None:
+            entry = [weakref.ref(f, functools.partial(_locals_gone, key)), ()]
+            _scope_locals[key] = entry
+        for s in entry[1]:
             if (<Subscriber>s).name == name:
                 raise AlreadyExistsError(f"already exists: {name} subscriber already exists")
-        _scope_locals[f] = locals_ + (sub,)
+        entry[1] = entry[1] + (sub,)
         f._has_locals = True
         _n_local += 1
         _refresh_enabled()
@@ -731,14 +768,15 @@ def local_deregister(frame, name):
     _check_active(frame)
     cdef ScopeHandle f = <ScopeHandle>frame
     with _registry_lock:
-        locals_ = _scope_locals.get(f, ())
+        entry = _scope_locals.get(id(f))
+        locals_ = () if entry is None else entry[1]
         kept = tuple([s for s in locals_ if (<Subscriber>s).name != name])
         if len(kept) == len(locals_):
             return False
         if kept:
-            _scope_locals[f] = kept
+            entry[1] = kept
         else:
-            del _scope_locals[f]
+            del _scope_locals[id(f)]
             f._has_locals = False
         _n_local -= 1
         _refresh_enabled()
@@ -748,10 +786,10 @@ def local_deregister(frame, name):
 cdef int _drop_locals(ScopeHandle frame) except -1:
     global _n_local
     with _registry_lock:
-        locals_ = _scope_locals.pop(frame, None)
+        entry = _scope_locals.pop(id(frame), None)
         frame._has_locals = False
-        if locals_:
-            _n_local -= len(<tuple>locals_)
+        if entry is not None and entry[1]:
+            _n_local -= len(<tuple>entry[1])
             _refresh_enabled()
     return 0
 
@@ -768,9 +806,9 @@ cdef int _deliver(object event, ScopeHandle top) except -1:
         f = top
         while f is not None:
             if f._has_locals:
-                locals_ = _scope_locals.get(f)
-                if locals_:
-                    chain.append(locals_)
+                entry = _scope_locals.get(id(f))
+                if entry is not None and entry[1]:
+                    chain.append(entry[1])
             f = f._prev
         for i in range(len(chain) - 1, -1, -1):
             for s in <tuple>chain[i]:
@@ -1326,7 +1364,9 @@ def _after_fork_in_child():
     _delivery = None
     _delivery_ident = 0
     _need_thread = _recording
-    _registry_lock = threading.Lock()  # another thread may have held it at fork
+    _registry_lock = threading.RLock()  # another thread may have held it at fork
+    for sub in _all_subscribers():
+        (<Subscriber>sub)._reinit_after_fork()
 
 
 def _pipeline_stats():
@@ -1364,11 +1404,12 @@ cdef inline int _check_name(name) except -1:
     return 0
 
 
-cdef int _check_text(str name) except -1:
+cdef int _check_text(str text) except -1:
     try:
-        name.encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("name must be valid Unicode text (it contains a lone surrogate)") from None
+        raise ValueError("names and categories must be valid Unicode text (a lone surrogate "
+                         "cannot be written as UTF-8)") from None
     return 0
 
 
@@ -1385,10 +1426,13 @@ cdef inline int _check_parent(handle) except -1:
 
 
 cdef int _attr_value(attributes) except? -1:
+    # Scopes take ScopeAttributes (or a plain int mask); a tool or LLM flag would be written
+    # under a scope's wire names.
     if attributes is None:
         return 0
-    if not isinstance(attributes, int) or isinstance(attributes, bool):
-        raise TypeError(f"attributes must be an attribute flag, not {type(attributes).__name__}")
+    if (not isinstance(attributes, int) or isinstance(attributes, bool)
+            or isinstance(attributes, (ToolAttributes, LLMAttributes))):
+        raise TypeError(f"attributes must be ScopeAttributes, not {type(attributes).__name__}")
     return <int>attributes
 
 
@@ -1492,11 +1536,17 @@ cdef int _check_poppable(handle) except -1:
 
 def pop(handle, *, output=None, metadata=None, timestamp=None):
     """Close the scope on top of the current stack (strict LIFO) and emit its end event."""
-    _check_poppable(handle)
+    if not isinstance(handle, ScopeHandle):
+        raise TypeError(f"handle must be a ScopeHandle, not {type(handle).__name__}")
     cdef ScopeHandle h = <ScopeHandle>handle
-    cdef int64_t ts = _auto_end_ts(h) if timestamp is None else _timestamp_ns(timestamp)
     out_raw = _encode(output, False)
     meta_raw = _encode(metadata, False)
+    cdef int64_t ts = _auto_end_ts(h) if timestamp is None else _timestamp_ns(timestamp)
+    # Check and close in one step, with no Python code in between (the GIL is not released):
+    # two threads popping one handle cannot both emit its end. (A free-threaded build needs an
+    # atomic exchange on _closed here.)
+    _check_poppable(handle)
+    h._closed = True
     _end(h, out_raw, meta_raw, ts, _STATUS_NONE, None, None)
     PyContextVar_Set(_current, h._prev)
 
@@ -1515,8 +1565,11 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     """Emit a mark under ``handle`` (default: the current scope)."""
     _check_name(name)
     _check_parent(handle)
-    if category is not None and not isinstance(category, str):
-        raise TypeError(f"category must be str or None, not {type(category).__name__}")
+    if category is not None:
+        if not isinstance(category, str):
+            raise TypeError(f"category must be str or None, not {type(category).__name__}")
+        if not PyUnicode_IS_COMPACT_ASCII(category):
+            _check_text(category)
     cdef int64_t ts = nf_now_ns() if timestamp is None else _timestamp_ns(timestamp)
     data_raw = _encode(data, False)
     meta_raw = _encode(metadata, False)
@@ -1560,6 +1613,9 @@ cdef str _describe(object exc):
         asyncio = sys.modules.get("asyncio")
         if asyncio is not None and isinstance(exc, asyncio.CancelledError):
             return "cancelled"
+    if not PyUnicode_IS_COMPACT_ASCII(text):
+        # a lone surrogate cannot be written as UTF-8: keep the text, escape that character
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
 
 
@@ -1836,8 +1892,10 @@ def _forget_registrations():
         _subscribers = ()
         _n_local = 0
         _stats.clear()
-        for f in _scope_locals:
-            (<ScopeHandle>f)._has_locals = False
+        for entry in _scope_locals.values():
+            f = entry[0]()
+            if f is not None:
+                (<ScopeHandle>f)._has_locals = False
         _scope_locals.clear()
     flush()
     with _registry_lock:

@@ -16,6 +16,7 @@ import atexit
 import collections
 import contextvars
 import datetime as _dt
+import functools
 import math
 import os
 import random
@@ -24,6 +25,7 @@ import threading
 import time
 import types
 import warnings
+import weakref
 
 import orjson
 
@@ -474,7 +476,7 @@ class MarkEvent:
 # Subscribers. Registries are immutable tuples swapped under a lock; the emit path reads them
 # without locking. Each subscriber has its own lock so it is never entered concurrently.
 
-_registry_lock = threading.Lock()
+_registry_lock = threading.RLock()
 _subscribers = ()  # global, in registration order
 _n_local = 0  # live scope-local subscriber registrations, across all frames
 _enabled = False  # anything at all to deliver to?
@@ -512,6 +514,14 @@ class Subscriber:
                         RuntimeWarning, stacklevel=2)
 
 
+def _all_subscribers():
+    subs = list(_subscribers)
+    subs.extend(c for c in _consumers if isinstance(c, Subscriber))
+    for entry in _scope_locals.values():
+        subs.extend(entry[1])
+    return subs
+
+
 def _refresh_enabled():
     global _enabled
     _enabled = bool(_subscribers) or _n_local > 0
@@ -532,6 +542,22 @@ def _check_active(frame):
         raise NotFoundError(f"not found: scope {frame._uuid} not found")
 
 
+# id(frame) -> [weakref to the frame, tuple of scope-local Subscribers]. Weak: a scope that can
+# no longer be popped (nothing references its frame) takes its registrations with it.
+_scope_locals = {}
+
+
+def _locals_gone(key, ref=None):
+    global _n_local
+    with _registry_lock:
+        entry = _scope_locals.pop(key, None)
+        if entry is not None and entry[0] is ref:
+            _n_local -= len(entry[1])
+            _refresh_enabled()
+        elif entry is not None:
+            _scope_locals[key] = entry
+
+
 def local_register(frame, name, callback) -> None:
     """Attach a scope-local subscriber to an open scope."""
     global _n_local
@@ -540,10 +566,15 @@ def local_register(frame, name, callback) -> None:
     with _registry_lock:
         if frame._closed:
             raise NotFoundError(f"not found: scope {frame._uuid} not found")
-        locals_ = frame._locals or ()
-        if any(s.name == name for s in locals_):
+        key = id(frame)
+        entry = _scope_locals.get(key)
+        if entry is None:
+            entry = [weakref.ref(frame, functools.partial(_locals_gone, key)), ()]
+            _scope_locals[key] = entry
+        if any(s.name == name for s in entry[1]):
             raise AlreadyExistsError(f"already exists: {name} subscriber already exists")
-        frame._locals = locals_ + (sub,)
+        entry[1] = entry[1] + (sub,)
+        frame._locals = True
         _n_local += 1
         _refresh_enabled()
 
@@ -553,11 +584,16 @@ def local_deregister(frame, name) -> bool:
     global _n_local
     _check_active(frame)
     with _registry_lock:
-        locals_ = frame._locals or ()
+        entry = _scope_locals.get(id(frame))
+        locals_ = () if entry is None else entry[1]
         kept = tuple(s for s in locals_ if s.name != name)
         if len(kept) == len(locals_):
             return False
-        frame._locals = kept or None
+        if kept:
+            entry[1] = kept
+        else:
+            del _scope_locals[id(frame)]
+            frame._locals = None
         _n_local -= 1
         _refresh_enabled()
         return True
@@ -566,9 +602,10 @@ def local_deregister(frame, name) -> bool:
 def _drop_locals(frame):
     global _n_local
     with _registry_lock:
-        if frame._locals:
-            _n_local -= len(frame._locals)
-            frame._locals = None
+        entry = _scope_locals.pop(id(frame), None)
+        frame._locals = None
+        if entry is not None and entry[1]:
+            _n_local -= len(entry[1])
             _refresh_enabled()
 
 
@@ -580,7 +617,9 @@ def _deliver(event, top):
         f = top
         while f is not None:
             if f._locals:
-                chain.append(f._locals)
+                entry = _scope_locals.get(id(f))
+                if entry is not None and entry[1]:
+                    chain.append(entry[1])
             f = f._prev
         for locals_ in reversed(chain):
             for sub in locals_:
@@ -934,7 +973,9 @@ def _after_fork_in_child():
     _pipe.update(rings=[], flush_requests=0, wake=False, waiting=0, stopping=False)
     _delivery = None
     _delivery_ident = 0
-    _registry_lock = threading.Lock()
+    _registry_lock = threading.RLock()
+    for sub in _all_subscribers():
+        sub._lock = threading.RLock()
 
 
 def _pipeline_stats():
@@ -956,12 +997,16 @@ def _pipeline_stats():
 def _check_name(name):
     if not isinstance(name, str):
         raise TypeError(f"name must be str, not {type(name).__name__}")
-    if not name.isascii():
+    _check_text(name)
+
+
+def _check_text(text):
+    if not text.isascii():
         try:
-            name.encode("utf-8")
+            text.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError(
-                "name must be valid Unicode text (it contains a lone surrogate)") from None
+            raise ValueError("names and categories must be valid Unicode text (a lone "
+                             "surrogate cannot be written as UTF-8)") from None
 
 
 def _check_parent(handle):
@@ -970,10 +1015,13 @@ def _check_parent(handle):
 
 
 def _attr_value(attributes) -> int:
+    # Scopes take ScopeAttributes (or a plain int mask); a tool or LLM flag would be written
+    # under a scope's wire names.
     if attributes is None:
         return 0
-    if not isinstance(attributes, int) or isinstance(attributes, bool):
-        raise TypeError(f"attributes must be an attribute flag, not {type(attributes).__name__}")
+    if (not isinstance(attributes, int) or isinstance(attributes, bool)
+            or isinstance(attributes, (ToolAttributes, LLMAttributes))):
+        raise TypeError(f"attributes must be ScopeAttributes, not {type(attributes).__name__}")
     return int(attributes)
 
 
@@ -1078,9 +1126,22 @@ def _check_poppable(handle):
 
 def pop(handle, *, output=None, metadata=None, timestamp=None):
     """Close the scope on top of the current stack (strict LIFO) and emit its end event."""
-    _check_poppable(handle)
-    end(handle, output, metadata, timestamp)
+    if not isinstance(handle, ScopeHandle):
+        raise TypeError(f"handle must be a ScopeHandle, not {type(handle).__name__}")
+    out_raw = encode(output)
+    meta_raw = encode(metadata)
+    if timestamp is None:
+        ts = max(now_ns(), handle._start_ns + 1000)
+    else:
+        ts = timestamp_ns(timestamp)
+    with _pop_lock:  # check and close in one step: one handle is never ended twice
+        _check_poppable(handle)
+        handle._closed = True
+    _end_encoded(handle, out_raw, meta_raw, ts, STATUS_NONE, None, None)
     _current.set(handle._prev)
+
+
+_pop_lock = threading.Lock()
 
 
 def _check_schema(data_schema):
@@ -1097,8 +1158,10 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     """Emit a mark under ``handle`` (default: the current scope)."""
     _check_name(name)
     _check_parent(handle)
-    if category is not None and not isinstance(category, str):
-        raise TypeError(f"category must be str or None, not {type(category).__name__}")
+    if category is not None:
+        if not isinstance(category, str):
+            raise TypeError(f"category must be str or None, not {type(category).__name__}")
+        _check_text(category)
     ts = now_ns() if timestamp is None else timestamp_ns(timestamp)
     data_raw = encode(data)
     meta_raw = encode(metadata)
@@ -1136,6 +1199,9 @@ def describe(exc) -> str:
         asyncio = sys.modules.get("asyncio")
         if asyncio is not None and isinstance(exc, asyncio.CancelledError):
             return "cancelled"
+    if not text.isascii():
+        # a lone surrogate cannot be written as UTF-8: keep the text, escape that character
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
 
 
@@ -1414,6 +1480,11 @@ def _forget_registrations() -> None:
         _subscribers = ()
         _n_local = 0
         _stats.clear()
+        for entry in _scope_locals.values():
+            f = entry[0]()
+            if f is not None:
+                f._locals = None
+        _scope_locals.clear()
         _refresh_enabled()
     flush()
     with _registry_lock:

@@ -19,10 +19,9 @@ from ._types import ScopeType
 __all__ = ["mark", "trace"]
 
 
-def mark(name: str, *, data=None, metadata=None, data_schema=None, handle=None, timestamp=None):
-    """Record a point-in-time event under the current scope (or ``handle``)."""
-    _core.event(name, handle=handle, data=data, metadata=metadata, data_schema=data_schema,
-                timestamp=timestamp)
+#: ``nf.mark(name, *, data=None, metadata=None, data_schema=None, handle=None, timestamp=None)``:
+#: a point-in-time event under the current scope (or ``handle``); the core's own function.
+mark = _core.event
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import os
 import sys
 
 _KEEP = {"nemoflow._types", "nemoflow._core", "nemoflow._core_py"}
-_NO_EXT = os.environ.get("NEMOFLOW_NO_EXTENSIONS", "") not in ("", "0")
+_NO_EXT = os.environ.get("NEMOFLOW_NO_EXTENSIONS", "").strip().lower() not in (
+    "", "0", "false", "no")
 
 
 def load_backend(backend: str):

@@ -67,8 +67,8 @@ _live = weakref.WeakSet()  # exporters to write at exit / reset in a forked chil
 class _Node:
     """A scope not laid out yet: open, or finished inside a subtree that is not."""
 
-    __slots__ = ("uuid", "parent", "name", "cat", "start", "end", "input", "output", "meta",
-                 "attrs", "profile", "children", "marks", "seq", "span_end")
+    __slots__ = ("uuid", "parent", "name", "cat", "start", "end", "input", "meta", "attrs",
+                 "profile", "body", "children", "marks", "seq", "span_end")
 
     def __init__(self, uuid, parent, name, cat, start, input, meta, attrs, profile, seq):
         self.uuid = uuid
@@ -78,27 +78,33 @@ class _Node:
         self.start = start
         self.end = None
         self.input = input
-        self.output = None
         self.meta = meta
         self.attrs = attrs
         self.profile = profile
+        self.body = None  # the event's JSON without ph/ts/dur/pid/tid, once it has ended
         self.children = []
         self.marks = []
         self.seq = seq
         self.span_end = None  # end used for the layout (the flush time while open)
 
+    def finish(self, ts, output, meta, profile):
+        self.end = max(ts, self.start)  # a negative duration cannot be drawn
+        self.body = _body(self.name, self.cat, self.uuid, self.parent, self.input, output, meta,
+                          self.attrs, profile if profile is not None else self.profile, False)
+        self.input = self.meta = self.attrs = self.profile = None
+
+    def open_body(self):
+        return _body(self.name, self.cat, self.uuid, self.parent, self.input, None, self.meta,
+                     self.attrs, self.profile, True)
+
 
 class _Mark:
-    __slots__ = ("uuid", "parent", "name", "cat", "ts", "data", "meta")
+    __slots__ = ("parent", "ts", "body")
 
-    def __init__(self, uuid, parent, name, cat, ts, data, meta):
-        self.uuid = uuid
+    def __init__(self, parent, ts, body):
         self.parent = parent
-        self.name = name
-        self.cat = cat
         self.ts = ts
-        self.data = data
-        self.meta = meta
+        self.body = body
 
 
 class _Placed:
@@ -106,6 +112,7 @@ class _Placed:
 
     ``kids`` maps a track id to the sorted, mutually non-overlapping spans of this scope's
     children on that track; ``extra`` lists the tracks made for children that did not fit.
+    Both are made when first needed: most scopes are leaves.
     """
 
     __slots__ = ("tid", "start", "end", "name", "kids", "extra")
@@ -115,8 +122,8 @@ class _Placed:
         self.start = start
         self.end = end
         self.name = name
-        self.kids = {}
-        self.extra = []
+        self.kids = None
+        self.extra = None
 
 
 class _Track:
@@ -176,22 +183,37 @@ def _drawn_ends(siblings, bound):
     return out
 
 
-def _slice_event(pid, tid, node, end, origin, is_open):
-    args = {"uuid": node.uuid, "parent_uuid": node.parent, "input": node.input,
-            "output": node.output, "metadata": node.meta, "attributes": node.attrs}
-    if node.profile is not None:
-        args["category_profile"] = node.profile
+# Laid-out events are kept as small tuples of ints and JSON bytes, not dicts: nothing for the
+# garbage collector to walk, and a rewrite only formats the times.
+
+def _body(name, cat, uuid, parent, input, output, meta, attrs, profile, is_open):
+    args = {"uuid": uuid, "parent_uuid": parent, "input": input, "output": output,
+            "metadata": meta, "attributes": attrs}
+    if profile is not None:
+        args["category_profile"] = profile
     if is_open:
         args["open"] = True
-    return {"name": node.name, "cat": node.cat, "ph": "X", "ts": (node.start - origin) / 1000,
-            "dur": (end - node.start) / 1000, "pid": pid, "tid": tid, "args": args}
+    return orjson.dumps({"name": name, "cat": cat, "args": args})[1:]
 
 
-def _instant_event(pid, tid, mark, scope, origin):
-    return {"name": mark.name, "cat": mark.cat, "ph": "i", "s": scope,
-            "ts": (mark.ts - origin) / 1000, "pid": pid, "tid": tid,
-            "args": {"uuid": mark.uuid, "parent_uuid": mark.parent, "data": mark.data,
-                     "metadata": mark.meta}}
+def _mark_body(ev):
+    return orjson.dumps({"name": ev.name, "cat": ev.category or "mark",
+                         "args": {"uuid": ev.uuid, "parent_uuid": ev.parent_uuid,
+                                  "data": ev.data, "metadata": ev.metadata}})[1:]
+
+
+def _us(ns) -> bytes:
+    return repr(ns / 1000).encode()
+
+
+def _render(record, origin, pid) -> bytes:
+    if record[0] == "X":
+        _, start, end, tid, body = record
+        return b'{"ph":"X","ts":%b,"dur":%b,"pid":%d,"tid":%d,%b' % (
+            _us(start - origin), _us(end - start), pid, tid, body)
+    _, ts, scope, tid, body = record
+    return b'{"ph":"i","s":"%b","ts":%b,"pid":%d,"tid":%d,%b' % (
+        scope, _us(ts - origin), pid, tid, body)
 
 
 def _default_process_name() -> str:
@@ -214,9 +236,9 @@ class ChromeTraceExporter:
         _live.add(self)
 
     def _new_state(self):
-        # ``_lock`` guards the trace state (the delivery thread and user threads both touch it);
-        # ``_write_lock`` keeps whole snapshots-and-writes in order, without holding ``_lock``
-        # during the file write.
+        # ``_lock`` guards the trace state (the delivery thread and user threads both touch
+        # it); ``_write_lock`` keeps snapshot-then-write in order without holding ``_lock``
+        # while the file is formatted and written.
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._nodes: dict = {}  # uuid -> _Node not laid out yet
@@ -227,12 +249,10 @@ class ChromeTraceExporter:
         self._placed: dict = {}  # uuid -> _Placed, for every laid-out scope
         self._groups: dict = {}  # parent uuid not in the file -> _Placed (a trace root)
         self._tracks: list = []
-        self._slices: list = []  # laid-out events, in ns (converted when written)
-        self._instants: list = []
+        self._records: list = []  # laid-out slices and instants, times in ns
+        self._n_slices = 0
+        self._n_instants = 0
         self._min_ts = None
-        self._origin = None  # the time origin the cached events below were converted with
-        self._slice_events: list = []  # the laid-out slices and instants as trace events
-        self._instant_events: list = []
         self._seq = 0
         self._n_events = 0
         self._bad_events = 0
@@ -310,8 +330,8 @@ class ChromeTraceExporter:
     def stats(self) -> dict:
         """Events received, slices and instants laid out, scopes waiting, tracks, writes."""
         with self._lock:
-            return {"events": self._n_events, "scopes": len(self._slices),
-                    "marks": len(self._instants), "pending_scopes": len(self._nodes),
+            return {"events": self._n_events, "scopes": self._n_slices,
+                    "marks": self._n_instants, "pending_scopes": len(self._nodes),
                     "tracks": len(self._tracks), "writes": self._writes, "bytes": self._bytes,
                     "errors": self._errors, "bad_events": self._bad_events,
                     "unmatched_ends": len(self._early_ends)}
@@ -343,8 +363,7 @@ class ChromeTraceExporter:
         if self._min_ts is None or ts < self._min_ts:
             self._min_ts = ts
         if ev.kind != "scope":
-            self._take_mark(_Mark(ev.uuid, ev.parent_uuid, ev.name, ev.category or "mark", ts,
-                                  ev.data, ev.metadata))
+            self._take_mark(_Mark(ev.parent_uuid, ts, _mark_body(ev)))
         elif ev.scope_category == "start":
             self._take_start(ev, ts)
         else:
@@ -370,24 +389,15 @@ class ChromeTraceExporter:
         node.marks.extend(self._marks_by_parent.pop(uuid, ()))
         early = self._early_ends.pop(uuid, None)
         if early is not None:
-            self._finish(node, *early)
+            node.finish(*early)
 
     def _take_end(self, uuid, ts, output, meta, profile):
         node = self._nodes.get(uuid)
         if node is None:
             if uuid not in self._placed:
                 self._early_ends[uuid] = (ts, output, meta, profile)
-            return
-        if node.end is None:
-            self._finish(node, ts, output, meta, profile)
-
-    @staticmethod
-    def _finish(node, ts, output, meta, profile):
-        node.end = max(ts, node.start)  # a negative duration cannot be drawn
-        node.output = output
-        node.meta = meta
-        if profile is not None:
-            node.profile = profile
+        elif node.end is None:
+            node.finish(ts, output, meta, profile)
 
     def _take_mark(self, mark):
         parent = self._nodes.get(mark.parent)
@@ -396,7 +406,8 @@ class ChromeTraceExporter:
             return
         placed = self._placed.get(mark.parent)
         if placed is not None:
-            self._instants.append(self._instant(mark, placed))
+            self._records.append(self._instant(mark, placed))
+            self._n_instants += 1
         else:
             self._marks_by_parent.setdefault(mark.parent, []).append(mark)
 
@@ -409,6 +420,13 @@ class ChromeTraceExporter:
             self._undo.append(self._tracks.pop)
         return tid
 
+    def _add_extra(self, owner, tid):
+        if owner.extra is None:
+            owner.extra = []
+        owner.extra.append(tid)
+        if self._undo is not None:
+            self._undo.append(owner.extra.pop)
+
     def _group(self, parent_uuid):
         group = self._groups.get(parent_uuid)
         if group is None:
@@ -420,37 +438,36 @@ class ChromeTraceExporter:
 
     def _group_track(self, group):
         if not group.extra:
-            group.extra.append(self._new_track(group.name, None))
-            if self._undo is not None:
-                self._undo.append(group.extra.pop)
+            self._add_extra(group, self._new_track(group.name, None))
         return group.extra[0]
 
     def _choose_track(self, owner, s, e):
         """The track for a child spanning [s, e) of ``owner``, recorded among its children."""
+        kids = owner.kids
+        if kids is None:
+            kids = owner.kids = {}
         tid = None
         if (owner.tid is not None and owner.start <= s and e <= owner.end
-                and _fits(owner.kids.get(owner.tid), s, e)):
+                and _fits(kids.get(owner.tid), s, e)):
             tid = owner.tid
         else:
-            for t in owner.extra:
-                if _fits(owner.kids.get(t), s, e):
+            for t in owner.extra or ():
+                if _fits(kids.get(t), s, e):
                     tid = t
                     break
         if tid is None:
+            n = len(owner.extra or ())
             if owner.tid is None:  # a trace root: its tracks are named after the trace
-                n = len(owner.extra) + 1
-                name = owner.name if n == 1 else f"{owner.name} #{n}"
+                name = owner.name if n == 0 else f"{owner.name} #{n + 1}"
             else:
-                name = f"{owner.name} #{len(owner.extra) + 2}"
+                name = f"{owner.name} #{n + 2}"
             tid = self._new_track(name, owner.tid)
-            owner.extra.append(tid)
-            if self._undo is not None:
-                self._undo.append(owner.extra.pop)
-        spans = owner.kids.get(tid)
+            self._add_extra(owner, tid)
+        spans = kids.get(tid)
         if spans is None:
-            spans = owner.kids[tid] = ([], [])
+            spans = kids[tid] = ([], [])
             if self._undo is not None:
-                self._undo.append(lambda: owner.kids.pop(tid))
+                self._undo.append(lambda: kids.pop(tid))
         starts, ends = spans
         i = bisect.bisect_right(starts, s)
         starts.insert(i, s)
@@ -465,14 +482,14 @@ class ChromeTraceExporter:
 
     def _instant(self, mark, owner):
         if owner.tid is None:
-            return ("t", self._group_track(owner), mark)
+            return ("i", mark.ts, b"t", self._group_track(owner), mark.body)
         inside = owner.start <= mark.ts <= owner.end
-        return ("t" if inside else "p", owner.tid, mark)
+        return ("i", mark.ts, b"t" if inside else b"p", owner.tid, mark.body)
 
-    def _lay_out(self, siblings, owner, slices, instants, provisional):
-        """Place ``siblings`` (children of ``owner``) and their subtrees. Committing, open
-        scopes are left for later (they become tops of their own); provisionally, they end at
-        their ``span_end``."""
+    def _lay_out(self, siblings, owner, out, provisional):
+        """Place ``siblings`` (children of ``owner``) and their subtrees, appending their
+        records to ``out``. Committing, open scopes are left for later (they become tops of
+        their own); provisionally, they end at their ``span_end``."""
         stack = []
         for node, end in reversed(_drawn_ends(siblings, owner.end)):
             stack.append((node, end, owner))
@@ -483,27 +500,31 @@ class ChromeTraceExporter:
             self._placed[node.uuid] = placed
             if self._undo is not None:
                 self._undo.append(lambda u=node.uuid: self._placed.pop(u))
-            slices.append((tid, node, end))
+            body = node.body if node.body is not None else node.open_body()
+            out.append(("X", node.start, end, tid, body))
             for mark in node.marks:
-                instants.append(self._instant(mark, placed))
+                out.append(self._instant(mark, placed))
             children = node.children
             if not provisional:
                 del self._nodes[node.uuid]
+                self._n_slices += 1
+                self._n_instants += len(node.marks)
                 waiting = [c for c in children if c.end is None]
                 if waiting:
                     children = [c for c in children if c.end is not None]
                     for child in waiting:
                         self._tops[child.uuid] = child
                         self._tops_by_parent.setdefault(node.uuid, {})[child.uuid] = None
+                node.children = node.marks = None  # laid out: only the records stay
             for child, child_end in reversed(_drawn_ends(children, end)):
                 stack.append((child, child_end, placed))
 
-    def _lay_out_tops(self, tops, slices, instants, provisional):
+    def _lay_out_tops(self, tops, out, provisional):
         by_parent: dict = {}
         for node in tops:
             by_parent.setdefault(node.parent, []).append(node)
         for parent_uuid, siblings in by_parent.items():
-            self._lay_out(siblings, self._owner_of(parent_uuid), slices, instants, provisional)
+            self._lay_out(siblings, self._owner_of(parent_uuid), out, provisional)
 
     def _commit(self):
         """Lay out, for good, every finished subtree whose parent is not waiting for its end."""
@@ -515,18 +536,21 @@ class ChromeTraceExporter:
                 waiting.pop(node.uuid, None)
                 if not waiting:
                     del self._tops_by_parent[node.parent]
-        self._lay_out_tops(ready, self._slices, self._instants, False)
+        self._lay_out_tops(ready, self._records, False)
         for parent_uuid in list(self._marks_by_parent):
             if parent_uuid in self._nodes:
                 continue
             owner = self._owner_of(parent_uuid)
             for mark in self._marks_by_parent.pop(parent_uuid):
-                self._instants.append(self._instant(mark, owner))
+                self._records.append(self._instant(mark, owner))
+                self._n_instants += 1
 
     def _provisional(self, now):
-        """Slices and instants of the still-open subtrees, laid out as if they ended ``now``;
-        the layout is undone afterwards so their real end can be placed later."""
+        """Records of the still-open subtrees, laid out as if they ended ``now``, the tracks
+        with them, and how many scopes are open; the layout is undone afterwards so that
+        their real end can be placed later."""
         tops = list(self._tops.values())
+        n_open = 0
         for top in tops:  # span ends, children first: a parent reaches past its children
             order, stack = [], [top]
             while stack:
@@ -535,57 +559,42 @@ class ChromeTraceExporter:
                 stack.extend(node.children)
             for node in reversed(order):
                 if node.end is None:
+                    n_open += 1
                     end = max(now, node.start)
                     for child in node.children:
                         end = max(end, _span_end(child))
                     for mark in node.marks:
                         end = max(end, mark.ts)
                     node.span_end = end
-        slices, instants = [], []
+        out = []
         self._undo = []
         try:
-            self._lay_out_tops(tops, slices, instants, True)
+            self._lay_out_tops(tops, out, True)
             tracks = list(self._tracks)
         finally:
             undo, self._undo = self._undo, None
             for step in reversed(undo):
                 step()
-        return slices, instants, tracks
+        return out, tracks, n_open
 
     # --- writing ----------------------------------------------------------------------------
 
     def _snapshot(self):
-        # Laid-out events are converted once (again only if an earlier timestamp moved the
-        # origin), so the delivery thread waits on the lock for the new events only; the
-        # serialization happens outside the lock.
         with self._lock:
             self._commit()
-            slices, instants, tracks = self._provisional(_core.now_ns())
-            origin = self._min_ts if self._min_ts is not None else _core.now_ns()
-            pid = os.getpid()
-            if origin != self._origin:
-                self._origin = origin
-                self._slice_events = []
-                self._instant_events = []
-            cached = self._slice_events
-            for tid, node, end in self._slices[len(cached):]:
-                cached.append(_slice_event(pid, tid, node, end, origin, False))
-            cached_marks = self._instant_events
-            for scope, tid, mark in self._instants[len(cached_marks):]:
-                cached_marks.append(_instant_event(pid, tid, mark, scope, origin))
-            trace = self._metadata_events(pid, tracks)
-            trace += cached
-            trace += [_slice_event(pid, tid, node, end, origin, node.end is None)
-                      for tid, node, end in slices]
-            trace += cached_marks
-            trace += [_instant_event(pid, tid, mark, scope, origin)
-                      for scope, tid, mark in instants]
-            open_scopes = sum(1 for _tid, node, _end in slices if node.end is None)
-        return {"traceEvents": trace, "displayTimeUnit": "ms",
-                "otherData": {"exporter": "nemoflow", "format": "ATOF 0.1 as Chrome trace",
-                              "time_origin": _core.format_timestamp(origin),
-                              "time_origin_ns": origin, "time_unit": "us since time_origin",
-                              "open_scopes": open_scopes}}
+            now = _core.now_ns()
+            extra, tracks, n_open = self._provisional(now)
+            records = self._records + extra
+            origin = self._min_ts if self._min_ts is not None else now
+        # Formatted outside the lock: the delivery thread goes on meanwhile.
+        pid = os.getpid()
+        parts = self._metadata_events(pid, tracks)
+        parts += [_render(record, origin, pid) for record in records]
+        other = {"exporter": "nemoflow", "format": "ATOF 0.1 as Chrome trace",
+                 "time_origin": _core.format_timestamp(origin), "time_origin_ns": origin,
+                 "time_unit": "us since time_origin", "open_scopes": n_open}
+        return b"".join((b'{"traceEvents":[', b",".join(parts),
+                         b'],"displayTimeUnit":"ms","otherData":', orjson.dumps(other), b"}"))
 
     def _metadata_events(self, pid, tracks):
         events = [{"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
@@ -604,13 +613,13 @@ class ChromeTraceExporter:
                            "args": {"name": track.name}})
             events.append({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": track.tid,
                            "args": {"sort_index": index}})
-        return events
+        return [orjson.dumps(e) for e in events]
 
     def _write(self):
         with self._write_lock:
             if self._closed:
                 return
-            data = orjson.dumps(self._snapshot())
+            data = self._snapshot()
             directory = os.path.dirname(self._path)
             tmp = None
             try:
