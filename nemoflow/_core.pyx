@@ -1707,6 +1707,19 @@ cdef class ScopeContext:
         return False
 
 
+def scope(name, scope_type, *, handle=None, attributes=None, data=None, metadata=None,
+          input=None, timestamp=None, end_timestamp=None):
+    """``with scope.scope(...) as handle``: push on enter, pop on exit (also on exceptions).
+
+    A function rather than the class itself: a fastcall function builds the context manager
+    without the argument tuple and dict that calling a type costs.
+    """
+    cdef ScopeContext ctx = ScopeContext.__new__(ScopeContext)
+    ctx._setup(name, scope_type, handle, attributes, data, metadata, input, timestamp,
+               end_timestamp, False)
+    return ctx
+
+
 cdef class Span(ScopeContext):
     """``with nf.trace(...) as span``: a scope whose output can be set while it is open.
 

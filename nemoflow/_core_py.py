@@ -1290,6 +1290,14 @@ class ScopeContext:
         return False
 
 
+def scope(name, scope_type, *, handle=None, attributes=None, data=None, metadata=None,
+          input=None, timestamp=None, end_timestamp=None):
+    """``with scope.scope(...) as handle``: push on enter, pop on exit (also on exceptions)."""
+    return ScopeContext(name, scope_type, handle=handle, attributes=attributes, data=data,
+                        metadata=metadata, input=input, timestamp=timestamp,
+                        end_timestamp=end_timestamp)
+
+
 class Span(ScopeContext):
     """``with nf.trace(...) as span``: a scope whose output can be set while it is open.
 

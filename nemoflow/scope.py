@@ -13,4 +13,4 @@ get_handle = _core.get_handle
 push = _core.push
 pop = _core.pop
 event = _core.event
-scope = _core.ScopeContext
+scope = _core.scope
