@@ -3,8 +3,8 @@
     python examples/agent.py [OUTPUT.jsonl]
 
 The agent plans, searches three sources concurrently (asyncio tasks), ranks the hits in a
-worker thread, retries a flaky step and answers. Every step is a scope; the trace goes to a
-JSONL file (one ATOF event per line) and a readable tree is printed at the end.
+worker thread, retries a flaky step and answers. Every step is a scope; an AtofExporter writes
+the trace to a JSONL file (one ATOF event per line) and a readable tree is printed at the end.
 """
 
 from __future__ import annotations
@@ -77,17 +77,21 @@ async def answer(question: str) -> str:
 
 def main() -> None:
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join("traces", "agent.jsonl")
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "w", encoding="utf-8") as jsonl:
-        # Every event as its canonical ATOF line.
-        nf.subscribers.register("jsonl", lambda event: jsonl.write(event.to_json() + "\n"))
-        try:
-            result = asyncio.run(answer("why must asyncio tasks not share a scope stack"))
-        finally:
-            nf.subscribers.deregister("jsonl")
+    # The JSONL exporter is fed by nemoflow's delivery thread: the agent's threads only record.
+    config = nf.AtofExporterConfig(output_directory=os.path.dirname(out) or ".",
+                                   filename=os.path.basename(out),
+                                   mode=nf.AtofExporterMode.Overwrite)
+    exporter = nf.AtofExporter(config)
+    exporter.register("jsonl")
+    try:
+        result = asyncio.run(answer("why must asyncio tasks not share a scope stack"))
+    finally:
+        exporter.shutdown()  # flushes: every event is in the file once this returns
     print(f"answer: {result}\n")
-    print(f"trace written to {out} (backend: {nf.BACKEND})")
-    print(summary(read_events(out)))
+    print(f"trace written to {exporter.path} (backend: {nf.BACKEND})")
+    print(summary(read_events(exporter.path)))
+    pipeline = nf.diagnostics()["pipeline"]
+    print(f"\ndropped: {pipeline['dropped']}")
 
 
 if __name__ == "__main__":

@@ -124,6 +124,13 @@ def summary(events: list) -> str:
         for child in children.get(ev["uuid"], []):
             walk(child, depth + 1)
 
+    # The file is in emission order per thread: order siblings by their start instead.
+    def started(ev):
+        return _ts(ev["timestamp"])
+
+    roots.sort(key=started)
+    for kids in children.values():
+        kids.sort(key=started)
     for ev in roots:
         walk(ev, 1)
     return "\n".join(lines)
