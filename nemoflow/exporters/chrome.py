@@ -8,11 +8,12 @@ their scopes overlap without nesting, and a viewer can only draw properly nested
 track. A scope therefore goes on its parent's track when it fits there (it lies within the
 parent and overlaps none of the siblings already on that track), else on the first of the
 parent's extra tracks where it overlaps no sibling, else on a new track named
-``"<parent name> #2"``, ``#3`` … placed right below its parent's track. Siblings are placed in
-order of start time, which uses the fewest tracks. Scopes whose parent is not in the file (top
-level scopes, whose parent is the never-emitted implicit root) go on tracks named
-``"trace <end of root uuid>"``: separate requests and threads with their own root get separate
-tracks.
+``"<parent name> #2"``, ``#3`` … placed right below its parent's track. Siblings laid out
+together are placed in order of start time, which needs the fewest tracks. Scopes whose parent
+is not in the file (top-level scopes, whose parent is the never-emitted implicit root) go on
+tracks named ``"trace <end of root uuid>"``: separate requests, and threads with a root of their
+own, get separate tracks; threads working under one shared scope get separate tracks wherever
+their scopes overlap.
 
 Times: ``ts`` and ``dur`` are microseconds as floats with nanosecond precision, counted from
 ``otherData.time_origin`` (the earliest timestamp in the file, also given as epoch nanoseconds
@@ -36,8 +37,8 @@ start rather than given a track of its own.
 The whole file is rewritten (temporary file, then ``os.replace``) by ``force_flush``,
 ``shutdown``, deregistering the last name and at interpreter exit, so it is complete and valid
 whenever it is read. Everything is kept in memory for that (the ATOF JSONL exporter is the one
-that writes as it goes). In a forked child the exporter starts empty and writes
-``<name>.<pid><ext>``.
+that writes as it goes). In a forked child the exporter starts empty and writes to the path
+with the child's pid before the extension (``trace.json`` → ``trace.<pid>.json``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 For tests (see ``nemoflow.testing.record``) and for analysis in a notebook::
 
     import numpy as np
-    import nemoflow as nf
     from nemoflow.exporters import InMemoryRecorder
 
     rec = InMemoryRecorder()
@@ -11,7 +10,7 @@ For tests (see ``nemoflow.testing.record``) and for analysis in a notebook::
     run_agent()
     rec.force_flush()
     t = rec.to_numpy()
-    done = t[(t["kind"] == "scope") & (t["end_ns"] >= 0)]
+    done = t[(t["kind"] == "scope") & (t["duration_ns"] >= 0)]  # finished scopes
     for name in np.unique(done["name"]):
         d = done["duration_ns"][done["name"] == name]
         print(f"{name}: n={d.size} p95={np.percentile(d, 95) / 1e6:.2f} ms")
