@@ -79,6 +79,7 @@ cdef extern from "nemoflow_ring.h" nogil:
         uint64_t rings_freed
         uint64_t dropped_freed
         uint64_t high_water_freed
+        uint64_t waits_freed
 
     nf_pipeline nf_pipe
     int nf_pipe_init() noexcept
@@ -132,6 +133,7 @@ cdef class ScopeHandle:
     cdef object _profile
     cdef int64_t _start_ns
     cdef int _category           # ScopeType value, for the C encoder
+    cdef int64_t _child_end      # latest end of a child: an automatic end is not earlier
     cdef bint _closed
     cdef bint _has_locals        # scope-local subscribers in _scope_locals[self]
     cdef object __weakref__

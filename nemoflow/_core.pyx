@@ -1098,7 +1098,7 @@ cdef int _consume(object consumer, list events) except -1:
             sub.deliver(ev)
         return 0
     try:
-        consumer.export(events)
+        consumer.export(list(events))  # its own list: one exporter cannot change another's
     except Exception as exc:
         consumer_failed(consumer, exc)
     return 0
@@ -1381,15 +1381,17 @@ def _pipeline_stats():
                           "dropped": r.dropped, "waits": r.waits, "closed": bool(r.closed)})
             r = r.next
         dropped = nf_pipe.dropped_freed
+        waits = nf_pipe.waits_freed
         high = nf_pipe.high_water_freed
         freed = nf_pipe.rings_freed
         capacity = nf_pipe.capacity
     finally:
         pthread_mutex_unlock(&nf_pipe.mutex)
     dropped += sum(x["dropped"] for x in rings) + _lost_no_memory
+    waits += sum(x["waits"] for x in rings)
     return {"recording": _recording, "overflow": "drop" if _drop_when_full else "block",
-            "ring_size": capacity, "dropped": dropped, "rings": rings, "rings_freed": freed,
-            "high_water_freed": high}
+            "ring_size": capacity, "dropped": dropped, "waits": waits, "rings": rings,
+            "rings_freed": freed, "high_water_freed": high}
 
 
 
@@ -1468,9 +1470,13 @@ def start(name, scope_type, parent, attributes, data, metadata, input, timestamp
 
 
 cdef inline int64_t _auto_end_ts(ScopeHandle frame) noexcept:
-    # max(now, start + 1 µs): an automatically stamped end is strictly after its start.
+    # max(now, start + 1 µs, latest child end): an automatically stamped end is strictly after
+    # its start, and a scope never ends before a child it contains (a child shorter than 1 µs
+    # would otherwise "end" after its parent and break nesting for every reader).
     cdef int64_t ts = nf_now_ns()
     cdef int64_t floor = frame._start_ns + 1000
+    if frame._child_end > floor:
+        floor = frame._child_end
     return ts if ts > floor else floor
 
 
@@ -1478,6 +1484,9 @@ cdef int _end(ScopeHandle frame, object out_raw, object meta_raw, int64_t ts, in
               object desc, ScopeHandle top) except -1:
     cdef ScopeEvent ev
     frame._closed = True
+    # (A plain store: concurrent child ends may race here; the GIL serializes them today.)
+    if frame._parent is not None and ts > frame._parent._child_end:
+        frame._parent._child_end = ts
     if _enabled:
         _deliver(_scope_event(frame, True, ts, out_raw, meta_raw, status, desc),
                  frame if top is None else top)

@@ -178,7 +178,8 @@ class ScopeHandle:
     """An open scope: read-only identity, parent link and the payloads given at push."""
 
     __slots__ = ("_uuid", "_name", "_scope_type", "_attrs", "_parent", "_prev", "_data",
-                 "_meta", "_profile", "_start_ns", "_closed", "_locals", "_kind", "__weakref__")
+                 "_meta", "_profile", "_start_ns", "_closed", "_locals", "_kind", "_child_end",
+                 "__weakref__")
 
     def __init__(self):
         raise TypeError("handles are created by nemoflow.scope.push / scope.scope")
@@ -230,6 +231,7 @@ def _new_frame(cls, kind, name, scope_type, attrs, parent, prev, data, meta, pro
     f._closed = False
     f._locals = None
     f._kind = kind
+    f._child_end = 0
     return f
 
 
@@ -645,7 +647,8 @@ _pipe_lock = threading.Lock()
 _work = threading.Condition(_pipe_lock)
 _progress = threading.Condition(_pipe_lock)
 _pipe = {"rings": [], "capacity": 8192, "next_id": 1, "flush_requests": 0, "wake": False,
-         "waiting": 0, "stopping": False, "freed": 0, "dropped_freed": 0, "high_freed": 0}
+         "waiting": 0, "stopping": False, "freed": 0, "dropped_freed": 0, "high_freed": 0,
+         "waits_freed": 0}
 _tls = threading.local()
 
 
@@ -848,6 +851,7 @@ def _delivery_main():
                 if ring.closed and ring.delivered == ring.head:
                     _pipe["freed"] += 1
                     _pipe["dropped_freed"] += ring.dropped
+                    _pipe["waits_freed"] += ring.waits
                     _pipe["high_freed"] = max(_pipe["high_freed"], ring.high_water)
                 else:
                     kept.append(ring)
@@ -985,8 +989,10 @@ def _pipeline_stats():
                   "dropped": r.dropped, "waits": r.waits, "closed": r.closed}
                  for r in _pipe["rings"]]
         dropped = _pipe["dropped_freed"] + sum(x["dropped"] for x in rings)
+        waits = _pipe["waits_freed"] + sum(x["waits"] for x in rings)
         return {"recording": _recording, "overflow": "drop" if _drop_when_full else "block",
-                "ring_size": _pipe["capacity"], "dropped": dropped, "rings": rings,
+                "ring_size": _pipe["capacity"], "dropped": dropped, "waits": waits,
+                "rings": rings,
                 "rings_freed": _pipe["freed"], "high_water_freed": _pipe["high_freed"]}
 
 
@@ -1065,7 +1071,7 @@ def end(frame, output, metadata, timestamp, status=STATUS_NONE, desc=None, top=N
     """Close ``frame`` (emit its end event, drop its scope-local registrations)."""
     if timestamp is None:
         # max(now, start + 1 µs): an automatically stamped end is strictly after its start.
-        ts = max(now_ns(), frame._start_ns + 1000)
+        ts = _auto_end(frame)
     else:
         ts = timestamp_ns(timestamp)
     out_raw = encode(output)
@@ -1086,8 +1092,17 @@ def _scope_event(frame, is_end, ts, data, end_meta, status, desc):
     return ev
 
 
+def _auto_end(frame):
+    # max(now, start + 1 µs, latest child end): an automatically stamped end is strictly after
+    # its start, and a scope never ends before a child it contains.
+    return max(now_ns(), frame._start_ns + 1000, frame._child_end)
+
+
 def _end_encoded(frame, out_raw, meta_raw, ts, status, desc, top):
     frame._closed = True
+    parent = frame._parent
+    if parent is not None and ts > parent._child_end:
+        parent._child_end = ts
     if _enabled:
         _deliver(_scope_event(frame, True, ts, out_raw, meta_raw, status, desc),
                  frame if top is None else top)
@@ -1131,7 +1146,7 @@ def pop(handle, *, output=None, metadata=None, timestamp=None):
     out_raw = encode(output)
     meta_raw = encode(metadata)
     if timestamp is None:
-        ts = max(now_ns(), handle._start_ns + 1000)
+        ts = _auto_end(handle)
     else:
         ts = timestamp_ns(timestamp)
     with _pop_lock:  # check and close in one step: one handle is never ended twice
@@ -1272,7 +1287,7 @@ class ScopeContext:
                 if self._end_ts is not None:
                     ts = self._end_ts
                 else:
-                    ts = max(now_ns(), frame._start_ns + 1000)
+                    ts = _auto_end(frame)
                 if exc is None:
                     _end_encoded(frame, _lenient(output) if _enabled else None, None, ts,
                                  STATUS_OK, None, None)
@@ -1437,12 +1452,12 @@ class TracedFunction:
         try:
             result = self._fn(*args, **kwargs)
         except BaseException as exc:
-            _end_encoded(frame, None, None, max(now_ns(), frame._start_ns + 1000), STATUS_ERROR,
+            _end_encoded(frame, None, None, _auto_end(frame), STATUS_ERROR,
                          describe(exc), None)
             raise
         else:
             _end_encoded(frame, _lenient(result) if (_enabled and self._keep_output) else None,
-                         None, max(now_ns(), frame._start_ns + 1000), STATUS_OK, None, None)
+                         None, _auto_end(frame), STATUS_OK, None, None)
         finally:
             try:
                 _current.reset(token)

@@ -790,3 +790,22 @@ def test_scope_context_popped_inside_body_ends_once(nf, events):
     assert [e.scope_category for e in events] == ["start", "end"]
     assert events[1].data == {"early": True}
     assert nf.scope.get_handle().uuid == before
+
+
+def test_automatic_ends_nest_even_for_sub_microsecond_scopes(nf, events):
+    # An automatic end is at least start + 1 µs; a parent's is also at least its children's.
+    for _ in range(200):
+        with nf.scope.scope("parent", nf.ScopeType.Function):
+            with nf.scope.scope("child", nf.ScopeType.Function):
+                with nf.scope.scope("grandchild", nf.ScopeType.Function):
+                    pass
+    by_uuid = {}
+    for e in events:
+        by_uuid.setdefault(e.uuid, {})[e.scope_category] = e
+    for pair in by_uuid.values():
+        start, end = pair["start"], pair["end"]
+        assert end.timestamp_ns > start.timestamp_ns
+        parent = by_uuid.get(start.parent_uuid)
+        if parent is not None:
+            assert parent["start"].timestamp_ns <= start.timestamp_ns
+            assert end.timestamp_ns <= parent["end"].timestamp_ns

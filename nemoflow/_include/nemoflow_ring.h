@@ -95,13 +95,14 @@ typedef struct {
     uint64_t rings_freed;
     uint64_t dropped_freed;        /* drops counted by rings that were freed since */
     uint64_t high_water_freed;
+    uint64_t waits_freed;          /* producer waits counted by rings that were freed since */
     nf_sink *sinks[NF_MAX_SINKS];  /* attached sinks, each holding one ref */
     int n_sinks;
 } nf_pipeline;
 
 static nf_pipeline nf_pipe = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
                               PTHREAD_COND_INITIALIZER, NULL, 1, 8192, 0, 0, 0, 0, 0, 0, 0,
-                              {NULL}, 0};
+                              0, {NULL}, 0};
 
 static nf_sink *nf_sink_new(int fd) {
     nf_sink *k = (nf_sink *)PyMem_RawCalloc(1, sizeof(nf_sink));
@@ -325,6 +326,7 @@ static void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n, nf
             *link = r->next;
             nf_pipe.rings_freed++;
             nf_pipe.dropped_freed += r->dropped;
+            nf_pipe.waits_freed += r->waits;
             if (r->high_water > nf_pipe.high_water_freed) nf_pipe.high_water_freed = r->high_water;
             PyMem_RawFree(r->slots);
             PyMem_RawFree(r);
