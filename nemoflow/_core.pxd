@@ -93,7 +93,7 @@ cdef extern from "nemoflow_ring.h" nogil:
     int nf_pipe_idle() noexcept
     int nf_pipe_flush(int64_t timeout_ns) noexcept
     nf_ring *nf_ring_get() noexcept
-    uint64_t nf_ring_used(nf_ring *ring) noexcept
+    int nf_ring_full(nf_ring *ring) noexcept
     void nf_ring_publish(nf_ring *ring, const nf_record *rec) noexcept
     void nf_ring_wait_for_room(nf_ring *ring) noexcept
     uint64_t nf_ring_take(nf_ring *ring, nf_record *out, uint64_t max) noexcept

@@ -871,7 +871,7 @@ cdef nf_ring *_ring_with_room() except? NULL:
     if ring == NULL:
         _lost_no_memory += 1
         return NULL
-    if nf_ring_used(ring) > ring.mask:
+    if nf_ring_full(ring):
         # The delivery thread cannot wait for itself: an event emitted by one of its own
         # consumers into a full ring is dropped (and counted).
         if _drop_when_full or PyThread_get_thread_ident() == _delivery_ident:

@@ -52,20 +52,27 @@ typedef struct {
 #define NF_RECORD_REFS 7
 static inline PyObject **nf_record_ref(nf_record *r, int i) { return &r->name + i; }
 
+/* The producer's and the consumer's fields live on separate cache lines: each side writes
+ * only its own line, and the producer reads the consumer's tail only when its cached copy says
+ * the ring may be a quarter full. */
 typedef struct nf_ring {
+    /* read-mostly */
     nf_record *slots;
     uint64_t mask;                 /* capacity - 1 (capacity is a power of two) */
-    uint64_t head;                 /* next slot the producer writes (producer-owned, atomic) */
-    uint64_t tail;                 /* next slot the consumer reads (consumer-owned, atomic) */
-    uint64_t delivered;            /* records fully delivered (guarded by nf_pipe.mutex) */
-    uint64_t high_water;           /* most records ever waiting at once */
-    uint64_t dropped;              /* records dropped under overflow="drop" */
-    uint64_t waits;                /* times the producer waited for room */
     uint64_t id;                   /* unique for the process: flush targets name rings by it */
-    int closed;                    /* its thread exited (atomic) */
-    int wake_sent;                 /* the producer asked for an early drain (atomic) */
     unsigned long thread_ident;
     struct nf_ring *next;          /* in nf_pipe.rings (guarded by nf_pipe.mutex) */
+    /* the producer's line */
+    uint64_t head __attribute__((aligned(64)));  /* next slot to write (atomic) */
+    uint64_t tail_seen;            /* the producer's last read of tail */
+    uint64_t dropped;              /* records dropped under overflow="drop" */
+    uint64_t waits;                /* times the producer waited for room */
+    /* the consumer's line */
+    uint64_t tail __attribute__((aligned(64)));  /* next slot to read (atomic) */
+    uint64_t delivered;            /* records fully delivered (guarded by nf_pipe.mutex) */
+    uint64_t high_water;           /* most records found waiting at once, seen by the consumer */
+    int wake_sent;                 /* an early drain was asked for (atomic, set by producer) */
+    int closed;                    /* its thread exited (atomic) */
 } nf_ring;
 
 /* A file the delivery thread writes lines to. Shared by its Python owner (LineSink) and the
@@ -188,14 +195,15 @@ static int nf_pipe_init(void) {
 static nf_ring *nf_ring_get(void) {
     nf_ring *ring = nf_tls_ring;
     if (ring != NULL) return ring;
-    ring = (nf_ring *)PyMem_RawCalloc(1, sizeof(nf_ring));
-    if (ring == NULL) return NULL;
+    void *mem = NULL;
+    if (posix_memalign(&mem, 64, sizeof(nf_ring)) != 0) return NULL;
+    ring = (nf_ring *)memset(mem, 0, sizeof(nf_ring));
     pthread_mutex_lock(&nf_pipe.mutex);
     uint64_t cap = nf_pipe.capacity;
     pthread_mutex_unlock(&nf_pipe.mutex);
     ring->slots = (nf_record *)PyMem_RawCalloc((size_t)cap, sizeof(nf_record));
     if (ring->slots == NULL) {
-        PyMem_RawFree(ring);
+        free(ring);
         return NULL;
     }
     ring->mask = cap - 1;
@@ -210,6 +218,13 @@ static nf_ring *nf_ring_get(void) {
     return ring;
 }
 
+/* Whether the ring has no room for one more record (the producer's check). */
+static inline int nf_ring_full(nf_ring *ring) {
+    if (ring->head - ring->tail_seen <= ring->mask) return 0;
+    ring->tail_seen = __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
+    return ring->head - ring->tail_seen > ring->mask;
+}
+
 static inline uint64_t nf_ring_used(nf_ring *ring) {
     return ring->head - __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
 }
@@ -219,10 +234,11 @@ static inline void nf_ring_publish(nf_ring *ring, const nf_record *rec) {
     uint64_t h = ring->head;
     ring->slots[h & ring->mask] = *rec;
     __atomic_store_n(&ring->head, h + 1, __ATOMIC_RELEASE);
-    uint64_t used = h + 1 - __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
-    if (used > ring->high_water) ring->high_water = used;
-    /* Past a quarter full, ask for an early drain instead of waiting for the next tick; once,
-     * until the consumer has taken from this ring again. */
+    if (h + 1 - ring->tail_seen <= (ring->mask + 1) / 4) return;
+    /* Maybe past a quarter full: look at the consumer's tail, and if so ask for an early drain
+     * instead of waiting for the next tick; once, until the consumer takes from this ring. */
+    ring->tail_seen = __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
+    uint64_t used = h + 1 - ring->tail_seen;
     if (used > (ring->mask + 1) / 4 && !__atomic_load_n(&ring->wake_sent, __ATOMIC_RELAXED)) {
         __atomic_store_n(&ring->wake_sent, 1, __ATOMIC_RELAXED);
         pthread_mutex_lock(&nf_pipe.mutex);
@@ -237,7 +253,7 @@ static void nf_ring_wait_for_room(nf_ring *ring) {
     pthread_mutex_lock(&nf_pipe.mutex);
     ring->waits++;
     nf_pipe.waiting_producers++;
-    while (nf_ring_used(ring) > ring->mask) {
+    while (nf_ring_full(ring)) {
         nf_pipe.wake = 1;
         pthread_cond_signal(&nf_pipe.work);
         pthread_cond_wait(&nf_pipe.progress, &nf_pipe.mutex);
@@ -251,6 +267,7 @@ static uint64_t nf_ring_take(nf_ring *ring, nf_record *out, uint64_t max) {
     uint64_t t = ring->tail;
     uint64_t h = __atomic_load_n(&ring->head, __ATOMIC_ACQUIRE);
     uint64_t n = h - t;
+    if (n > ring->high_water) ring->high_water = n;
     if (n > max) n = max;
     for (uint64_t i = 0; i < n; i++) out[i] = ring->slots[(t + i) & ring->mask];
     __atomic_store_n(&ring->tail, t + n, __ATOMIC_RELEASE);
@@ -329,7 +346,7 @@ static void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n, nf
             nf_pipe.waits_freed += r->waits;
             if (r->high_water > nf_pipe.high_water_freed) nf_pipe.high_water_freed = r->high_water;
             PyMem_RawFree(r->slots);
-            PyMem_RawFree(r);
+            free(r);
         } else {
             link = &r->next;
         }
