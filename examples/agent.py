@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import nemoflow as nf
 from nemoflow.cli import read_events, summary
+from nemoflow.exporters import ChromeTraceExporter
 
 CORPUS = {
     "docs": ["ring buffers keep the traced thread cheap", "ATOF is one JSON event per line"],
@@ -83,12 +84,17 @@ def main() -> None:
                                    mode=nf.AtofExporterMode.Overwrite)
     exporter = nf.AtofExporter(config)
     exporter.register("jsonl")
+    # The same events as a Chrome/Perfetto trace (open it in ui.perfetto.dev).
+    chrome = ChromeTraceExporter(os.path.splitext(out)[0] + ".trace.json")
+    chrome.register("chrome")
     try:
         result = asyncio.run(answer("why must asyncio tasks not share a scope stack"))
     finally:
         exporter.shutdown()  # flushes: every event is in the file once this returns
+        chrome.shutdown()
     print(f"answer: {result}\n")
     print(f"trace written to {exporter.path} (backend: {nf.BACKEND})")
+    print(f"Perfetto/Chrome trace: {chrome.path}")
     print(summary(read_events(exporter.path)))
     pipeline = nf.diagnostics()["pipeline"]
     print(f"\ndropped: {pipeline['dropped']}")
