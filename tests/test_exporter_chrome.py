@@ -229,7 +229,8 @@ def test_scopes_shorter_than_the_automatic_minimum_stay_on_one_track(nf, chrome,
         u = x["args"]["uuid"]
         drawn = round(x["dur"] * 1000)
         full = ends[u] - recorded[u]
-        assert drawn == full or (full == 1000 and 0 < drawn < 1000)
+        # drawn as recorded, or cut by at most the 1 µs an automatic end may overshoot
+        assert drawn == full or (0 < drawn < full and full - drawn <= 1000)
 
 
 def test_track_assignment_first_fit_on_parent_tracks(nf, chrome, exporter):

@@ -467,6 +467,24 @@ static inline size_t nf_utf8_put(char *p, Py_UCS4 c) {
     p[2] = (char)(0x80 | ((c >> 6) & 0x3F)); p[3] = (char)(0x80 | (c & 0x3F)); return 4;
 }
 
+/* The escape of a control character, '"' or '\\' (at most 6 bytes), as orjson writes it. */
+static inline char *nf_put_escape(char *p, unsigned c) {
+    *p++ = '\\';
+    switch (c) {
+        case '"': *p++ = '"'; break;
+        case '\\': *p++ = '\\'; break;
+        case '\b': *p++ = 'b'; break;
+        case '\t': *p++ = 't'; break;
+        case '\n': *p++ = 'n'; break;
+        case '\f': *p++ = 'f'; break;
+        case '\r': *p++ = 'r'; break;
+        default:
+            *p++ = 'u'; *p++ = '0'; *p++ = '0';
+            *p++ = nf_hex[(c >> 4) & 0xF]; *p++ = nf_hex[c & 0xF];
+    }
+    return p;
+}
+
 /* Reads the str's own (immutable) buffer: safe without the GIL while a reference is held. */
 static int nf_put_json_str(nf_buf *b, PyObject *s) {
     Py_ssize_t n = PyUnicode_GET_LENGTH(s);
@@ -477,23 +495,8 @@ static int nf_put_json_str(nf_buf *b, PyObject *s) {
     *p++ = '"';
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            p += nf_utf8_put(p, c);
-            continue;
-        }
-        *p++ = '\\';
-        switch (c) {
-            case '"': *p++ = '"'; break;
-            case '\\': *p++ = '\\'; break;
-            case '\b': *p++ = 'b'; break;
-            case '\t': *p++ = 't'; break;
-            case '\n': *p++ = 'n'; break;
-            case '\f': *p++ = 'f'; break;
-            case '\r': *p++ = 'r'; break;
-            default:
-                *p++ = 'u'; *p++ = '0'; *p++ = '0';
-                *p++ = nf_hex[(c >> 4) & 0xF]; *p++ = nf_hex[c & 0xF];
-        }
+        if (c >= 0x20 && c != '"' && c != '\\') p += nf_utf8_put(p, c);
+        else p = nf_put_escape(p, (unsigned)c);
     }
     *p++ = '"';
     b->len = (size_t)(p - b->data);
@@ -506,20 +509,8 @@ static int nf_put_json_ascii(nf_buf *b, const char *s, size_t n) {
     *p++ = '"';
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') { *p++ = (char)c; continue; }
-        *p++ = '\\';
-        switch (c) {
-            case '"': *p++ = '"'; break;
-            case '\\': *p++ = '\\'; break;
-            case '\b': *p++ = 'b'; break;
-            case '\t': *p++ = 't'; break;
-            case '\n': *p++ = 'n'; break;
-            case '\f': *p++ = 'f'; break;
-            case '\r': *p++ = 'r'; break;
-            default:
-                *p++ = 'u'; *p++ = '0'; *p++ = '0';
-                *p++ = nf_hex[(c >> 4) & 0xF]; *p++ = nf_hex[c & 0xF];
-        }
+        if (c >= 0x20 && c != '"' && c != '\\') *p++ = (char)c;
+        else p = nf_put_escape(p, c);
     }
     *p++ = '"';
     b->len = (size_t)(p - b->data);

@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import enum
 import os
-import threading
 import time
 
 from .._backend import core as _core
-from .._types import AlreadyExistsError
+from ._names import claim, release
 
 __all__ = ["AtofExporter", "AtofExporterConfig", "AtofExporterMode"]
-
-_registry_lock = threading.Lock()
-_registered: dict = {}  # name -> AtofExporter, across all ATOF exporters
-
 
 class AtofExporterMode(enum.Enum):
     """What happens to an existing file: appended to, or replaced."""
@@ -109,32 +104,16 @@ class AtofExporter:
 
     def register(self, name: str) -> None:
         """Start writing events, under ``name`` (``AlreadyExistsError`` if it is taken)."""
-        if not isinstance(name, str):
-            raise TypeError(f"name must be str, not {type(name).__name__}")
-        if self._closed:
-            raise RuntimeError("this AtofExporter was shut down")
-        with _registry_lock:
-            if name in _registered:
-                raise AlreadyExistsError(f"already exists: {name} already exists")
-            _registered[name] = self
-            self._names.append(name)
-            first = len(self._names) == 1
-            if first:
-                self._sink.name = name
-        if first:
+        if claim(self, name):
+            self._sink.name = name
             _core.attach(self._sink)
 
     def deregister(self, name: str) -> bool:
         """Stop writing under ``name``; what was emitted before is still written first."""
-        with _registry_lock:
-            if _registered.get(name) is not self:
-                return False
-            del _registered[name]
-            self._names.remove(name)
-            last = not self._names
+        found, last = release(self, name)
         if last:
             _core.detach(self._sink)
-        return True
+        return found
 
     def force_flush(self) -> None:
         """Write everything emitted so far; raises the last write error (OSError), if any."""

@@ -56,12 +56,10 @@ import weakref
 import orjson
 
 from .._backend import core as _core
-from .._types import AlreadyExistsError
+from ._names import claim, release
 
 __all__ = ["ChromeTraceExporter", "validate_chrome_trace"]
 
-_registry_lock = threading.Lock()
-_registered: dict = {}  # name -> ChromeTraceExporter, across all Chrome trace exporters
 _live = weakref.WeakSet()  # exporters to write at exit / reset in a forked child
 
 
@@ -159,26 +157,27 @@ def _span_end(node):
     return node.end if node.end is not None else node.span_end
 
 
-# The core stamps an automatic end at least 1 µs after its start, so a scope that took less
-# can seem to outlast its parent, or its next sibling's start, by up to that microsecond.
+# The core stamps an automatic end at least 1 µs after its start (and a parent's end no earlier
+# than its children's), so scopes that took less can seem to outlast their parent, or reach
+# past their next sibling's start, by up to that microsecond.
 _MIN_AUTO_DURATION = 1000
 
 
 def _drawn_ends(siblings, bound):
-    """``siblings`` in order of start, each with the end to draw: a scope that lasted exactly
-    the automatic minimum is cut at its parent's end (``bound``) or its next sibling's start
-    when it reaches past them, instead of needing a track of its own."""
+    """``siblings`` in order of start, each with the end to draw: a scope that reaches past its
+    parent's end (``bound``) or its next sibling's start by no more than the automatic minimum
+    is cut there, instead of needing a track of its own."""
     siblings = sorted(siblings, key=lambda c: (c.start, -_span_end(c), c.seq))
     out = []
     for i, node in enumerate(siblings):
         end = _span_end(node)
-        if node.end is not None and end - node.start == _MIN_AUTO_DURATION:
+        if node.end is not None:
             limit = bound if bound is not None and bound > node.start else None
             if i + 1 < len(siblings):
                 following = siblings[i + 1].start
                 if following > node.start and (limit is None or following < limit):
                     limit = following
-            if limit is not None and limit < end:
+            if limit is not None and limit < end <= limit + _MIN_AUTO_DURATION:
                 end = limit
         out.append((node, end))
     return out
@@ -276,17 +275,7 @@ class ChromeTraceExporter:
 
     def register(self, name: str) -> None:
         """Start recording events, under ``name`` (``AlreadyExistsError`` if it is taken)."""
-        if not isinstance(name, str):
-            raise TypeError(f"name must be str, not {type(name).__name__}")
-        if self._closed:
-            raise RuntimeError("this ChromeTraceExporter was shut down")
-        with _registry_lock:
-            if name in _registered:
-                raise AlreadyExistsError(f"already exists: {name} already exists")
-            _registered[name] = self
-            self._names.append(name)
-            first = len(self._names) == 1
-        if first:
+        if claim(self, name):
             _core.attach(self)
 
     def deregister(self, name: str) -> bool:
@@ -294,12 +283,9 @@ class ChromeTraceExporter:
         return self._deregister(name, True)
 
     def _deregister(self, name, write):
-        with _registry_lock:
-            if _registered.get(name) is not self:
-                return False
-            del _registered[name]
-            self._names.remove(name)
-            last = not self._names
+        found, last = release(self, name)
+        if not found:
+            return False
         if last:
             _core.detach(self)
         if last and write:

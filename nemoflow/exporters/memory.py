@@ -24,12 +24,10 @@ import threading
 import weakref
 
 from .._backend import core as _core
-from .._types import AlreadyExistsError
+from ._names import claim, release
 
 __all__ = ["InMemoryRecorder"]
 
-_registry_lock = threading.Lock()
-_registered: dict = {}  # name -> InMemoryRecorder, across all recorders
 _live = weakref.WeakSet()
 
 # ``name`` is an object (str) field: names are free text of any length, and a fixed-width
@@ -58,30 +56,15 @@ class InMemoryRecorder:
 
     def register(self, name: str) -> None:
         """Start recording, under ``name`` (``AlreadyExistsError`` if it is taken)."""
-        if not isinstance(name, str):
-            raise TypeError(f"name must be str, not {type(name).__name__}")
-        if self._closed:
-            raise RuntimeError("this InMemoryRecorder was shut down")
-        with _registry_lock:
-            if name in _registered:
-                raise AlreadyExistsError(f"already exists: {name} already exists")
-            _registered[name] = self
-            self._names.append(name)
-            first = len(self._names) == 1
-        if first:
+        if claim(self, name):
             _core.attach(self)
 
     def deregister(self, name: str) -> bool:
         """Stop recording under ``name``; what was emitted before is still recorded first."""
-        with _registry_lock:
-            if _registered.get(name) is not self:
-                return False
-            del _registered[name]
-            self._names.remove(name)
-            last = not self._names
+        found, last = release(self, name)
         if last:
             _core.detach(self)
-        return True
+        return found
 
     def export(self, events) -> None:
         """Take a batch of events from the pipeline (called by the delivery thread)."""
