@@ -1646,6 +1646,25 @@ def enabled():
     return _enabled
 
 
+cdef int _end_abandoned(ScopeHandle frame) except -1:
+    # Scopes pushed inside a block and still open when it exits would never get an end event:
+    # end them (innermost first) with an ERROR status that says why.
+    cdef ScopeHandle f = _peek()
+    if f is frame or f is None:
+        return 0
+    cdef list open_ = []
+    while f is not None and f is not frame:
+        if not f._closed:
+            open_.append(f)
+        f = f._prev
+    if f is None:  # the block's scope is not on this stack: nothing of ours to close
+        return 0
+    for f in open_:
+        _end(f, None, None, _auto_end_ts(f), _STATUS_ERROR,
+             "abandoned: still open when its enclosing scope ended", None)
+    return 0
+
+
 @cython.freelist(16)
 cdef class ScopeContext:
     """``with scope.scope(...) as handle``: push on enter, pop on exit (also on exceptions)."""
@@ -1696,6 +1715,7 @@ cdef class ScopeContext:
         cdef int64_t ts
         self._active = False
         try:
+            _end_abandoned(frame)
             if not frame._closed:
                 ts = self._end_ts if self._has_end_ts else _auto_end_ts(frame)
                 if exc is None:

@@ -1233,6 +1233,24 @@ def enabled() -> bool:
     return _enabled
 
 
+def _end_abandoned(frame):
+    # Scopes pushed inside a block and still open when it exits would never get an end event:
+    # end them (innermost first) with an ERROR status that says why.
+    f = _current.get(None)
+    if f is frame or f is None:
+        return
+    open_ = []
+    while f is not None and f is not frame:
+        if not f._closed:
+            open_.append(f)
+        f = f._prev
+    if f is None:  # the block's scope is not on this stack: nothing of ours to close
+        return
+    for f in open_:
+        _end_encoded(f, None, None, _auto_end(f), STATUS_ERROR,
+                     "abandoned: still open when its enclosing scope ended", None)
+
+
 class ScopeContext:
     """``with scope.scope(...) as handle``: push on enter, pop on exit (also on exceptions)."""
 
@@ -1283,6 +1301,7 @@ class ScopeContext:
         frame = self._frame
         self._active = False
         try:
+            _end_abandoned(frame)
             if not frame._closed:
                 if self._end_ts is not None:
                     ts = self._end_ts

@@ -809,3 +809,19 @@ def test_automatic_ends_nest_even_for_sub_microsecond_scopes(nf, events):
         if parent is not None:
             assert parent["start"].timestamp_ns <= start.timestamp_ns
             assert end.timestamp_ns <= parent["end"].timestamp_ns
+
+
+def test_scopes_left_open_inside_a_block_are_ended_with_an_error(nf, events):
+    with nf.scope.scope("outer", nf.ScopeType.Agent) as outer:
+        a = nf.scope.push("a", nf.ScopeType.Function)
+        b = nf.scope.push("b", nf.ScopeType.Function)  # neither is popped
+    assert [(e.name, e.scope_category) for e in events] == [
+        ("outer", "start"), ("a", "start"), ("b", "start"),
+        ("b", "end"), ("a", "end"), ("outer", "end")]
+    for e in events[3:5]:
+        assert e.metadata == {"otel.status_code": "ERROR", "otel.status_description":
+                              "abandoned: still open when its enclosing scope ended"}
+    assert events[5].metadata == {"otel.status_code": "OK"}
+    assert nf.scope.get_handle().uuid == outer.parent_uuid  # the stack is back where it was
+    with pytest.raises(nf.NotFoundError):
+        nf.scope.pop(b)
