@@ -141,6 +141,14 @@ cdef class ScopeHandle:
     cdef str _uuid(self)
 
 
+cdef class ToolHandle(ScopeHandle):
+    pass
+
+
+cdef class LLMHandle(ScopeHandle):
+    pass
+
+
 cdef class ScopeEvent:
     # Self-contained (no frame): built on the emitting thread for synchronous subscribers, or
     # from a ring record on the delivery thread.

@@ -293,6 +293,14 @@ cdef ScopeHandle _new_frame(type cls, int kind, str name, object scope_type, int
     return f
 
 
+cdef class ToolHandle(ScopeHandle):
+    """An open tool call (a scope on the wire, never pushed on the stack)."""
+
+
+cdef class LLMHandle(ScopeHandle):
+    """An open LLM call (a scope on the wire, never pushed on the stack)."""
+
+
 cdef object _AGENT = ScopeType.Agent
 
 
@@ -1427,15 +1435,20 @@ cdef inline int _check_parent(handle) except -1:
     return 0
 
 
-cdef int _attr_value(attributes) except? -1:
-    # Scopes take ScopeAttributes (or a plain int mask); a tool or LLM flag would be written
-    # under a scope's wire names.
+cdef int _attr_value(attributes, int kind=_KIND_SCOPE) except? -1:
+    # Each kind takes its own flag class (or a plain int mask): another kind's flag would be
+    # written under this kind's wire names.
     if attributes is None:
         return 0
+    expected = _ATTR_CLASS[kind]
     if (not isinstance(attributes, int) or isinstance(attributes, bool)
-            or isinstance(attributes, (ToolAttributes, LLMAttributes))):
-        raise TypeError(f"attributes must be ScopeAttributes, not {type(attributes).__name__}")
+            or (isinstance(attributes, _ATTR_CLASSES) and not isinstance(attributes, expected))):
+        raise TypeError(f"attributes must be {expected.__name__}, "
+                        f"not {type(attributes).__name__}")
     return <int>attributes
+
+
+cdef tuple _ATTR_CLASSES = (ScopeAttributes, ToolAttributes, LLMAttributes)
 
 
 cdef ScopeHandle _start(str name, object scope_type, ScopeHandle parent, int attrs,
@@ -1460,7 +1473,7 @@ def start(name, scope_type, parent, attributes, data, metadata, input, timestamp
     _check_name(name)
     _check_scope_type(scope_type)
     _check_parent(parent)
-    cdef int attrs = _attr_value(attributes)
+    cdef int attrs = _attr_value(attributes, kind)
     cdef int64_t ts = nf_now_ns() if timestamp is None else _timestamp_ns(timestamp)
     data_raw = _encode(data, False)
     meta_raw = _encode(metadata, False)

@@ -216,6 +216,18 @@ class ScopeHandle:
         return f"<{type(self).__name__} {self._name!r} {self._uuid}>"
 
 
+class ToolHandle(ScopeHandle):
+    """An open tool call (a scope on the wire, never pushed on the stack)."""
+
+    __slots__ = ()
+
+
+class LLMHandle(ScopeHandle):
+    """An open LLM call (a scope on the wire, never pushed on the stack)."""
+
+    __slots__ = ()
+
+
 def _new_frame(cls, kind, name, scope_type, attrs, parent, prev, data, meta, profile, start_ns):
     f = object.__new__(cls)
     f._uuid = _uuid7_str(start_ns)
@@ -1020,14 +1032,16 @@ def _check_parent(handle):
         raise TypeError(f"handle must be a ScopeHandle or None, not {type(handle).__name__}")
 
 
-def _attr_value(attributes) -> int:
-    # Scopes take ScopeAttributes (or a plain int mask); a tool or LLM flag would be written
-    # under a scope's wire names.
+def _attr_value(attributes, kind=KIND_SCOPE) -> int:
+    # Each kind takes its own flag class (or a plain int mask): another kind's flag would be
+    # written under this kind's wire names.
     if attributes is None:
         return 0
+    expected = _ATTR_CLASS[kind]
     if (not isinstance(attributes, int) or isinstance(attributes, bool)
-            or isinstance(attributes, (ToolAttributes, LLMAttributes))):
-        raise TypeError(f"attributes must be ScopeAttributes, not {type(attributes).__name__}")
+            or (isinstance(attributes, _ATTR_CLASS) and not isinstance(attributes, expected))):
+        raise TypeError(f"attributes must be {expected.__name__}, "
+                        f"not {type(attributes).__name__}")
     return int(attributes)
 
 
@@ -1038,7 +1052,7 @@ def start(name, scope_type, parent, attributes, data, metadata, input, timestamp
     if type(scope_type) is not ScopeType:
         raise TypeError(f"scope_type must be a ScopeType, not {type(scope_type).__name__}")
     _check_parent(parent)
-    attrs = _attr_value(attributes)
+    attrs = _attr_value(attributes, kind)
     ts = now_ns() if timestamp is None else timestamp_ns(timestamp)
     return _start_encoded(name, scope_type, parent, attrs, encode(data), encode(metadata),
                           encode(input), ts, kind, profile, cls)
