@@ -813,7 +813,7 @@ def test_automatic_ends_nest_even_for_sub_microsecond_scopes(nf, events):
 
 def test_scopes_left_open_inside_a_block_are_ended_with_an_error(nf, events):
     with nf.scope.scope("outer", nf.ScopeType.Agent) as outer:
-        a = nf.scope.push("a", nf.ScopeType.Function)
+        nf.scope.push("a", nf.ScopeType.Function)
         b = nf.scope.push("b", nf.ScopeType.Function)  # neither is popped
     assert [(e.name, e.scope_category) for e in events] == [
         ("outer", "start"), ("a", "start"), ("b", "start"),
