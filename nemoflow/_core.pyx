@@ -1678,6 +1678,10 @@ cdef int _end_abandoned(ScopeHandle frame) except -1:
     return 0
 
 
+# Not tracked by the cyclic GC: a ScopeContext holds str, bytes, the ScopeType member, frames
+# and a ContextVar token, none of which can refer back to it, so it is never part of a cycle.
+# (Span, which holds user objects, is tracked.)
+@cython.no_gc
 @cython.freelist(16)
 cdef class ScopeContext:
     """``with scope.scope(...) as handle``: push on enter, pop on exit (also on exceptions)."""
