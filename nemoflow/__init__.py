@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import exporters, scope, scope_local, subscribers
+from . import exporters, guardrails, intercepts, llm, scope, scope_local, subscribers, tools
 from ._backend import BACKEND
 from ._backend import core as _core
 from ._types import (
@@ -32,9 +32,12 @@ from .context import (
     wrap,
 )
 from .exporters import AtofExporter, AtofExporterConfig, AtofExporterMode
+from .llm import LLMRequest
 from .trace import mark, trace
 
 ScopeHandle = _core.ScopeHandle
+ToolHandle = _core.ToolHandle
+LLMHandle = _core.LLMHandle
 ScopeEvent = _core.ScopeEvent
 MarkEvent = _core.MarkEvent
 Event = ScopeEvent | MarkEvent
@@ -55,6 +58,8 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "LLMAttributes",
+    "LLMHandle",
+    "LLMRequest",
     "MarkEvent",
     "NemoFlowError",
     "NotFoundError",
@@ -64,6 +69,7 @@ __all__ = [
     "ScopeStack",
     "ScopeType",
     "ToolAttributes",
+    "ToolHandle",
     "bind",
     "capture",
     "configure",
@@ -72,6 +78,9 @@ __all__ = [
     "exporters",
     "fork_asyncio_context",
     "get_scope_stack",
+    "guardrails",
+    "intercepts",
+    "llm",
     "mark",
     "propagate_scope_to_thread",
     "scope",
@@ -79,6 +88,7 @@ __all__ = [
     "scope_stack_active",
     "set_thread_scope_stack",
     "subscribers",
+    "tools",
     "trace",
     "use_scope_stack",
     "wrap",

@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
+from . import _middleware
 from ._backend import core as _core
 
-__all__ = ["deregister_subscriber", "register_subscriber"]
+__all__ = [
+    "deregister_llm_conditional_execution",
+    "deregister_llm_execution",
+    "deregister_llm_request",
+    "deregister_llm_sanitize_request",
+    "deregister_llm_sanitize_response",
+    "deregister_llm_stream_execution",
+    "deregister_subscriber",
+    "deregister_tool_conditional_execution",
+    "deregister_tool_execution",
+    "deregister_tool_request",
+    "deregister_tool_sanitize_request",
+    "deregister_tool_sanitize_response",
+    "register_llm_conditional_execution",
+    "register_llm_execution",
+    "register_llm_request",
+    "register_llm_sanitize_request",
+    "register_llm_sanitize_response",
+    "register_llm_stream_execution",
+    "register_subscriber",
+    "register_tool_conditional_execution",
+    "register_tool_execution",
+    "register_tool_request",
+    "register_tool_sanitize_request",
+    "register_tool_sanitize_response",
+]
 
 
 def register_subscriber(scope_handle, name: str, callback) -> None:
@@ -20,3 +46,47 @@ def register_subscriber(scope_handle, name: str, callback) -> None:
 def deregister_subscriber(scope_handle, name: str) -> bool:
     """Remove a scope-local subscriber; ``False`` if the scope has none by that name."""
     return _core.local_deregister(scope_handle, name)
+
+
+# Guardrails and intercepts on one scope: the same callbacks as ``nemoflow.guardrails`` and
+# ``nemoflow.intercepts``, seen by managed calls made while the scope is on the stack, ordered
+# after the global ones of equal priority (outer scopes before inner), dropped on pop.
+
+def _families(family, with_break_chain):
+    if with_break_chain:
+        def register(scope_handle, name: str, priority: int, break_chain: bool, fn) -> None:
+            _middleware.local_register(scope_handle, family, name, priority, fn, break_chain)
+    else:
+        def register(scope_handle, name: str, priority: int, fn) -> None:
+            _middleware.local_register(scope_handle, family, name, priority, fn)
+
+    def deregister(scope_handle, name: str) -> bool:
+        return _middleware.local_deregister(scope_handle, family, name)
+
+    register.__name__ = register.__qualname__ = f"register_{family}"
+    register.__doc__ = (f"Add a {family.replace('_', ' ')} callback on ``scope_handle`` "
+                        f"(``NotFoundError`` if the scope is closed).")
+    deregister.__name__ = deregister.__qualname__ = f"deregister_{family}"
+    deregister.__doc__ = (f"Remove a scope-local {family.replace('_', ' ')} callback; "
+                          f"``False`` if none has that name.")
+    return register, deregister
+
+
+register_tool_sanitize_request, deregister_tool_sanitize_request = _families(
+    "tool_sanitize_request", False)
+register_tool_sanitize_response, deregister_tool_sanitize_response = _families(
+    "tool_sanitize_response", False)
+register_tool_conditional_execution, deregister_tool_conditional_execution = _families(
+    "tool_conditional_execution", False)
+register_llm_sanitize_request, deregister_llm_sanitize_request = _families(
+    "llm_sanitize_request", False)
+register_llm_sanitize_response, deregister_llm_sanitize_response = _families(
+    "llm_sanitize_response", False)
+register_llm_conditional_execution, deregister_llm_conditional_execution = _families(
+    "llm_conditional_execution", False)
+register_tool_request, deregister_tool_request = _families("tool_request", True)
+register_tool_execution, deregister_tool_execution = _families("tool_execution", False)
+register_llm_request, deregister_llm_request = _families("llm_request", True)
+register_llm_execution, deregister_llm_execution = _families("llm_execution", False)
+register_llm_stream_execution, deregister_llm_stream_execution = _families(
+    "llm_stream_execution", False)

@@ -1,0 +1,89 @@
+"""Tool calls: manual ``call``/``call_end`` spans and managed ``execute`` with middleware.
+
+A tool call is a scope on the wire (``category: "tool"``) but is never pushed on the stack:
+work done inside the tool stays parented to the enclosing scope.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+from . import _managed
+from ._backend import core as _core
+from ._middleware import Snapshot, settle_async, settle_sync, drive
+from ._types import NotFoundError, ScopeType
+
+__all__ = ["call", "call_end", "conditional_execution", "execute", "request_intercepts"]
+
+_end_lock = threading.Lock()
+_ended = weakref.WeakSet()
+
+
+def claim_end(handle, cls) -> None:
+    """Raise unless ``handle`` is an open call of type ``cls``; then nobody else may end it."""
+    if not isinstance(handle, cls):
+        raise TypeError(f"handle must be a {cls.__name__}, not {type(handle).__name__}")
+    with _end_lock:
+        if handle in _ended:
+            raise NotFoundError("not found: scope handle not found")
+        try:
+            _core.local_deregister(handle, "\x00probe")  # NotFoundError once closed
+        except NotFoundError:
+            raise NotFoundError("not found: scope handle not found") from None
+        _ended.add(handle)
+
+
+def call(name, args, *, handle=None, attributes=None, data=None, metadata=None,
+         tool_call_id=None, timestamp=None):
+    """Open a tool call (its start event has ``data`` = ``args``); returns its ``ToolHandle``."""
+    return _core.start(name, ScopeType.Tool, handle, attributes, data, metadata, args, timestamp,
+                       _core.KIND_TOOL, _managed.profile(tool_call_id=tool_call_id),
+                       _core.ToolHandle)
+
+
+def call_end(handle, result, *, data=None, metadata=None, timestamp=None) -> None:
+    """Close a tool call opened by ``call``; its end event has ``data`` = ``result``.
+
+    ``data`` is accepted for NeMo Flow compatibility and validated; the handle's data was
+    fixed at ``call``. Ending a call twice raises ``NotFoundError``.
+    """
+    _core.encode(data)
+    claim_end(handle, _core.ToolHandle)
+    _core.end(handle, result, metadata, timestamp)
+
+
+async def execute(name, args, func, *, handle=None, attributes=None, data=None, metadata=None,
+                  tool_call_id=None):
+    """Run ``func(args)`` (sync or async) as a managed tool call, through the middleware."""
+    return await _managed.run_tool(name, args, func, handle, attributes, data, metadata,
+                                   tool_call_id, settle_async, True, False)
+
+
+def execute_sync(name, args, func, *, handle=None, attributes=None, data=None, metadata=None,
+                 tool_call_id=None, lenient=False):
+    """``execute`` for synchronous code: the same pipeline, without an event loop."""
+    return drive(_managed.run_tool(name, args, func, handle, attributes, data, metadata,
+                                   tool_call_id, settle_sync, False, lenient))
+
+
+async def request_intercepts(name, args):
+    """``args`` as the request intercepts would rewrite them for a call made here."""
+    snap = Snapshot(_core.current())
+    for entry in snap.chain("tool_request"):
+        try:
+            args = await settle_async(entry.fn(name, args))
+        except Exception as exc:
+            raise _managed.internal_error(exc) from exc
+        if entry.break_chain:
+            break
+    return args
+
+
+async def conditional_execution(name, args):
+    """Run the conditional guardrails for a call made here: ``GuardrailRejectedError`` if one
+    rejects (with the guardrail events of a rejected call), ``None`` otherwise."""
+    parent = _core.current()
+    await _managed.check_conditions(
+        Snapshot(parent), "tool_conditional_execution", parent, name, (name, args),
+        {"kind": "tool_conditional_execution", "target_name": name}, settle_async)
