@@ -227,10 +227,8 @@ class Snapshot:
         top_uuid = top.uuid
         visible = [local for local in locals_.values()
                    if local.uuid == top_uuid or top_uuid in local.above]
-        if len(visible) > 1:
-            # On one stack: an outer scope has every inner one in its ``above`` set.
-            visible.sort(key=lambda outer: -sum(1 for inner in visible
-                                                if inner.uuid in outer.above))
+        # Already root→top: a scope is visible through an outer one only if it started after
+        # the outer one got its first registration, so the outer one was inserted first.
         self.locals = tuple(dict(local.families) for local in visible)
 
     def chain(self, family):
