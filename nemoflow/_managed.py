@@ -15,7 +15,7 @@ import copy
 import time
 
 from ._backend import core as _core
-from ._middleware import Snapshot, drive, internal_error
+from ._middleware import Snapshot, block_on, drive, internal_error, settle_sync
 from ._types import GuardrailRejectedError, InternalError, LLMAttributes, ScopeType
 
 _OK, _ERROR = _core.STATUS_OK, _core.STATUS_ERROR
@@ -419,7 +419,8 @@ async def stream_llm(name, request, func, collector, finalizer, parent, attribut
             index += 1
             yield chunk
     except GeneratorExit:  # the consumer stopped early (aclose, break, garbage collection)
-        _core.end(frame, _final(finalizer), _stream_meta(first), None, _OK)
+        _core.end(frame, _final(finalizer, snap.chain("llm_sanitize_response")),
+                  _stream_meta(first), None, _OK)
         await _close(chunks)
         raise
     except BaseException as exc:
@@ -428,8 +429,14 @@ async def stream_llm(name, request, func, collector, finalizer, parent, attribut
         _core.end(frame, None, meta, None, _ERROR, _core.describe(exc))
         raise
     output = await _settle_async(finalizer())
-    _core.end(frame, _core.Encoded(_core.encode(output, True)) if output is not None else None,
-              _stream_meta(first), None, _OK)
+    chain = snap.chain("llm_sanitize_response")
+    if chain:
+        event_output = await sanitize(chain, output, lambda fn, v: fn(v), _settle_async,
+                                      json_payload)
+        event_output = None if event_output is _FAILED else event_output
+    else:
+        event_output = _core.Encoded(_core.encode(output, True)) if output is not None else None
+    _core.end(frame, event_output, _stream_meta(first), None, _OK)
 
 
 async def _close(it):
@@ -441,14 +448,18 @@ async def _close(it):
             pass
 
 
-def _final(finalizer):
+def _final(finalizer, chain):
+    # The end data of a stream the consumer left early. Nothing here suspends: a stream being
+    # closed may not be able to await (async callbacks run on a private loop instead).
     try:
         out = finalizer()
-        if hasattr(out, "__await__"):  # cannot be awaited while the stream is closing
-            getattr(out, "close", lambda: None)()
-            return None
+        if hasattr(out, "__await__"):
+            out = block_on(out)
+        if chain:
+            out = drive(sanitize(chain, out, lambda fn, v: fn(v), settle_sync, json_payload))
+            return None if out is _FAILED else out
         return _core.Encoded(_core.encode(out, True)) if out is not None else None
-    except Exception:
+    except Exception:  # fail closed
         return None
 
 
