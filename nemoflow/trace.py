@@ -297,14 +297,164 @@ class _Trace(_core.Tracer):
     unknown = _core.Tracer(ScopeType.Unknown, _decorate)
 
     def __getattr__(self, attr):
-        if attr in ("tool", "llm"):
-            raise AttributeError(
-                f"nf.trace.{attr} is reserved for managed {attr} calls, which are not available "
-                f"yet; use nf.trace.function or nemoflow.{'tools' if attr == 'tool' else 'llm'}")
         raise AttributeError(f"nf.trace has no attribute {attr!r}")
 
     def __repr__(self):
         return "<nf.trace>"
 
+
+# --------------------------------------------------------------------------------------------
+# ``nf.trace.tool`` and ``nf.trace.llm``: managed calls. The decorated function runs inside the
+# same pipeline as ``tools.execute`` / ``llm.execute``, so guardrails and intercepts apply.
+# Its arguments, by parameter name, are the tool ``args`` (an LLM function gets them as the
+# ``content`` of an ``LLMRequest`` with no headers); what the request intercepts return is what
+# the function is really called with.
+
+class _Arguments:
+    """Maps a call to a dict of arguments by parameter name, and such a dict back to a call."""
+
+    __slots__ = ("_fn", "_sig", "_receiver")
+
+    def __init__(self, fn):
+        self._fn = fn
+        try:
+            self._sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # no introspectable signature: positional and keywords
+            self._sig = None
+        params = list(self._sig.parameters) if self._sig is not None else []
+        # An unbound method's receiver is not an input of the call.
+        self._receiver = params[0] if params and params[0] in ("self", "cls") else None
+
+    def split(self, args, kwargs):
+        if self._sig is None:
+            return {"*args": list(args), **kwargs}, None
+        arguments = dict(self._sig.bind(*args, **kwargs).arguments)
+        receiver = arguments.pop(self._receiver) if self._receiver else None
+        return arguments, receiver
+
+    def caller(self, receiver):
+        fn, sig, name = self._fn, self._sig, self._receiver
+
+        def call(arguments):
+            if not isinstance(arguments, dict):
+                raise TypeError(f"{getattr(fn, '__qualname__', fn)!s} takes its arguments as a "
+                                f"dict by parameter name, not {type(arguments).__name__}")
+            if sig is None:
+                arguments = dict(arguments)
+                return fn(*arguments.pop("*args", ()), **arguments)
+            full = {name: receiver, **arguments} if name else arguments
+            bound = inspect.BoundArguments(sig, full)
+            return fn(*bound.args, **bound.kwargs)
+
+        return call
+
+
+def _managed_tool(fn, name, attributes, metadata):
+    from . import _managed, _middleware
+
+    arguments = _Arguments(fn)
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def tool(*args, **kwargs):
+            values, receiver = arguments.split(args, kwargs)
+            return await _managed.run_tool(
+                name, values, arguments.caller(receiver), None, attributes, None, metadata,
+                None, _middleware.settle_async, True, True)
+    else:
+        @functools.wraps(fn)
+        def tool(*args, **kwargs):
+            values, receiver = arguments.split(args, kwargs)
+            return _middleware.drive(_managed.run_tool(
+                name, values, arguments.caller(receiver), None, attributes, None, metadata,
+                None, _middleware.settle_sync, False, True))
+    return tool
+
+
+def _managed_llm(fn, name, attributes, metadata, model):
+    from . import _managed, _middleware
+
+    arguments = _Arguments(fn)
+
+    def request_of(args, kwargs):
+        values, receiver = arguments.split(args, kwargs)
+        call = arguments.caller(receiver)
+        return _managed.LLMRequest({}, values), (lambda request: call(request.content))
+
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        def llm(*args, **kwargs):
+            request, func = request_of(args, kwargs)
+            texts = []
+
+            def collect(chunk):
+                if isinstance(chunk, str):
+                    texts.append(chunk)
+
+            parent = _core.current()
+            return _managed.stream_llm(
+                name, request, func, collect, lambda: "".join(texts) if texts else None, parent,
+                attributes, None, metadata, model, _middleware.Snapshot(parent))
+    elif inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def llm(*args, **kwargs):
+            request, func = request_of(args, kwargs)
+            return await _managed.run_llm(name, request, func, None, attributes, None, metadata,
+                                          model, _middleware.settle_async, True, True)
+    else:
+        @functools.wraps(fn)
+        def llm(*args, **kwargs):
+            request, func = request_of(args, kwargs)
+            return _middleware.drive(_managed.run_llm(
+                name, request, func, None, attributes, None, metadata, model,
+                _middleware.settle_sync, False, True))
+    return llm
+
+
+class _ManagedTracer:
+    """``nf.trace.tool`` / ``nf.trace.llm``: decorators for managed tool and LLM calls."""
+
+    __slots__ = ("_kind",)
+
+    def __init__(self, kind):
+        self._kind = kind
+
+    def __call__(self, target=None, *, name=None, model=None, metadata=None, attributes=None):
+        if isinstance(target, str):
+            if name is not None:
+                raise TypeError("give the name once, positionally or as name=")
+            name, target = target, None
+        if model is not None and self._kind != "llm":
+            raise TypeError("model= is for nf.trace.llm")
+        _core.encode(metadata)  # a non-JSON metadata fails at decoration, not at each call
+        if target is None:
+            return lambda fn: self._decorate(fn, name, model, metadata, attributes)
+        return self._decorate(target, name, model, metadata, attributes)
+
+    def _decorate(self, fn, name, model, metadata, attributes):
+        if isinstance(fn, (staticmethod, classmethod)):
+            return type(fn)(self._decorate(fn.__func__, name, model, metadata, attributes))
+        if isinstance(fn, type) or not callable(fn):
+            raise TypeError(f"nf.trace.{self._kind} decorates functions, not "
+                            f"{type(fn).__name__}")
+        if inspect.isgeneratorfunction(fn) or (self._kind == "tool"
+                                               and inspect.isasyncgenfunction(fn)):
+            raise TypeError(f"nf.trace.{self._kind} does not take "
+                            f"{'generator' if inspect.isgeneratorfunction(fn) else 'async generator'}"
+                            f" functions (a streamed LLM call is an async generator under "
+                            f"nf.trace.llm)")
+        if name is None:
+            name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+            if not isinstance(name, str):
+                name = type(fn).__qualname__
+        if self._kind == "tool":
+            return _managed_tool(fn, name, attributes, metadata)
+        return _managed_llm(fn, name, attributes, metadata, model)
+
+    def __repr__(self):
+        return f"<nf.trace.{self._kind}>"
+
+
+_Trace.tool = _ManagedTracer("tool")
+_Trace.llm = _ManagedTracer("llm")
 
 trace = _Trace(ScopeType.Function, _decorate)

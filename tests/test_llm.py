@@ -353,3 +353,67 @@ def test_concurrent_streams_in_tasks_keep_their_chunks_apart(nf, events):
         assert [m.data["chunk_index"] for m in marks] == [0, 1, 2]
         end = [e for e in events if e.name == f"chat{i}" and e.scope_category == "end"][0]
         assert end.data == {"i": i}  # the finalizer's output, through this task's sanitizer
+
+
+# --------------------------------------------------------------------------------------------
+# ``@nf.trace.llm``.
+
+def test_trace_llm_async_with_model_usage_and_middleware(nf, events):
+    @nf.trace.llm(model="gpt-4o")
+    async def chat(messages, temperature=0.5):
+        return {"choices": [{"finish_reason": "length", "message": {"content": "x"}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+                "t": temperature}
+
+    nf.intercepts.register_llm_request(
+        "cold", 0, False,
+        lambda n, req, ann: (nf.LLMRequest(req.headers, {**req.content, "temperature": 0}),
+                             ann))
+    out = run(chat([{"role": "user", "content": "hi"}]))
+    assert out["t"] == 0
+    start, end = events
+    assert start.name == chat.__qualname__ and start.category == "llm"
+    assert start.category_profile == {"model_name": "gpt-4o"}
+    assert start.data == {"headers": {}, "content": {
+        "messages": [{"role": "user", "content": "hi"}], "temperature": 0}}
+    assert end.metadata == {**OK, "llm.usage.prompt_tokens": 1,
+                            "llm.usage.completion_tokens": 2, "llm.usage.total_tokens": 3,
+                            "llm.finish_reason": "length"}
+
+
+def test_trace_llm_sync_named_and_rejected(nf, events):
+    @nf.trace.llm("complete")
+    def complete(prompt):
+        return prompt[::-1]
+
+    assert complete("abc") == "cba"
+    assert shape(events) == [("complete", "start"), ("complete", "end")]
+    assert events[1].data == "cba"
+    nf.guardrails.register_llm_conditional_execution(
+        "len", 0, lambda req: "too long" if len(req.content["prompt"]) > 5 else None)
+    with pytest.raises(nf.GuardrailRejectedError, match="too long"):
+        complete("abcdefgh")
+
+
+def test_trace_llm_async_generator_is_a_streamed_call(nf, events):
+    @nf.trace.llm(model="local")
+    async def stream(prompt):
+        for word in prompt.split():
+            await asyncio.sleep(0)
+            yield word + " "
+
+    async def main():
+        out = [c async for c in stream("a b c")]
+        early = stream("x y z")
+        async for _ in early:
+            break
+        await early.aclose()
+        return out
+
+    assert run(main()) == ["a ", "b ", "c "]
+    name = stream.__qualname__
+    assert shape(events) == [(name, "start")] + [("llm.chunk", "mark")] * 3 + [(name, "end")] \
+        + [(name, "start"), ("llm.chunk", "mark"), (name, "end")]
+    assert events[0].attributes == ["streaming"]
+    assert events[4].data == "a b c " and events[-1].data == "x "
+    assert events[1].data == {"chunk_index": 0, "provider": "unknown"}

@@ -142,3 +142,93 @@ def test_execute_under_explicit_handle(nf, events):
     nf.scope.pop(other)
     assert [e.parent_uuid for e in events if e.name == "t"] == [other.uuid] * 2
     assert a.uuid != other.uuid
+
+
+# --------------------------------------------------------------------------------------------
+# ``@nf.trace.tool``.
+
+def test_trace_tool_sync_bare_and_named(nf, events):
+    @nf.trace.tool
+    def search(query, limit=3):
+        nf.mark("inside")
+        return {"hits": [query] * limit}
+
+    @nf.trace.tool("lookup", metadata={"team": "x"}, attributes=nf.ToolAttributes.REMOTE)
+    def find(key):
+        return key.upper()
+
+    with nf.scope.scope("agent", nf.ScopeType.Agent) as agent:
+        assert search("x", limit=2) == {"hits": ["x", "x"]}
+        assert find("k") == "K"
+    body = events[1:-1]
+    assert shape(body) == [(search.__qualname__, "start"), ("inside", "mark"),
+                           (search.__qualname__, "end"), ("lookup", "start"), ("lookup", "end")]
+    assert body[0].category == "tool" and body[0].data == {"query": "x", "limit": 2}
+    assert body[1].parent_uuid == agent.uuid  # not pushed: work inside is under the agent
+    assert body[2].data == {"hits": ["x", "x"]} and body[2].metadata == OK
+    assert body[0].category_profile == {}
+    assert body[3].attributes == ["remote"] and body[4].metadata == {"team": "x", **OK}
+    assert search.__name__ == "search"
+
+
+def test_trace_tool_goes_through_middleware_and_rewrites_real_arguments(nf, events):
+    @nf.trace.tool
+    def add(a, b):
+        return a + b
+
+    nf.intercepts.register_tool_request("double", 0, False,
+                                        lambda n, args: {**args, "b": args["b"] * 2})
+    nf.guardrails.register_tool_sanitize_response("hide", 0, lambda n, r: "hidden")
+    nf.guardrails.register_tool_conditional_execution(
+        "no-negatives", 0, lambda n, args: "negative" if args["a"] < 0 else None)
+    assert add(1, 2) == 5
+    assert events[2].data == {"a": 1, "b": 4} and events[3].data == "hidden"
+    with pytest.raises(nf.GuardrailRejectedError, match="^guardrail rejected: negative$"):
+        add(-1, 2)
+
+
+def test_trace_tool_async_method_and_error(nf, events):
+    class Box:
+        @nf.trace.tool("box.get")
+        async def get(self, key):
+            await asyncio.sleep(0)
+            if key == "bad":
+                raise KeyError(key)
+            return {"key": key}
+
+    box = Box()
+    assert run(box.get("a")) == {"key": "a"}
+    with pytest.raises(KeyError):
+        run(box.get("bad"))
+    assert shape(events) == [("box.get", "start"), ("box.get", "end")] * 2
+    assert events[0].data == {"key": "a"}  # the receiver is not an argument
+    assert events[3].metadata["exception.type"] == "KeyError"
+
+
+def test_trace_tool_sync_with_async_middleware_inside_a_running_loop(nf, events):
+    @nf.trace.tool
+    def echo(x):
+        return x
+
+    async def rewrite(name, args):
+        await asyncio.sleep(0)
+        return {"x": args["x"] + 1}
+
+    nf.intercepts.register_tool_request("r", 0, False, rewrite)
+    assert echo(1) == 2  # no loop running here
+
+    async def main():
+        return echo(10)  # a loop is running in this thread
+
+    assert run(main()) == 11
+
+
+def test_trace_tool_rejects_generators_and_classes(nf):
+    with pytest.raises(TypeError):
+        @nf.trace.tool
+        def gen():
+            yield 1
+    with pytest.raises(TypeError):
+        nf.trace.tool(int)
+    with pytest.raises(TypeError):
+        nf.trace.tool(model="m")
