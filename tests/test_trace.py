@@ -341,11 +341,9 @@ def test_every_scope_type_factory(nf, events, kind):
     assert {e.category for e in events} == {kind}
 
 
-def test_tool_and_llm_are_reserved(nf):
+def test_tool_and_llm_are_managed_tracers_on_nf_trace_only(nf):
     for attr in ("tool", "llm"):
-        with pytest.raises(AttributeError, match=f"nf.trace.{attr} is reserved"):
-            getattr(nf.trace, attr)
-        assert not hasattr(nf.trace, attr)
+        assert repr(getattr(nf.trace, attr)) == f"<nf.trace.{attr}>"
         assert not hasattr(nf.trace.agent, attr)
     with pytest.raises(AttributeError):
         nf.trace.nothing  # noqa: B018
