@@ -87,7 +87,7 @@ class Registry:
         return tuple(e for e in self.entries if e.name != name)
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entered by a weakref callback run by GC under it
 _globals = {family: () for family in FAMILIES}
 
 

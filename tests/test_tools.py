@@ -232,3 +232,23 @@ def test_trace_tool_rejects_generators_and_classes(nf):
         nf.trace.tool(int)
     with pytest.raises(TypeError):
         nf.trace.tool(model="m")
+
+
+def test_cancelled_managed_tool_writes_an_error_end(nf, events):
+    async def slow(args):
+        await asyncio.sleep(30)
+
+    async def main():
+        task = asyncio.create_task(nf.tools.execute("slow", {}, slow))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(main())
+    assert shape(events) == [("slow", "start"), ("slow", "end")]
+    assert events[1].metadata == {"otel.status_code": "ERROR",
+                                  "otel.status_description": "cancelled",
+                                  "error.type": "CancelledError",
+                                  "exception.type": "CancelledError"}
+
