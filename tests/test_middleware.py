@@ -370,3 +370,54 @@ def test_concurrent_threads_with_scope_local_middleware_do_not_leak(nf, events):
     assert len(starts) == 160
     for e in starts:
         assert e.data == {"seen": ends[e.uuid].data}
+
+
+FAMILIES = ["tool_sanitize_request", "tool_sanitize_response", "tool_conditional_execution",
+            "llm_sanitize_request", "llm_sanitize_response", "llm_conditional_execution"]
+INTERCEPTS = {"tool_request": True, "tool_execution": False, "llm_request": True,
+              "llm_execution": False, "llm_stream_execution": False}
+
+
+def test_every_family_has_global_and_scope_local_register_and_deregister(nf):
+    with nf.scope.scope("s", nf.ScopeType.Agent) as s:
+        for family in FAMILIES + list(INTERCEPTS):
+            module = nf.guardrails if family in FAMILIES else nf.intercepts
+            extra = (False,) if INTERCEPTS.get(family) else ()
+            getattr(module, f"register_{family}")("n", 0, *extra, lambda *a: None)
+            assert getattr(module, f"deregister_{family}")("n") is True
+            getattr(nf.scope_local, f"register_{family}")(s, "n", 0, *extra, lambda *a: None)
+            with pytest.raises(nf.AlreadyExistsError):
+                getattr(nf.scope_local, f"register_{family}")(s, "n", 0, *extra,
+                                                              lambda *a: None)
+            assert getattr(nf.scope_local, f"deregister_{family}")(s, "n") is True
+            assert getattr(nf.scope_local, f"deregister_{family}")(s, "n") is False
+
+
+def test_execution_intercepts_global_wrap_scope_local_at_equal_priority(nf, events):
+    order = []
+
+    def wrap(tag):
+        async def fn(name, req, nxt):
+            order.append(tag + ">")
+            out = await nxt(req)
+            order.append("<" + tag)
+            return out
+        return fn
+
+    nf.intercepts.register_llm_execution("global", 0, wrap("g"))
+    with nf.scope.scope("outer", nf.ScopeType.Agent) as outer:
+        nf.scope_local.register_llm_execution(outer, "a-outer", 0, wrap("o"))
+        with nf.scope.scope("inner", nf.ScopeType.Agent) as inner:
+            nf.scope_local.register_llm_execution(inner, "0-inner", 0, wrap("i"))
+            run(nf.llm.execute("chat", nf.LLMRequest({}, {}), lambda r: "ok"))
+    assert order == ["g>", "o>", "i>", "<i", "<o", "<g"]
+
+
+def test_scope_local_middleware_is_dropped_when_its_scope_is_popped(nf, events):
+    h = nf.scope.push("s", nf.ScopeType.Agent)
+    nf.scope_local.register_tool_sanitize_request(h, "s", 0, lambda n, a: "hidden")
+    assert len(nf._middleware._locals) == 1
+    nf.scope.pop(h)
+    assert nf._middleware._locals == {}
+    execute(nf)
+    assert events[-2].data == {"x": 1}
