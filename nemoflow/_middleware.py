@@ -91,6 +91,17 @@ _lock = threading.RLock()  # re-entered by a weakref callback run by GC under it
 _globals = {family: () for family in FAMILIES}
 
 
+TOOL_FAMILIES = tuple(f for f in FAMILIES if f.startswith("tool_"))
+
+
+def tool_idle() -> bool:
+    """True when no tool middleware is registered anywhere (a call can skip the pipeline)."""
+    if _locals:
+        return False
+    g = _globals
+    return not any(g[f] for f in TOOL_FAMILIES)
+
+
 def register(family, name, priority, fn, break_chain=False) -> None:
     entry = _check_entry(name, priority, fn, break_chain)
     with _lock:

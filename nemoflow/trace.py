@@ -361,9 +361,13 @@ def _managed_tool(fn, name, attributes, metadata):
                 name, values, arguments.caller(receiver), None, attributes, None, metadata,
                 None, _middleware.settle_async, True, True)
     else:
+        idle, plain = _middleware.tool_idle, _managed.call_tool_plain
+
         @functools.wraps(fn)
         def tool(*args, **kwargs):
             values, receiver = arguments.split(args, kwargs)
+            if idle():
+                return plain(name, values, fn, args, kwargs, attributes, metadata)
             return _middleware.drive(_managed.run_tool(
                 name, values, arguments.caller(receiver), None, attributes, None, metadata,
                 None, _middleware.settle_sync, False, True))

@@ -252,3 +252,29 @@ def test_cancelled_managed_tool_writes_an_error_end(nf, events):
                                   "error.type": "CancelledError",
                                   "exception.type": "CancelledError"}
 
+
+
+def test_trace_tool_without_middleware_writes_what_the_pipeline_writes(nf, events):
+    @nf.trace.tool("t", metadata={"m": 1}, attributes=nf.ToolAttributes.REMOTE)
+    def tool(x, fail=False):
+        if fail:
+            raise ValueError("no")
+        return {"x": x, "obj": object}  # not JSON: written leniently
+
+    def fields(evs):
+        return [(e.name, e.scope_category, e.data, e.metadata, e.category_profile, e.attributes)
+                for e in evs]
+
+    def calls():
+        tool(1)
+        with pytest.raises(ValueError):
+            tool(2, fail=True)
+
+    calls()  # no middleware: the direct path
+    plain = fields(events)
+    events.clear()
+    nf.intercepts.register_tool_execution("noop", 0, lambda n, a, nxt: nxt(a))
+    calls()  # through the pipeline
+    assert fields(events) == plain
+    assert plain[1][2]["obj"].startswith("<class")
+    assert plain[3][3]["exception.type"] == "ValueError"
