@@ -1511,11 +1511,20 @@ cdef int _end(ScopeHandle frame, object out_raw, object meta_raw, int64_t ts, in
 
 
 def end(ScopeHandle frame, output, metadata, timestamp, int status=_STATUS_NONE, desc=None,
-        ScopeHandle top=None):
-    """Close ``frame`` (emit its end event, drop its scope-local registrations)."""
+        ScopeHandle top=None, profile=None):
+    """Close ``frame`` (emit its end event, drop its scope-local registrations).
+
+    ``profile`` (encoded JSON bytes) replaces the category_profile for the end event (a streamed
+    LLM call's ``time_to_first_chunk``); the start event keeps the one given at start.
+    """
     cdef int64_t ts = _auto_end_ts(frame) if timestamp is None else _timestamp_ns(timestamp)
     out_raw = _encode(output, False)
     meta_raw = _encode(metadata, False)
+    if profile is not None:
+        if type(profile) is not bytes:
+            raise TypeError(f"profile must be encoded JSON bytes, not {type(profile).__name__}")
+        # Events and ring records copy the profile when they are made: the start keeps its own.
+        frame._profile = profile
     _end(frame, out_raw, meta_raw, ts, status, desc, top)
 
 

@@ -328,7 +328,7 @@ class ScopeEvent:
     """The start or end of a scope, tool call or LLM call (ATOF ``kind: "scope"``)."""
 
     __slots__ = ("_frame", "_is_end", "_ts", "_data", "_end_meta", "_status", "_desc",
-                 "_meta_cache")
+                 "_meta_cache", "_profile")
 
     kind = "scope"
     atof_version = ATOF_VERSION
@@ -385,7 +385,7 @@ class ScopeEvent:
 
     @property
     def category_profile(self):
-        return _decode(self._frame._profile)
+        return _decode(self._profile)
 
     def to_json(self) -> str:
         """The canonical ATOF line (without the newline), as the JSONL exporter writes it."""
@@ -395,7 +395,7 @@ class ScopeEvent:
         return b"".join((
             b'{"atof_version":"0.1","attributes":', attrs,
             b',"category":"', CATEGORIES[f._scope_type].encode(),
-            b'","category_profile":', _or_null(f._profile),
+            b'","category_profile":', _or_null(self._profile),
             b',"data":', _or_null(self._data),
             b',"data_schema":null,"kind":"scope","metadata":', _or_null(self._metadata_raw()),
             b',"name":', _json_str(f._name),
@@ -1072,6 +1072,7 @@ def _start_encoded(name, scope_type, parent, attrs, data_raw, meta_raw, input_ra
         ev._ts = ts
         ev._data = input_raw
         ev._end_meta = None
+        ev._profile = profile
         ev._status = STATUS_NONE
         ev._desc = None
         ev._meta_cache = None
@@ -1081,8 +1082,17 @@ def _start_encoded(name, scope_type, parent, attrs, data_raw, meta_raw, input_ra
     return frame
 
 
-def end(frame, output, metadata, timestamp, status=STATUS_NONE, desc=None, top=None):
-    """Close ``frame`` (emit its end event, drop its scope-local registrations)."""
+def end(frame, output, metadata, timestamp, status=STATUS_NONE, desc=None, top=None,
+        profile=None):
+    """Close ``frame`` (emit its end event, drop its scope-local registrations).
+
+    ``profile`` (encoded JSON bytes) replaces the category_profile for the end event (a streamed
+    LLM call's ``time_to_first_chunk``); the start event keeps the one given at start.
+    """
+    if profile is not None:
+        if type(profile) is not bytes:
+            raise TypeError(f"profile must be encoded JSON bytes, not {type(profile).__name__}")
+        frame._profile = profile
     if timestamp is None:
         # max(now, start + 1 µs): an automatically stamped end is strictly after its start.
         ts = _auto_end(frame)
@@ -1103,6 +1113,7 @@ def _scope_event(frame, is_end, ts, data, end_meta, status, desc):
     ev._status = status
     ev._desc = desc
     ev._meta_cache = None
+    ev._profile = frame._profile
     return ev
 
 

@@ -287,13 +287,18 @@ async def llm_prelude(snap, name, request, parent, settle, lenient):
     return request, annotated, event_request
 
 
-def llm_profile(model_name, annotated):
+def llm_profile_fields(model_name, annotated) -> dict:
     if annotated is not None:
         try:
             _core.encode(annotated)
         except ValueError:
             annotated = None
-    return profile(model_name=model_name, annotated_request=annotated)
+    return {k: v for k, v in (("model_name", model_name), ("annotated_request", annotated))
+            if v is not None}
+
+
+def llm_profile(model_name, annotated):
+    return _core.encode(llm_profile_fields(model_name, annotated))
 
 
 def response_metadata(response):
@@ -379,8 +384,13 @@ async def stream_llm(name, request, func, collector, finalizer, parent, attribut
     request, annotated, event_request = await llm_prelude(snap, name, request, parent,
                                                           _settle_async, False)
     attrs = _core_llm_attrs(attributes)
+    fields = llm_profile_fields(model_name, annotated)
     frame = _core.start(name, ScopeType.Llm, parent, attrs, data, metadata, event_request, None,
-                        _core.KIND_LLM, llm_profile(model_name, annotated), _core.LLMHandle)
+                        _core.KIND_LLM, _core.encode(fields), _core.LLMHandle)
+
+    def end_profile():
+        # ``time_to_first_chunk`` (seconds) goes on the end event's category_profile.
+        return None if first is None else _core.encode({**fields, "time_to_first_chunk": first})
     started = now()
     first = None
     origin = []
@@ -438,14 +448,13 @@ async def stream_llm(name, request, func, collector, finalizer, parent, attribut
             index += 1
             yield chunk
     except GeneratorExit:  # the consumer stopped early (aclose, break, garbage collection)
-        _core.end(frame, _final(finalizer, snap.chain("llm_sanitize_response")),
-                  _stream_meta(first), None, _OK)
+        _core.end(frame, _final(finalizer, snap.chain("llm_sanitize_response")), None, None,
+                  _OK, None, None, end_profile())
         await _close(chunks)
         raise
     except BaseException as exc:
-        meta = _stream_meta(first) or {}
-        meta.update(error_metadata(exc))
-        _core.end(frame, None, meta, None, _ERROR, _core.describe(exc))
+        _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc), None,
+                  end_profile())
         raise
     output = await _settle_async(finalizer())
     chain = snap.chain("llm_sanitize_response")
@@ -455,7 +464,7 @@ async def stream_llm(name, request, func, collector, finalizer, parent, attribut
         event_output = None if event_output is _FAILED else event_output
     else:
         event_output = _core.Encoded(_core.encode(output, True)) if output is not None else None
-    _core.end(frame, event_output, _stream_meta(first), None, _OK)
+    _core.end(frame, event_output, None, None, _OK, None, None, end_profile())
 
 
 async def _close(it):
@@ -480,10 +489,6 @@ def _final(finalizer, chain):
         return _core.Encoded(_core.encode(out, True)) if out is not None else None
     except Exception:  # fail closed
         return None
-
-
-def _stream_meta(first):
-    return None if first is None else {"time_to_first_chunk": first}
 
 
 def _core_llm_attrs(attributes):

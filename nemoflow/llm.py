@@ -61,8 +61,9 @@ def stream_execute(name, request, func, collector, finalizer, *, handle=None, at
 
     Each chunk goes to ``collector(chunk)``, is recorded as an ``llm.chunk`` mark and is then
     yielded; ``finalizer()``'s return is the end event's data. The end event is written also
-    when the consumer stops early, the task is cancelled or the stream raises; its metadata
-    holds ``time_to_first_chunk`` (seconds). Guardrails and intercepts run on first iteration.
+    when the consumer stops early, the task is cancelled or the stream raises; its
+    category_profile holds ``time_to_first_chunk`` (seconds) once a chunk arrived. Guardrails
+    and intercepts run on first iteration.
     """
     _managed.check_request(request)
     parent = _core.current() if handle is None else handle

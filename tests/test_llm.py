@@ -214,8 +214,12 @@ def test_stream_execute_writes_chunks_and_final_output(nf, events):
                                            for i in range(3)]
     assert all(m.parent_uuid == start.uuid for m in body[1:4])
     assert end.data == {"text": "012"}
-    assert end.metadata["otel.status_code"] == "OK"
-    assert 0 <= end.metadata["time_to_first_chunk"] < 5
+    assert end.metadata == OK
+    assert start.category_profile == {"model_name": "m"}
+    profile = end.category_profile
+    assert set(profile) == {"model_name", "time_to_first_chunk"}
+    assert profile["model_name"] == "m" and 0 <= profile["time_to_first_chunk"] < 5
+    assert '"time_to_first_chunk":' in end.to_json() and "time_to" not in start.to_json()
 
 
 def test_stream_provider_guess(nf):
@@ -417,3 +421,20 @@ def test_trace_llm_async_generator_is_a_streamed_call(nf, events):
     assert events[0].attributes == ["streaming"]
     assert events[4].data == "a b c " and events[-1].data == "x "
     assert events[1].data == {"chunk_index": 0, "provider": "unknown"}
+
+
+def test_end_profile_reaches_exporters_and_leaves_the_start_event_alone(nf, events):
+    rec = nf.exporters.InMemoryRecorder()  # fed through the rings, not synchronously
+    rec.register("rec")
+    h = nf.llm.call("m", nf.LLMRequest({}, {}), model_name="x")
+    nf._core.end(h, None, None, None, nf._core.STATUS_NONE, None, None,
+                 nf._core.encode({"model_name": "x", "time_to_first_chunk": 0.5}))
+    rec.shutdown()
+    for evs in (events, rec.events):
+        start, end = evs
+        assert start.category_profile == {"model_name": "x"}
+        assert end.category_profile == {"model_name": "x", "time_to_first_chunk": 0.5}
+        assert '"category_profile":{"model_name":"x"}' in start.to_json()
+    with pytest.raises(TypeError, match="profile must be encoded JSON bytes"):
+        nf._core.end(nf.llm.call("m", nf.LLMRequest({}, {})), None, None, None,
+                     nf._core.STATUS_NONE, None, None, {"not": "bytes"})
