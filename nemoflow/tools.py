@@ -6,12 +6,13 @@ work done inside the tool stays parented to the enclosing scope.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import weakref
 
 from . import _managed
 from ._backend import core as _core
-from ._middleware import Snapshot, settle_async, settle_sync, drive
+from ._middleware import Snapshot, drive, settle_async, settle_sync
 from ._types import NotFoundError, ScopeType
 
 __all__ = ["call", "call_end", "conditional_execution", "execute", "request_intercepts"]
@@ -67,23 +68,43 @@ def execute_sync(name, args, func, *, handle=None, attributes=None, data=None, m
                                    tool_call_id, settle_sync, False, lenient))
 
 
-async def request_intercepts(name, args):
-    """``args`` as the request intercepts would rewrite them for a call made here."""
-    snap = Snapshot(_core.current())
-    for entry in snap.chain("tool_request"):
-        try:
-            args = await settle_async(entry.fn(name, args))
-        except Exception as exc:
-            raise _managed.internal_error(exc) from exc
-        if entry.break_chain:
-            break
-    return args
+def _any_async(entries) -> bool:
+    return any(inspect.iscoroutinefunction(e.fn) for e in entries)
 
 
-async def conditional_execution(name, args):
+def request_intercepts(name, args):
+    """``args`` as the request intercepts would rewrite them for a call made here.
+
+    Returns the value, or an awaitable of it when one of the intercepts is ``async def``.
+    """
+    chain = Snapshot(_core.current()).chain("tool_request")
+
+    async def apply(settle):
+        nonlocal args
+        for entry in chain:
+            try:
+                args = await settle(entry.fn(name, args))
+            except Exception as exc:
+                raise _managed.internal_error(exc) from exc
+            if entry.break_chain:
+                break
+        return args
+
+    return apply(settle_async) if _any_async(chain) else drive(apply(settle_sync))
+
+
+def conditional_execution(name, args):
     """Run the conditional guardrails for a call made here: ``GuardrailRejectedError`` if one
-    rejects (with the guardrail events of a rejected call), ``None`` otherwise."""
+    rejects (with the guardrail events of a rejected call), ``None`` otherwise.
+
+    Returns an awaitable instead when one of the guardrails is ``async def``.
+    """
     parent = _core.current()
-    await _managed.check_conditions(
-        Snapshot(parent), "tool_conditional_execution", parent, name, (name, args),
-        {"kind": "tool_conditional_execution", "target_name": name}, settle_async)
+    snap = Snapshot(parent)
+    family = "tool_conditional_execution"
+
+    def check(settle):
+        return _managed.check_conditions(snap, family, parent, name, (name, args),
+                                         {"kind": family, "target_name": name}, settle)
+
+    return check(settle_async) if _any_async(snap.chain(family)) else drive(check(settle_sync))

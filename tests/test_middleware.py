@@ -235,11 +235,26 @@ def test_registries_are_snapshotted_per_call(nf, events):
 
 def test_conditional_execution_and_request_intercepts_helpers(nf, events):
     nf.intercepts.register_tool_request("r", 0, False, lambda n, a: {"n": n})
-    assert run(nf.tools.request_intercepts("t", {})) == {"n": "t"}
+    assert nf.tools.request_intercepts("t", {}) == {"n": "t"}  # all sync: the value
+    assert nf.tools.conditional_execution("t", {}) is None
+
+    async def more(name, args):
+        return {**args, "more": True}
+
+    nf.intercepts.register_tool_request("s", 1, False, more)
+    assert run(nf.tools.request_intercepts("t", {})) == {"n": "t", "more": True}
     nf.guardrails.register_tool_conditional_execution("g", 0, lambda n, a: "no")
     with pytest.raises(nf.GuardrailRejectedError, match="guardrail rejected: no"):
-        run(nf.tools.conditional_execution("t", {}))
+        nf.tools.conditional_execution("t", {})
     assert shape(events) == [("g", "start"), ("g", "end"), ("t", "mark")]
+
+    async def deny(name, args):
+        return "async no"
+
+    nf.guardrails.deregister_tool_conditional_execution("g")
+    nf.guardrails.register_tool_conditional_execution("h", 0, deny)
+    with pytest.raises(nf.GuardrailRejectedError, match="guardrail rejected: async no"):
+        run(nf.tools.conditional_execution("t", {}))
 
 
 # --------------------------------------------------------------------------------------------
