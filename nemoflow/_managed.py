@@ -456,7 +456,12 @@ async def stream_llm(name, request, func, collector, finalizer, parent, attribut
         _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc), None,
                   end_profile())
         raise
-    output = await _settle_async(finalizer())
+    try:
+        output = await _settle_async(finalizer())
+    except BaseException as exc:
+        _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc), None,
+                  end_profile())
+        raise
     chain = snap.chain("llm_sanitize_response")
     if chain:
         event_output = await sanitize(chain, output, lambda fn, v: fn(v), _settle_async,

@@ -438,3 +438,18 @@ def test_end_profile_reaches_exporters_and_leaves_the_start_event_alone(nf, even
     with pytest.raises(TypeError, match="profile must be encoded JSON bytes"):
         nf._core.end(nf.llm.call("m", nf.LLMRequest({}, {})), None, None, None,
                      nf._core.STATUS_NONE, None, None, {"not": "bytes"})
+
+
+def test_stream_failing_finalizer_still_writes_an_error_end(nf, events):
+    def finalizer():
+        raise RuntimeError("no summary")
+
+    async def main():
+        return [c async for c in nf.llm.stream_execute(
+            "chat", request(nf), openai_chunks(1), lambda c: None, finalizer)]
+
+    with pytest.raises(RuntimeError, match="^no summary$"):
+        run(main())
+    assert shape(events) == [("chat", "start"), ("llm.chunk", "mark"), ("chat", "end")]
+    assert events[-1].metadata["exception.type"] == "RuntimeError"
+    assert "time_to_first_chunk" in events[-1].category_profile
