@@ -278,3 +278,28 @@ def test_trace_tool_without_middleware_writes_what_the_pipeline_writes(nf, event
     assert fields(events) == plain
     assert plain[1][2]["obj"].startswith("<class")
     assert plain[3][3]["exception.type"] == "ValueError"
+
+
+def test_trace_tool_argument_kinds_survive_a_rewrite(nf, events):
+    @nf.trace.tool("f")
+    def f(a, /, b, *rest, c=3, **extra):
+        return [a, b, list(rest), c, extra]
+
+    class K:
+        @nf.trace.tool("k.s")
+        @staticmethod
+        def s(x):
+            return x * 2
+
+        @nf.trace.tool("k.c")
+        @classmethod
+        def c(cls, x):
+            return cls.__name__ + x
+
+    assert f(1, 2, 9, 8, c=4, z=5) == [1, 2, [9, 8], 4, {"z": 5}]
+    assert events[0].data == {"a": 1, "b": 2, "rest": [9, 8], "c": 4, "extra": {"z": 5}}
+    assert K.s(2) == 4 and K.c("!") == "K!"
+    assert events[4].data == {"x": "!"}
+    nf.intercepts.register_tool_request("bump", 0, False,
+                                        lambda n, a: {**a, "b": 20} if n == "f" else a)
+    assert f(1, 2, 9, c=4) == [1, 20, [9], 4, {}]
