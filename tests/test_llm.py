@@ -453,3 +453,27 @@ def test_stream_failing_finalizer_still_writes_an_error_end(nf, events):
     assert shape(events) == [("chat", "start"), ("llm.chunk", "mark"), ("chat", "end")]
     assert events[-1].metadata["exception.type"] == "RuntimeError"
     assert "time_to_first_chunk" in events[-1].category_profile
+
+
+def test_stream_abandoned_without_aclose_still_writes_its_end(nf, events):
+    import gc
+
+    async def abandon():
+        stream = nf.llm.stream_execute("chat", request(nf), openai_chunks(5), lambda c: None,
+                                       lambda: "partial")
+        async for _ in stream:
+            break  # no aclose()
+
+    async def main():
+        await abandon()
+        gc.collect()  # the loop's finalizer hook closes the generator in a task of its own
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    run(main())
+    assert shape(events) == [("chat", "start"), ("llm.chunk", "mark"), ("chat", "end")]
+    assert events[-1].data == "partial" and events[-1].metadata == OK
+    events.clear()
+    run(abandon())  # abandoned as the loop shuts down: the loop cancels the closing task
+    assert shape(events) == [("chat", "start"), ("llm.chunk", "mark"), ("chat", "end")]
+    assert events[-1].metadata["otel.status_description"] == "cancelled"
