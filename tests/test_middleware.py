@@ -436,3 +436,36 @@ def test_scope_local_middleware_is_dropped_when_its_scope_is_popped(nf, events):
     assert nf._middleware._locals == {}
     execute(nf)
     assert events[-2].data == {"x": 1}
+
+
+def test_registration_churn_during_concurrent_calls(nf, events):
+    stop = threading.Event()
+    errors = []
+
+    def churn():
+        i = 0
+        while not stop.is_set():
+            nf.guardrails.register_tool_sanitize_request(f"s{i}", i % 3, lambda n, a: a)
+            nf.guardrails.deregister_tool_sanitize_request(f"s{i}")
+            i += 1
+
+    def caller(k):
+        try:
+            for j in range(200):
+                assert nf.tools.execute_sync("t", {"k": k, "j": j}, lambda a: a["j"]) == j
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    callers = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    stop.set()
+    churner.join()
+    assert errors == []
+    starts = [e for e in events if e.scope_category == "start"]
+    assert len(starts) == 800
+    assert all(e.data["j"] in range(200) for e in starts)
