@@ -1665,7 +1665,7 @@ cdef object _lenient(object value):
 
 def enabled():
     """Whether anything consumes events now (when not, payload capture can be skipped)."""
-    return _enabled
+    return _enabled or _recording
 
 
 cdef int _end_abandoned(ScopeHandle frame) except -1:
@@ -1745,7 +1745,7 @@ cdef class ScopeContext:
             if not frame._closed:
                 ts = self._end_ts if self._has_end_ts else _auto_end_ts(frame)
                 if exc is None:
-                    _end(frame, _lenient(output) if _enabled else None, None, ts, _STATUS_OK,
+                    _end(frame, _lenient(output) if (_enabled or _recording) else None, None, ts, _STATUS_OK,
                          None, None)
                 else:
                     _end(frame, None, None, ts, _STATUS_ERROR, _describe(exc), None)
@@ -1892,7 +1892,7 @@ cdef class TracedFunction:
 
     def __call__(self, *args, **kwargs):
         cdef object inp = None
-        if _enabled and self._capture is not None:
+        if (_enabled or _recording) and self._capture is not None:
             try:
                 inp = _encode(self._capture(args, kwargs), True)
             except Exception:  # capture must not break the traced call
@@ -1907,7 +1907,7 @@ cdef class TracedFunction:
             _end(frame, None, None, _auto_end_ts(frame), _STATUS_ERROR, _describe(exc), None)
             raise
         else:
-            _end(frame, _lenient(result) if (_enabled and self._keep_output) else None, None,
+            _end(frame, _lenient(result) if ((_enabled or _recording) and self._keep_output) else None, None,
                  _auto_end_ts(frame), _STATUS_OK, None, None)
         finally:
             try:

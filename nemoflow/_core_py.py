@@ -1255,7 +1255,7 @@ def _lenient(value):
 
 def enabled() -> bool:
     """Whether anything consumes events now (when not, payload capture can be skipped)."""
-    return _enabled
+    return _enabled or _recording
 
 
 def _end_abandoned(frame):
@@ -1333,7 +1333,7 @@ class ScopeContext:
                 else:
                     ts = _auto_end(frame)
                 if exc is None:
-                    _end_encoded(frame, _lenient(output) if _enabled else None, None, ts,
+                    _end_encoded(frame, _lenient(output) if (_enabled or _recording) else None, None, ts,
                                  STATUS_OK, None, None)
                 else:
                     _end_encoded(frame, None, None, ts, STATUS_ERROR, describe(exc), None)
@@ -1485,7 +1485,7 @@ class TracedFunction:
 
     def __call__(self, *args, **kwargs):
         inp = None
-        if _enabled and self._capture is not None:
+        if (_enabled or _recording) and self._capture is not None:
             try:
                 inp = encode(self._capture(args, kwargs), True)
             except Exception:  # capture must not break the traced call
@@ -1500,7 +1500,7 @@ class TracedFunction:
                          describe(exc), None)
             raise
         else:
-            _end_encoded(frame, _lenient(result) if (_enabled and self._keep_output) else None,
+            _end_encoded(frame, _lenient(result) if ((_enabled or _recording) and self._keep_output) else None,
                          None, _auto_end(frame), STATUS_OK, None, None)
         finally:
             try:

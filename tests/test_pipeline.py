@@ -413,3 +413,27 @@ def test_exporter_registered_while_busy_gets_everything_after_register(nf, tmp_p
     finally:
         stop.set()
         t.join()
+
+
+def test_decorators_and_trace_blocks_capture_payloads_for_exporters_alone(nf, jsonl):
+    # No subscriber at all: an exporter alone must still get inputs and outputs.
+    @nf.trace
+    def double(x):
+        return 2 * x
+
+    @nf.trace
+    async def triple(x):
+        return 3 * x
+
+    import asyncio
+    assert double(2) == 4
+    assert asyncio.run(triple(2)) == 6
+    with nf.trace("block", input={"a": 1}) as span:
+        span.output = {"b": 2}
+    nf.subscribers.flush()
+    lines = [json.loads(line) for line in read_lines(jsonl.path)]
+    data = [(line["name"].rsplit(".", 1)[-1], line["scope_category"], line["data"])
+            for line in lines]
+    assert data == [("double", "start", {"x": 2}), ("double", "end", 4),
+                    ("triple", "start", {"x": 2}), ("triple", "end", 6),
+                    ("block", "start", {"a": 1}), ("block", "end", {"b": 2})]
