@@ -318,6 +318,24 @@ def is_root(ScopeHandle frame):
     return frame._parent is None
 
 
+def is_closed(ScopeHandle frame):
+    """Whether the scope of ``frame`` has ended."""
+    return frame._closed
+
+
+def stack(ScopeHandle frame):
+    """The uuids of the open scopes on the stack ``frame`` is on, root first, ``frame`` last
+    (the frames it was pushed over, as scope-local delivery walks them)."""
+    cdef list out = []
+    cdef ScopeHandle f = frame
+    while f is not None:
+        if not f._closed:
+            out.append(f._uuid())
+        f = f._prev
+    out.reverse()
+    return out
+
+
 def root_of(ScopeHandle frame):
     """The implicit root of the trace ``frame`` belongs to."""
     while frame._parent is not None:

@@ -1561,6 +1561,24 @@ def _forget_registrations() -> None:
         _refresh_recording()
 
 
+def is_closed(frame) -> bool:
+    """Whether the scope of ``frame`` has ended."""
+    return frame._closed
+
+
+def stack(frame) -> list:
+    """The uuids of the open scopes on the stack ``frame`` is on, root first, ``frame`` last
+    (the frames it was pushed over, as scope-local delivery walks them)."""
+    out = []
+    f = frame
+    while f is not None:
+        if not f._closed:
+            out.append(f._uuid)
+        f = f._prev
+    out.reverse()
+    return out
+
+
 def root_of(frame) -> ScopeHandle:
     """The implicit root of the trace ``frame`` belongs to."""
     while frame._parent is not None:

@@ -5,14 +5,9 @@ open scope, one scope-local registry. Registries are immutable tuples swapped un
 managed call takes a snapshot without locking and later (de)registrations never change a call
 already running.
 
-Which scope-local registrations a call sees: those of the scopes on the caller's current stack
-(root→top). The core does not expose the stack itself, so each scope that holds scope-local
-middleware gets an internal scope-local subscriber: the core calls it for every event emitted
-while that scope is on the emitting context's stack, which is exactly the set of scopes started
-above it. It records the uuids of those scopes while they are open and drops the scope's
-registrations when it sees the scope's own end event. A call then sees a scope's middleware when
-the current top is that scope or one started above it. (Scopes already pushed above a scope when
-its first scope-local middleware was registered are not known to it; register on the top scope.)
+Which scope-local registrations a call sees: those of the open scopes on the caller's current
+stack, root→top (``_core.stack``, the same walk scope-local subscribers are delivered along).
+A popped scope is on no stack, so its middleware is gone for every later call.
 """
 
 from __future__ import annotations
@@ -40,7 +35,6 @@ FAMILIES = (
     "llm_stream_execution",
 )
 
-_LOCAL_SUBSCRIBER = "nemoflow.scope-local-middleware"
 
 
 class Entry:
@@ -122,18 +116,14 @@ def deregister(family, name) -> bool:
 # Scope-local registrations.
 
 class _Local:
-    """The scope-local middleware of one open scope."""
+    """The scope-local middleware of one scope."""
 
-    __slots__ = ("uuid", "ref", "families", "above")
+    __slots__ = ("uuid", "ref", "families")
 
     def __init__(self, uuid, ref):
         self.uuid = uuid
         self.ref = ref
         self.families = {}
-        # uuids of open scopes started while this one was on the stack. Mutated only by the
-        # scope-local subscriber (never entered concurrently), read by managed calls; set
-        # membership and add/discard are atomic on CPython, also on free-threaded builds.
-        self.above = set()
 
 
 _locals = {}  # scope uuid -> _Local; replaced as a whole under _lock, read without it
@@ -146,23 +136,9 @@ def _forget_local(uuid):
             _locals = {k: v for k, v in _locals.items() if k != uuid}
 
 
-def _watcher(local):
-    uuid = local.uuid
-    above = local.above
-    scope_event = _core.ScopeEvent
-
-    def on_event(ev):
-        if type(ev) is not scope_event:
-            return
-        ev_uuid = ev.uuid
-        if ev.scope_category == "start":
-            above.add(ev_uuid)
-        elif ev_uuid == uuid:
-            _forget_local(uuid)
-        else:
-            above.discard(ev_uuid)
-
-    return on_event
+def _still_open(local) -> bool:
+    frame = local.ref()
+    return frame is not None and not _core.is_closed(frame)
 
 
 def _check_open(frame):
@@ -181,10 +157,12 @@ def local_register(frame, family, name, priority, fn, break_chain=False) -> None
     with _lock:
         local = _locals.get(uuid)
         if local is None or local.ref() is not frame:
+            # A closed scope is never on a stack, so its middleware is not seen by any call
+            # from the moment it is popped; its entry goes with its frame, or here, so that
+            # handles kept after their scope ended do not keep their middleware alive.
             local = _Local(uuid, weakref.ref(frame, lambda _r, u=uuid: _forget_local(u)))
-            # Raises NotFoundError for a scope closed meanwhile; then nothing is registered.
-            _core.local_register(frame, _LOCAL_SUBSCRIBER, _watcher(local))
-            _locals = {**_locals, uuid: local}
+            _locals = {k: v for k, v in _locals.items() if _still_open(v)}
+            _locals[uuid] = local
         local.families[family] = Registry(local.families.get(family, ())).with_entry(entry)
 
 
@@ -210,15 +188,7 @@ def _clear() -> None:
     with _lock:
         for family in FAMILIES:
             _globals[family] = ()
-        locals_ = list(_locals.values())
         _locals = {}
-    for local in locals_:
-        frame = local.ref()
-        if frame is not None:
-            try:
-                _core.local_deregister(frame, _LOCAL_SUBSCRIBER)
-            except NotFoundError:
-                pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,11 +205,8 @@ class Snapshot:
         if not locals_:
             self.locals = ()
             return
-        top_uuid = top.uuid
-        visible = [local for local in locals_.values()
-                   if local.uuid == top_uuid or top_uuid in local.above]
-        # Already root→top: a scope is visible through an outer one only if it started after
-        # the outer one got its first registration, so the outer one was inserted first.
+        # The open scopes of the caller's stack, root→top: outer scopes before inner ones.
+        visible = [locals_[uuid] for uuid in _core.stack(top) if uuid in locals_]
         self.locals = tuple(dict(local.families) for local in visible)
 
     def chain(self, family):

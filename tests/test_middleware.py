@@ -433,9 +433,14 @@ def test_scope_local_middleware_is_dropped_when_its_scope_is_popped(nf, events):
     nf.scope_local.register_tool_sanitize_request(h, "s", 0, lambda n, a: "hidden")
     assert len(nf._middleware._locals) == 1
     nf.scope.pop(h)
-    assert nf._middleware._locals == {}
     execute(nf)
-    assert events[-2].data == {"x": 1}
+    assert events[-2].data == {"x": 1}  # not sanitized: the scope's middleware is gone
+    with pytest.raises(nf.NotFoundError):
+        nf.scope_local.register_tool_sanitize_request(h, "again", 0, lambda n, a: a)
+    other = nf.scope.push("other", nf.ScopeType.Agent)
+    nf.scope_local.register_tool_sanitize_request(other, "o", 0, lambda n, a: a)
+    assert list(nf._middleware._locals) == [other.uuid]  # the closed scope's entry is purged
+    nf.scope.pop(other)
 
 
 def test_registration_churn_during_concurrent_calls(nf, events):
@@ -469,3 +474,29 @@ def test_registration_churn_during_concurrent_calls(nf, events):
     starts = [e for e in events if e.scope_category == "start"]
     assert len(starts) == 800
     assert all(e.data["j"] in range(200) for e in starts)
+
+
+def test_scope_local_middleware_of_an_outer_scope_reaches_scopes_pushed_before_it(nf):
+    import asyncio
+    order = []
+
+    def tag(label):
+        def fn(tool_name, args):
+            order.append(label)
+            return args
+        return fn
+
+    async def run():
+        outer = nf.scope.push("outer", nf.ScopeType.Agent)
+        inner = nf.scope.push("inner", nf.ScopeType.Function)
+        # inner registers first, outer second; both at the same priority
+        nf.scope_local.register_tool_request(inner, "inner", 5, False, tag("inner"))
+        nf.scope_local.register_tool_request(outer, "outer", 5, False, tag("outer"))
+        await nf.tools.execute("t", {}, lambda args: args)
+        nf.scope.pop(inner)
+        await nf.tools.execute("t", {}, lambda args: args)  # inner's is gone with it
+        nf.scope.pop(outer)
+        await nf.tools.execute("t", {}, lambda args: args)  # and outer's
+
+    asyncio.run(run())
+    assert order == ["outer", "inner", "outer"]
