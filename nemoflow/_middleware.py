@@ -19,7 +19,7 @@ import threading
 import weakref
 
 from ._backend import core as _core
-from ._types import AlreadyExistsError, InternalError, NotFoundError
+from ._types import AlreadyExistsError, InternalError
 
 FAMILIES = (
     "tool_sanitize_request",
