@@ -28,3 +28,12 @@ def nf(request):
     module.subscribers._clear()
     yield module
     module.subscribers._clear()
+
+
+@pytest.fixture(params=["none", "subscriber"])
+def attached(request, nf):
+    """Run a benchmark with nothing attached, then with one no-op synchronous subscriber."""
+    if request.param == "subscriber":
+        nf.subscribers.register("bench-noop", lambda event: None)
+    yield request.param
+    nf.subscribers._clear()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextvars
 
-import pytest
 
 #: Operations per benchmark round: per-op costs are round time / N, minus the bare loop.
 N = 1000
@@ -74,15 +73,7 @@ def test_ref_contextvar_set_reset(benchmark):
     benchmark(run)
 
 
-# -- nemoflow, nothing attached and with one synchronous subscriber ------------------------
-
-@pytest.fixture(params=["none", "subscriber"])
-def attached(request, nf):
-    if request.param == "subscriber":
-        nf.subscribers.register("bench-noop", lambda event: None)
-    yield request.param
-    nf.subscribers._clear()
-
+# -- nemoflow, nothing attached and with one synchronous subscriber (``attached``) ----------
 
 def _record(benchmark, nf, attached, op, run):
     benchmark.group = f"{op} [{attached}]"

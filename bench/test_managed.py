@@ -20,14 +20,6 @@ def _tool(args):
     return args
 
 
-@pytest.fixture(params=["none", "subscriber"])
-def attached(request, nf):
-    if request.param == "subscriber":
-        nf.subscribers.register("bench-noop", lambda event: None)
-    yield request.param
-    nf.subscribers._clear()
-
-
 def _record(benchmark, nf, attached, op, run):
     benchmark.group = f"{op} [{attached}]"
     benchmark.extra_info.update(op=op, backend=nf.BACKEND, attached=attached)

@@ -19,7 +19,6 @@ from ._middleware import Snapshot, block_on, drive, internal_error, settle_sync
 from ._types import GuardrailRejectedError, InternalError, LLMAttributes, ScopeType
 
 _OK, _ERROR = _core.STATUS_OK, _core.STATUS_ERROR
-_FAILED = object()
 
 
 def error_metadata(exc) -> dict:
@@ -64,7 +63,8 @@ async def check_conditions(snap, family, parent, call_name, args, start_data, se
 
 
 async def sanitize(chain, value, call, settle, finish):
-    """The event copy of ``value`` after the sanitizers; ``_FAILED`` if any of them fails.
+    """The event copy of ``value`` after the sanitizers; None (a null payload, never the
+    original) if any of them fails.
 
     Each sanitizer gets a deep copy, so none can change the caller's value in place.
     """
@@ -73,8 +73,32 @@ async def sanitize(chain, value, call, settle, finish):
         for entry in chain:
             v = await settle(call(entry.fn, v))
         return finish(v)
-    except Exception:  # fail closed: the payload becomes null, never the original
-        return _FAILED
+    except Exception:  # fail closed
+        return None
+
+
+async def event_payload(chain, value, call, settle, lenient=True):
+    """What the event records of ``value``: the sanitizers' result, or ``value`` itself."""
+    if chain:
+        return await sanitize(chain, value, call, settle, json_payload)
+    return payload(value, lenient)
+
+
+async def execute_and_end(frame, snap, family, response_family, func, name, arg, call_response,
+                          settle, is_async, end_metadata=None):
+    """The shared tail of a managed call: execution intercepts around ``func(arg)``, then the
+    end event (ERROR with the exception's type, or OK with the sanitized result)."""
+    call, _ = execution_chain(snap.chain(family), func, (name,), settle, is_async)
+    try:
+        result = await call(arg)
+    except BaseException as exc:
+        await end_with_error(frame, exc)
+        raise
+    event_result = await event_payload(snap.chain(response_family), result, call_response,
+                                       settle)
+    meta = end_metadata(result) if end_metadata is not None else None
+    _core.end(frame, event_result, meta, None, _OK)
+    return result
 
 
 def json_payload(v):
@@ -119,6 +143,11 @@ def _layer(entry, inner, prefix, settle, is_async, origin):
     return layer
 
 
+def _plain(fn, v):
+    # LLM sanitizers take the value alone
+    return fn(v)
+
+
 async def end_with_error(frame, exc):
     _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc))
 
@@ -142,31 +171,14 @@ async def run_tool(name, args, func, parent, attributes, data, metadata, tool_ca
             raise internal_error(exc) from exc
         if entry.break_chain:
             break
-    chain = snap.chain("tool_sanitize_request")
-    if chain:
-        event_args = await sanitize(chain, args, lambda fn, v: fn(name, v), settle,
-                                    json_payload)
-        event_args = None if event_args is _FAILED else event_args
-    else:
-        event_args = payload(args, lenient)
+    with_name = lambda fn, v: fn(name, v)  # noqa: E731 - tool sanitizers take the tool name
+    event_args = await event_payload(snap.chain("tool_sanitize_request"), args, with_name,
+                                     settle, lenient)
     frame = _core.start(name, ScopeType.Tool, parent, attributes, data, metadata, event_args,
                         None, _core.KIND_TOOL, profile(tool_call_id=tool_call_id),
                         _core.ToolHandle)
-    call, _ = execution_chain(snap.chain("tool_execution"), func, (name,), settle, is_async)
-    try:
-        result = await call(args)
-    except BaseException as exc:
-        await end_with_error(frame, exc)
-        raise
-    chain = snap.chain("tool_sanitize_response")
-    if chain:
-        event_result = await sanitize(chain, result, lambda fn, v: fn(name, v), settle,
-                                      json_payload)
-        event_result = None if event_result is _FAILED else event_result
-    else:
-        event_result = _core.Encoded(_core.encode(result, True)) if result is not None else None
-    _core.end(frame, event_result, None, None, _OK)
-    return result
+    return await execute_and_end(frame, snap, "tool_execution", "tool_sanitize_response", func,
+                                 name, args, with_name, settle, is_async)
 
 
 _EMPTY_PROFILE = b"{}"
@@ -279,9 +291,7 @@ async def llm_prelude(snap, name, request, parent, settle, lenient):
             break
     chain = snap.chain("llm_sanitize_request")
     if chain:
-        event_request = await sanitize(chain, request, lambda fn, v: fn(v), settle,
-                                       _sanitized_request)
-        event_request = None if event_request is _FAILED else event_request
+        event_request = await sanitize(chain, request, _plain, settle, _sanitized_request)
     else:
         event_request = payload(request_data(request), lenient)
     return request, annotated, event_request
@@ -335,22 +345,8 @@ async def run_llm(name, request, func, parent, attributes, data, metadata, model
     frame = _core.start(name, ScopeType.Llm, parent, attributes, data, metadata, event_request,
                         None, _core.KIND_LLM, llm_profile(model_name, annotated),
                         _core.LLMHandle)
-    call, _ = execution_chain(snap.chain("llm_execution"), func, (name,), settle, is_async)
-    try:
-        response = await call(request)
-    except BaseException as exc:
-        await end_with_error(frame, exc)
-        raise
-    chain = snap.chain("llm_sanitize_response")
-    if chain:
-        event_response = await sanitize(chain, response, lambda fn, v: fn(v), settle,
-                                        json_payload)
-        event_response = None if event_response is _FAILED else event_response
-    else:
-        event_response = (_core.Encoded(_core.encode(response, True))
-                          if response is not None else None)
-    _core.end(frame, event_response, response_metadata(response), None, _OK)
-    return response
+    return await execute_and_end(frame, snap, "llm_execution", "llm_sanitize_response", func,
+                                 name, request, _plain, settle, is_async, response_metadata)
 
 
 def guess_provider(chunk) -> str:
@@ -462,13 +458,8 @@ async def stream_llm(name, request, func, collector, finalizer, parent, attribut
         _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc), None,
                   end_profile())
         raise
-    chain = snap.chain("llm_sanitize_response")
-    if chain:
-        event_output = await sanitize(chain, output, lambda fn, v: fn(v), _settle_async,
-                                      json_payload)
-        event_output = None if event_output is _FAILED else event_output
-    else:
-        event_output = _core.Encoded(_core.encode(output, True)) if output is not None else None
+    event_output = await event_payload(snap.chain("llm_sanitize_response"), output, _plain,
+                                       _settle_async)
     _core.end(frame, event_output, None, None, _OK, None, None, end_profile())
 
 
@@ -488,10 +479,7 @@ def _final(finalizer, chain):
         out = finalizer()
         if hasattr(out, "__await__"):
             out = block_on(out)
-        if chain:
-            out = drive(sanitize(chain, out, lambda fn, v: fn(v), settle_sync, json_payload))
-            return None if out is _FAILED else out
-        return _core.Encoded(_core.encode(out, True)) if out is not None else None
+        return drive(event_payload(chain, out, _plain, settle_sync))
     except Exception:  # fail closed
         return None
 

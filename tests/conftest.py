@@ -27,6 +27,7 @@ def nf_session(request):
 
 def _reset(nf) -> None:
     nf.subscribers._clear()
+    nf._middleware._clear()
     nf._core._forget_registrations()
 
 

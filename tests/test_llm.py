@@ -12,13 +12,6 @@ SECRET_HEADERS = {"Authorization": "Bearer sk", "proxy-authorization": "p", "Coo
                   "x-goog-api-key": "k"}
 
 
-@pytest.fixture(autouse=True)
-def _middleware(nf):
-    nf._middleware._clear()
-    yield
-    nf._middleware._clear()
-
-
 def shape(events):
     return [(e.name, e.scope_category if e.kind == "scope" else "mark") for e in events]
 

@@ -9,13 +9,6 @@ import pytest
 OK = {"otel.status_code": "OK"}
 
 
-@pytest.fixture(autouse=True)
-def _middleware(nf):
-    nf._middleware._clear()
-    yield
-    nf._middleware._clear()
-
-
 def shape(events):
     return [(e.name, e.scope_category if e.kind == "scope" else "mark") for e in events]
 
