@@ -314,10 +314,6 @@ def new_root():
     return _new_root()
 
 
-def is_root(ScopeHandle frame):
-    return frame._parent is None
-
-
 def is_closed(ScopeHandle frame):
     """Whether the scope of ``frame`` has ended."""
     return frame._closed
@@ -1563,10 +1559,7 @@ def push(name, scope_type, *, handle=None, attributes=None, data=None, metadata=
     return frame
 
 
-cdef int _check_poppable(handle) except -1:
-    if not isinstance(handle, ScopeHandle):
-        raise TypeError(f"handle must be a ScopeHandle, not {type(handle).__name__}")
-    cdef ScopeHandle h = <ScopeHandle>handle
+cdef int _check_poppable(ScopeHandle h) except -1:
     if h._parent is None:
         raise InvalidArgumentError("invalid argument: root scope cannot be removed")
     if h._closed:  # popped already, possibly in another task that shared this position
@@ -1594,7 +1587,7 @@ def pop(handle, *, output=None, metadata=None, timestamp=None):
     # Check and close in one step, with no Python code in between (the GIL is not released):
     # two threads popping one handle cannot both emit its end. (A free-threaded build needs an
     # atomic exchange on _closed here.)
-    _check_poppable(handle)
+    _check_poppable(h)
     h._closed = True
     _end(h, out_raw, meta_raw, ts, _STATUS_NONE, None, None)
     PyContextVar_Set(_current, h._prev)

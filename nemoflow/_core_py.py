@@ -253,10 +253,6 @@ def new_root() -> ScopeHandle:
                       None, None, now_ns())
 
 
-def is_root(frame) -> bool:
-    return frame._parent is None
-
-
 # --------------------------------------------------------------------------------------------
 # Binding: the current frame of this thread / asyncio task.
 
@@ -1146,8 +1142,6 @@ def push(name, scope_type, *, handle=None, attributes=None, data=None, metadata=
 
 
 def _check_poppable(handle):
-    if not isinstance(handle, ScopeHandle):
-        raise TypeError(f"handle must be a ScopeHandle, not {type(handle).__name__}")
     if handle._parent is None:
         raise InvalidArgumentError("invalid argument: root scope cannot be removed")
     if handle._closed:  # popped already, possibly in another task that shared this position
