@@ -181,25 +181,6 @@ async def run_tool(name, args, func, parent, attributes, data, metadata, tool_ca
                                  name, args, with_name, settle, is_async)
 
 
-_EMPTY_PROFILE = b"{}"
-
-
-def call_tool_plain(name, values, fn, args, kwargs, attributes, metadata):
-    """A synchronous managed tool call when no middleware is registered: the same events as
-    ``run_tool``, without the pipeline."""
-    frame = _core.start(name, ScopeType.Tool, None, attributes, None, metadata,
-                        payload(values, True), None, _core.KIND_TOOL, _EMPTY_PROFILE,
-                        _core.ToolHandle)
-    try:
-        result = fn(*args, **kwargs)
-    except BaseException as exc:
-        _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc))
-        raise
-    _core.end(frame, _core.Encoded(_core.encode(result, True)) if result is not None else None,
-              None, None, _OK)
-    return result
-
-
 # --------------------------------------------------------------------------------------------
 # LLM calls.
 

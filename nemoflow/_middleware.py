@@ -87,19 +87,30 @@ _globals = {family: () for family in FAMILIES}
 
 TOOL_FAMILIES = tuple(f for f in FAMILIES if f.startswith("tool_"))
 
+class _Switch:
+    """``tool``: False while no tool middleware is registered anywhere, so that a synchronous
+    ``@nf.trace.tool`` call can skip the pipeline. Recomputed under _lock by every change to the
+    registries; a stale scope-local entry (kept until its frame goes) only keeps calls on the
+    full pipeline."""
 
-def tool_idle() -> bool:
-    """True when no tool middleware is registered anywhere (a call can skip the pipeline)."""
-    if _locals:
-        return False
-    g = _globals
-    return not any(g[f] for f in TOOL_FAMILIES)
+    __slots__ = ("tool",)
+
+    def __init__(self):
+        self.tool = False
+
+
+switch = _Switch()
+
+
+def _recompute() -> None:
+    switch.tool = bool(_locals) or any(_globals[f] for f in TOOL_FAMILIES)
 
 
 def register(family, name, priority, fn, break_chain=False) -> None:
     entry = _check_entry(name, priority, fn, break_chain)
     with _lock:
         _globals[family] = Registry(_globals[family]).with_entry(entry)
+        _recompute()
 
 
 def deregister(family, name) -> bool:
@@ -109,6 +120,7 @@ def deregister(family, name) -> bool:
         if len(after) == len(before):
             return False
         _globals[family] = after
+        _recompute()
         return True
 
 
@@ -134,6 +146,7 @@ def _forget_local(uuid):
     with _lock:
         if uuid in _locals:
             _locals = {k: v for k, v in _locals.items() if k != uuid}
+            _recompute()
 
 
 def _still_open(local) -> bool:
@@ -164,6 +177,7 @@ def local_register(frame, family, name, priority, fn, break_chain=False) -> None
             _locals = {k: v for k, v in _locals.items() if _still_open(v)}
             _locals[uuid] = local
         local.families[family] = Registry(local.families.get(family, ())).with_entry(entry)
+        _recompute()
 
 
 def local_deregister(frame, family, name) -> bool:
@@ -189,6 +203,7 @@ def _clear() -> None:
         for family in FAMILIES:
             _globals[family] = ()
         _locals = {}
+        _recompute()
 
 
 # --------------------------------------------------------------------------------------------

@@ -313,7 +313,7 @@ class _Trace(_core.Tracer):
 class _Arguments:
     """Maps a call to a dict of arguments by parameter name, and such a dict back to a call."""
 
-    __slots__ = ("_fn", "_sig", "_receiver")
+    __slots__ = ("_fn", "_sig", "_receiver", "_fields", "_required", "_arity")
 
     def __init__(self, fn):
         self._fn = fn
@@ -321,11 +321,25 @@ class _Arguments:
             self._sig = inspect.signature(fn)
         except (TypeError, ValueError):  # no introspectable signature: positional and keywords
             self._sig = None
-        params = list(self._sig.parameters) if self._sig is not None else []
+        params = list(self._sig.parameters.values()) if self._sig is not None else []
         # An unbound method's receiver is not an input of the call.
-        self._receiver = params[0] if params and params[0] in ("self", "cls") else None
+        self._receiver = (params[0].name if params and params[0].name in ("self", "cls")
+                          else None)
+        # The common case, positional arguments to a function whose parameters are all
+        # positional-or-keyword, maps by zip; anything else goes through Signature.bind.
+        self._fields = None
+        self._required = self._arity = 0
+        if self._sig is not None and all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params):
+            self._fields = tuple(p.name for p in params[1 if self._receiver else 0:])
+            self._arity = len(params)
+            self._required = sum(1 for p in params if p.default is p.empty)
 
     def split(self, args, kwargs):
+        """``(arguments by name, receiver)``; a call the signature refuses raises TypeError."""
+        if not kwargs and self._fields is not None and self._required <= len(args) <= self._arity:
+            if self._receiver:
+                return dict(zip(self._fields, args[1:])), args[0]
+            return dict(zip(self._fields, args)), None
         if self._sig is None:
             return {"*args": list(args), **kwargs}, None
         arguments = dict(self._sig.bind(*args, **kwargs).arguments)
@@ -361,16 +375,28 @@ def _managed_tool(fn, name, attributes, metadata):
                 name, values, arguments.caller(receiver), None, attributes, None, metadata,
                 None, _middleware.settle_async, True, True)
     else:
-        idle, plain = _middleware.tool_idle, _managed.call_tool_plain
+        start, end, encode, encoded = _core.start, _core.end, _core.encode, _core.Encoded
+        tool_type, kind, handle_cls = ScopeType.Tool, _core.KIND_TOOL, _core.ToolHandle
+        ok, error = _core.STATUS_OK, _core.STATUS_ERROR
+        switch = _middleware.switch
 
         @functools.wraps(fn)
         def tool(*args, **kwargs):
             values, receiver = arguments.split(args, kwargs)
-            if idle():
-                return plain(name, values, fn, args, kwargs, attributes, metadata)
-            return _middleware.drive(_managed.run_tool(
-                name, values, arguments.caller(receiver), None, attributes, None, metadata,
-                None, _middleware.settle_sync, False, True))
+            if switch.tool:
+                return _middleware.drive(_managed.run_tool(
+                    name, values, arguments.caller(receiver), None, attributes, None, metadata,
+                    None, _middleware.settle_sync, False, True))
+            # No tool middleware anywhere: the events of the pipeline, without it.
+            frame = start(name, tool_type, None, attributes, None, metadata,
+                          encoded(encode(values, True)), None, kind, b"{}", handle_cls)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                end(frame, None, _managed.error_metadata(exc), None, error, describe(exc))
+                raise
+            end(frame, None if result is None else encoded(encode(result, True)), None, None, ok)
+            return result
     return tool
 
 
