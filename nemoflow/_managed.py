@@ -11,11 +11,22 @@ run to completion on a private loop), so it completes in one step without an eve
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import copy
+import functools
+import threading
 import time
 
 from ._backend import core as _core
-from ._middleware import Snapshot, block_on, drive, internal_error, settle_sync
+from ._middleware import (
+    Snapshot,
+    block_on,
+    drive,
+    internal_error,
+    settle_async,
+    settle_sync,
+)
 from ._types import GuardrailRejectedError, InternalError, LLMAttributes, ScopeType
 
 _OK, _ERROR = _core.STATUS_OK, _core.STATUS_ERROR
@@ -155,11 +166,12 @@ async def end_with_error(frame, exc):
 # --------------------------------------------------------------------------------------------
 # Tools.
 
-async def run_tool(name, args, func, parent, attributes, data, metadata, tool_call_id, settle,
-                   is_async, lenient):
-    if parent is None:
-        parent = _core.current()
-    snap = Snapshot(_core.current())
+async def tool_prelude(snap, name, args, parent, attributes, data, metadata, tool_call_id,
+                       settle, lenient):
+    """Guardrails, request intercepts, request sanitizers and the start event of a tool call.
+
+    Returns ``(frame, args)``: the open tool call and the arguments the function gets.
+    """
     await check_conditions(snap, "tool_conditional_execution", parent, name, (name, args),
                            {"kind": "tool_conditional_execution", "target_name": name}, settle)
     for entry in snap.chain("tool_request"):
@@ -171,14 +183,67 @@ async def run_tool(name, args, func, parent, attributes, data, metadata, tool_ca
             raise internal_error(exc) from exc
         if entry.break_chain:
             break
-    with_name = lambda fn, v: fn(name, v)  # noqa: E731 - tool sanitizers take the tool name
-    event_args = await event_payload(snap.chain("tool_sanitize_request"), args, with_name,
+    event_args = await event_payload(snap.chain("tool_sanitize_request"), args, _with_name(name),
                                      settle, lenient)
     frame = _core.start(name, ScopeType.Tool, parent, attributes, data, metadata, event_args,
                         None, _core.KIND_TOOL, profile(tool_call_id=tool_call_id),
                         _core.ToolHandle)
+    return frame, args
+
+
+def _with_name(name):
+    return lambda fn, v: fn(name, v)  # tool sanitizers take the tool name
+
+
+async def run_tool(name, args, func, parent, attributes, data, metadata, tool_call_id, settle,
+                   is_async, lenient):
+    if parent is None:
+        parent = _core.current()
+    snap = Snapshot(_core.current())
+    frame, args = await tool_prelude(snap, name, args, parent, attributes, data, metadata,
+                                     tool_call_id, settle, lenient)
     return await execute_and_end(frame, snap, "tool_execution", "tool_sanitize_response", func,
-                                 name, args, with_name, settle, is_async)
+                                 name, args, _with_name(name), settle, is_async)
+
+
+class ToolStream:
+    """A generator function under ``@nf.trace.tool``: a tool call whose result is a stream.
+
+    The call's result (end ``data``, through the response sanitizers) is the list of the items
+    yielded so far, also when the consumer stops early. Execution intercepts get ``next(args)``
+    returning the stream of items and return a stream (an iterable; or an async iterable for an
+    async generator function).
+    """
+
+    def __init__(self, name, args, parent, attributes, metadata, snap, settle):
+        self.name, self.args, self.parent = name, args, parent
+        self.attributes, self.metadata, self.snap, self.settle = attributes, metadata, snap, settle
+        self.items = []
+        self.frame = None
+
+    async def open(self):
+        """The prelude; returns the arguments the function gets."""
+        self.frame, args = await tool_prelude(self.snap, self.name, self.args, self.parent,
+                                              self.attributes, None, self.metadata, None,
+                                              self.settle, True)
+        return args
+
+    def layers(self):
+        return [(entry.fn, (self.name,)) for entry in self.snap.chain("tool_execution")]
+
+    async def on_item(self, item):
+        self.items.append(item)
+
+    async def result(self):
+        return await event_payload(self.snap.chain("tool_sanitize_response"), self.items,
+                                   _with_name(self.name), self.settle)
+
+    def result_now(self):
+        return drive(event_payload(self.snap.chain("tool_sanitize_response"), self.items,
+                                   _with_name(self.name), settle_sync))
+
+    def end_profile(self):
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,130 +412,307 @@ def guess_provider(chunk) -> str:
     return "unknown"
 
 
-async def _aiter_of(value, settle):
-    value = await settle(value)
-    if not hasattr(value, "__aiter__"):
-        raise TypeError(f"a stream function returns an async iterator, not "
-                        f"{type(value).__name__}")
-    return value.__aiter__()
+class LLMStream:
+    """A streamed LLM call (``llm.stream_execute``, an async generator under ``nf.trace.llm``):
+    each chunk goes to ``collector``, gets an ``llm.chunk`` mark and is yielded; ``finalizer()``
+    gives the end ``data``; the end's category_profile holds ``time_to_first_chunk``."""
 
+    def __init__(self, name, request, collector, finalizer, parent, attributes, data, metadata,
+                 model_name, snap, settle, lenient):
+        self.name, self.request, self.parent = name, request, parent
+        self.collector, self.finalizer = collector, finalizer
+        self.attributes, self.data, self.metadata = attributes, data, metadata
+        self.model_name, self.snap, self.settle, self.lenient = model_name, snap, settle, lenient
+        self.frame = None
+        self.first = None
+        self.index = 0
 
-async def stream_llm(name, request, func, collector, finalizer, parent, attributes, data,
-                     metadata, model_name, snap):
-    """The async generator behind ``llm.stream_execute``."""
-    request, annotated, event_request = await llm_prelude(snap, name, request, parent,
-                                                          _settle_async, False)
-    attrs = _core_llm_attrs(attributes)
-    fields = llm_profile_fields(model_name, annotated)
-    frame = _core.start(name, ScopeType.Llm, parent, attrs, data, metadata, event_request, None,
-                        _core.KIND_LLM, _core.encode(fields), _core.LLMHandle)
+    async def open(self):
+        request, annotated, event_request = await llm_prelude(
+            self.snap, self.name, self.request, self.parent, self.settle, self.lenient)
+        self.fields = llm_profile_fields(self.model_name, annotated)
+        self.frame = _core.start(self.name, ScopeType.Llm, self.parent,
+                                 _core_llm_attrs(self.attributes), self.data, self.metadata,
+                                 event_request, None, _core.KIND_LLM, _core.encode(self.fields),
+                                 _core.LLMHandle)
+        self.started = now()
+        return request
 
-    def end_profile():
+    def layers(self):
+        return [(entry.fn, ()) for entry in self.snap.chain("llm_stream_execution")]
+
+    async def on_item(self, chunk):
+        if self.first is None:
+            self.first = now() - self.started
+        await self.settle(self.collector(chunk))
+        _core.event("llm.chunk", handle=self.frame,
+                    data={"chunk_index": self.index, "provider": guess_provider(chunk)})
+        self.index += 1
+
+    async def result(self):
+        output = await self.settle(self.finalizer())
+        return await event_payload(self.snap.chain("llm_sanitize_response"), output, _plain,
+                                   self.settle)
+
+    def result_now(self):
+        # Nothing here suspends: a stream being closed may not be able to await (an async
+        # finalizer or sanitizer runs on a private loop instead).
+        out = self.finalizer()
+        if hasattr(out, "__await__"):
+            out = block_on(out)
+        return drive(event_payload(self.snap.chain("llm_sanitize_response"), out, _plain,
+                                   settle_sync))
+
+    def end_profile(self):
         # ``time_to_first_chunk`` (seconds) goes on the end event's category_profile.
-        return None if first is None else _core.encode({**fields, "time_to_first_chunk": first})
-    started = now()
-    first = None
-    origin = []
+        if self.first is None:
+            return None
+        return _core.encode({**self.fields, "time_to_first_chunk": self.first})
 
-    async def innermost(req):
-        try:
-            inner = await _aiter_of(func(req), _settle_async)
-        except BaseException as exc:
-            origin.append(exc)
-            raise
-        while True:
+
+def stream_llm(name, request, func, collector, finalizer, parent, attributes, data, metadata,
+               model_name, snap, lenient=False):
+    """The async generator behind ``llm.stream_execute``."""
+    call = LLMStream(name, request, collector, finalizer, parent, attributes, data, metadata,
+                     model_name, snap, settle_async, lenient)
+    return stream(call, func, True, settle_async)
+
+
+# --------------------------------------------------------------------------------------------
+# Streams: one driver for streamed tool and LLM calls, async or sync.
+
+_END = object()
+
+
+def _foreign(exc, origin) -> bool:
+    """True when ``exc`` is a middleware failure: not raised by the function itself, and not
+    already one of the pipeline's own errors."""
+    return not (any(exc is o for o in origin)
+                or isinstance(exc, (InternalError, GuardrailRejectedError)))
+
+
+def _iterator(stream, as_async):
+    """``(iterator, is_async)`` of what a stream function or intercept returned."""
+    if as_async and hasattr(stream, "__aiter__"):
+        return stream.__aiter__(), True
+    if hasattr(stream, "__iter__") and not isinstance(stream, (str, bytes, dict)):
+        return iter(stream), False
+    kind = "an iterator or async iterator" if as_async else "an iterator"
+    raise TypeError(f"a stream function returns {kind}, not {type(stream).__name__}")
+
+
+def _source(func, arg, origin, as_async, settle):
+    """The function's own stream; what it raises is recorded in ``origin``."""
+    if as_async:
+        async def items():
+            it = None
             try:
-                chunk = await inner.__anext__()
-            except StopAsyncIteration:
-                return
+                try:
+                    it, is_async = _iterator(await settle(func(arg)), True)
+                except BaseException as exc:
+                    origin.append(exc)
+                    raise
+                while True:
+                    try:
+                        item = await it.__anext__() if is_async else next(it, _END)
+                    except StopAsyncIteration:
+                        return
+                    except BaseException as exc:
+                        origin.append(exc)
+                        raise
+                    if item is _END:
+                        return
+                    yield item
+            finally:
+                await close_stream(it)
+        return items()
+
+    def items():
+        it = None
+        try:
+            try:
+                it, _ = _iterator(drive(settle(func(arg))), False)
             except BaseException as exc:
                 origin.append(exc)
                 raise
-            yield chunk
+            while True:
+                try:
+                    item = next(it, _END)
+                except BaseException as exc:
+                    origin.append(exc)
+                    raise
+                if item is _END:
+                    return
+                yield item
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+    return items()
 
-    def layer(entry, nxt):
-        def run(req):
-            try:
-                return entry.fn(req, nxt)
-            except Exception as exc:
+
+def _stream_layer(fn, prefix, inner):
+    def run(a):
+        try:
+            return fn(*prefix, a, inner)
+        except Exception as exc:
+            if not isinstance(exc, (InternalError, GuardrailRejectedError)):
                 raise internal_error(exc) from exc
-        return run
+            raise
+    return run
 
-    call = innermost
-    for entry in reversed(snap.chain("llm_stream_execution")):
-        call = layer(entry, call)
-    index = 0
-    chunks = None
+
+async def stream(call, func, as_async, settle):
+    """Run the streamed call ``call`` (a ToolStream or LLMStream) over ``func``'s items.
+
+    The prelude runs at the first step; every item goes through ``call.on_item`` and is
+    yielded; the end event is written however the stream ends: exhausted (OK, ``call.result``),
+    left early (OK, ``call.result_now``), or raising or cancelled (ERROR).
+    """
+    arg = await call.open()
+    origin = []
+
+    def innermost(a):
+        return _source(func, a, origin, as_async, settle)
+
+    chain = innermost
+    for fn, prefix in reversed(call.layers()):
+        chain = _stream_layer(fn, prefix, chain)
+    it = None
+    frame = call.frame
     try:
         try:
-            chunks = await _aiter_of(call(request), _settle_async)
+            it, is_async = _iterator(await settle(chain(arg)), as_async)
         except Exception as exc:
-            if any(exc is o for o in origin) or isinstance(exc, InternalError):
-                raise
-            raise internal_error(exc) from exc
+            if _foreign(exc, origin):
+                raise internal_error(exc) from exc
+            raise
         while True:
             try:
-                chunk = await chunks.__anext__()
+                item = await it.__anext__() if is_async else next(it, _END)
             except StopAsyncIteration:
                 break
             except Exception as exc:
-                if any(exc is o for o in origin) or isinstance(exc, InternalError):
-                    raise
-                raise internal_error(exc) from exc
-            if first is None:
-                first = now() - started
-            await _settle_async(collector(chunk))
-            _core.event("llm.chunk", handle=frame,
-                        data={"chunk_index": index, "provider": guess_provider(chunk)})
-            index += 1
-            yield chunk
-    except GeneratorExit:  # the consumer stopped early (aclose, break, garbage collection)
-        _core.end(frame, _final(finalizer, snap.chain("llm_sanitize_response")), None, None,
-                  _OK, None, None, end_profile())
-        await _close(chunks)
-        raise
-    except BaseException as exc:
-        _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc), None,
-                  end_profile())
-        raise
-    try:
-        output = await _settle_async(finalizer())
-    except BaseException as exc:
-        _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc), None,
-                  end_profile())
-        raise
-    event_output = await event_payload(snap.chain("llm_sanitize_response"), output, _plain,
-                                       _settle_async)
-    _core.end(frame, event_output, None, None, _OK, None, None, end_profile())
-
-
-async def _close(it):
-    aclose = getattr(it, "aclose", None)
-    if aclose is not None:
+                if _foreign(exc, origin):
+                    raise internal_error(exc) from exc
+                raise
+            if item is _END:
+                break
+            await call.on_item(item)
+            yield item
+    except GeneratorExit:  # the consumer stopped early (close, break, garbage collection)
         try:
-            await aclose()
-        except Exception:  # the stream is being abandoned; its own cleanup errors stay there
-            pass
-
-
-def _final(finalizer, chain):
-    # The end data of a stream the consumer left early. Nothing here suspends: a stream being
-    # closed may not be able to await (async callbacks run on a private loop instead).
+            output = call.result_now()
+        except Exception:  # fail closed
+            output = None
+        _core.end(frame, output, None, None, _OK, None, None, call.end_profile())
+        await close_stream(it)
+        raise
+    except BaseException as exc:
+        _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc), None,
+                  call.end_profile())
+        raise
     try:
-        out = finalizer()
-        if hasattr(out, "__await__"):
-            out = block_on(out)
-        return drive(event_payload(chain, out, _plain, settle_sync))
-    except Exception:  # fail closed
-        return None
+        output = await call.result()
+    except BaseException as exc:
+        _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc), None,
+                  call.end_profile())
+        raise
+    _core.end(frame, output, None, None, _OK, None, None, call.end_profile())
+
+
+async def close_stream(it):
+    """Close an abandoned stream; its own cleanup errors stay there."""
+    try:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()
+            return
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+    except Exception:
+        pass
+
+
+def sync_stream(agen, run):
+    """A generator over the async generator ``agen``, each step run to completion by ``run``
+    (``drive`` when nothing in it suspends, else a private event loop)."""
+    step = agen.__anext__
+    done = False
+    try:
+        while True:
+            try:
+                item = run(step())
+            except StopAsyncIteration:
+                done = True
+                return
+            except BaseException:
+                done = True
+                raise
+            try:
+                yield item
+            except GeneratorExit:
+                raise
+            except BaseException as exc:  # generator.throw(): delivered where the stream waits
+                step = functools.partial(agen.athrow, exc)
+                continue
+            step = agen.__anext__
+    finally:
+        try:
+            if not done:
+                run(agen.aclose())
+        finally:
+            close = getattr(run, "close", None)
+            if close is not None:
+                close()
+
+
+class LoopRunner:
+    """Runs the steps of one synchronous stream on a private event loop, for async stream
+    intercepts. From a thread that already runs a loop, each step runs in a helper thread."""
+
+    def __init__(self):
+        self.loop = None
+
+    def __call__(self, awaitable):
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self.loop.run_until_complete(_awaited(awaitable))
+        box = {}
+        ctx = contextvars.copy_context()
+
+        def target():
+            try:
+                box["value"] = ctx.run(self.loop.run_until_complete, _awaited(awaitable))
+            except BaseException as exc:  # delivered to the caller below
+                box["error"] = exc
+
+        t = threading.Thread(target=target, name="nemoflow-stream")
+        t.start()
+        t.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def close(self):
+        loop, self.loop = self.loop, None
+        if loop is not None:
+            try:
+                self.loop = loop
+                self(loop.shutdown_asyncgens())
+            finally:
+                self.loop = None
+                loop.close()
+
+
+async def _awaited(awaitable):
+    return await awaitable
 
 
 def _core_llm_attrs(attributes):
     # The core checks the flag class: ToolAttributes | 2 stays ToolAttributes and is refused.
     return LLMAttributes.STREAMING if attributes is None else attributes | LLMAttributes.STREAMING
-
-
-async def _settle_async(value):
-    if hasattr(value, "__await__"):
-        return await value
-    return value

@@ -367,7 +367,21 @@ def _managed_tool(fn, name, attributes, metadata):
     from . import _managed, _middleware
 
     arguments = _Arguments(fn)
-    if inspect.iscoroutinefunction(fn):
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        is_async = inspect.isasyncgenfunction(fn)
+        settle = _middleware.settle_async if is_async else _middleware.settle_sync
+
+        # The call's parent and middleware are those of where the generator is created; the
+        # pipeline runs at its first step.
+        @functools.wraps(fn)
+        def tool(*args, **kwargs):
+            values, receiver = arguments.split(args, kwargs)
+            parent = _core.current()
+            call = _managed.ToolStream(name, values, parent, attributes, metadata,
+                                       _middleware.Snapshot(parent), settle)
+            items = _managed.stream(call, arguments.caller(receiver), is_async, settle)
+            return items if is_async else _managed.sync_stream(items, _middleware.drive)
+    elif inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def tool(*args, **kwargs):
             values, receiver = arguments.split(args, kwargs)
@@ -410,7 +424,13 @@ def _managed_llm(fn, name, attributes, metadata, model):
         call = arguments.caller(receiver)
         return _managed.LLMRequest({}, values), (lambda request: call(request.content))
 
-    if inspect.isasyncgenfunction(fn):
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        is_async = inspect.isasyncgenfunction(fn)
+
+        # A streamed call: the text chunks joined are the end data. The call's parent and
+        # middleware are those of where the generator is created; the pipeline runs at its
+        # first step. A sync generator's steps run without an event loop, unless async stream
+        # intercepts are registered: those need one, so the stream gets a private loop.
         @functools.wraps(fn)
         def llm(*args, **kwargs):
             request, func = request_of(args, kwargs)
@@ -421,9 +441,17 @@ def _managed_llm(fn, name, attributes, metadata, model):
                     texts.append(chunk)
 
             parent = _core.current()
-            return _managed.stream_llm(
-                name, request, func, collect, lambda: "".join(texts) if texts else None, parent,
-                attributes, None, metadata, model, _middleware.Snapshot(parent))
+            snap = _middleware.Snapshot(parent)
+            looped = is_async or bool(snap.chain("llm_stream_execution"))
+            settle = _middleware.settle_async if looped else _middleware.settle_sync
+            call = _managed.LLMStream(name, request, collect,
+                                      lambda: "".join(texts) if texts else None, parent,
+                                      attributes, None, metadata, model, snap, settle, True)
+            chunks = _managed.stream(call, func, True, settle)
+            if is_async:
+                return chunks
+            return _managed.sync_stream(
+                chunks, _managed.LoopRunner() if looped else _middleware.drive)
     elif inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def llm(*args, **kwargs):
@@ -466,12 +494,6 @@ class _ManagedTracer:
         if isinstance(fn, type) or not callable(fn):
             raise TypeError(f"nf.trace.{self._kind} decorates functions, not "
                             f"{type(fn).__name__}")
-        if inspect.isgeneratorfunction(fn) or (self._kind == "tool"
-                                               and inspect.isasyncgenfunction(fn)):
-            raise TypeError(f"nf.trace.{self._kind} does not take "
-                            f"{'generator' if inspect.isgeneratorfunction(fn) else 'async generator'}"
-                            f" functions (a streamed LLM call is an async generator under "
-                            f"nf.trace.llm)")
         if name is None:
             name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
             if not isinstance(name, str):
