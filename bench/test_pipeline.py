@@ -170,6 +170,17 @@ def test_decorated_call_jsonl(benchmark, timed, nf, jsonl):
     _traced(benchmark, timed, nf, jsonl, "decorated call", run)
 
 
+def test_managed_tool_jsonl(benchmark, timed, nf, jsonl):
+    @nf.trace.tool("search")
+    def search(q):
+        return q
+
+    def run():
+        for _ in R:
+            search("x")
+    _traced(benchmark, timed, nf, jsonl, "nf.trace.tool call", run)
+
+
 def test_nested_depth_3_jsonl(benchmark, timed, nf, jsonl):
     scope, kind = nf.scope.scope, nf.ScopeType.Function
 

@@ -19,14 +19,8 @@ import threading
 import time
 
 from ._backend import core as _core
-from ._middleware import (
-    Snapshot,
-    block_on,
-    drive,
-    internal_error,
-    settle_async,
-    settle_sync,
-)
+from ._middleware import (Snapshot, block_on, drive, internal_error, settle_async,
+                          settle_sync, switch)
 from ._types import GuardrailRejectedError, InternalError, LLMAttributes, ScopeType
 
 _OK, _ERROR = _core.STATUS_OK, _core.STATUS_ERROR
@@ -195,10 +189,27 @@ def _with_name(name):
     return lambda fn, v: fn(name, v)  # tool sanitizers take the tool name
 
 
+async def call_and_end(frame, func, arg, settle, end_metadata=None):
+    """A call no middleware applies to: ``func(arg)``, then its end event."""
+    try:
+        result = await settle(func(arg))
+    except BaseException as exc:
+        await end_with_error(frame, exc)
+        raise
+    meta = end_metadata(result) if end_metadata is not None else None
+    _core.end(frame, payload(result, True), meta, None, _OK)
+    return result
+
+
 async def run_tool(name, args, func, parent, attributes, data, metadata, tool_call_id, settle,
                    is_async, lenient):
     if parent is None:
         parent = _core.current()
+    if not switch.tool:  # no tool middleware anywhere: the pipeline's events, without it
+        frame = _core.start(name, ScopeType.Tool, parent, attributes, data, metadata,
+                            payload(args, lenient), None, _core.KIND_TOOL,
+                            profile(tool_call_id=tool_call_id), _core.ToolHandle)
+        return await call_and_end(frame, func, args, settle)
     snap = Snapshot(_core.current())
     frame, args = await tool_prelude(snap, name, args, parent, attributes, data, metadata,
                                      tool_call_id, settle, lenient)
@@ -385,6 +396,11 @@ async def run_llm(name, request, func, parent, attributes, data, metadata, model
     check_request(request)
     if parent is None:
         parent = _core.current()
+    if not switch.llm:  # no LLM middleware anywhere: the pipeline's events, without it
+        frame = _core.start(name, ScopeType.Llm, parent, attributes, data, metadata,
+                            payload(request_data(request), lenient), None, _core.KIND_LLM,
+                            llm_profile(model_name, None), _core.LLMHandle)
+        return await call_and_end(frame, func, request, settle, response_metadata)
     snap = Snapshot(_core.current())
     request, annotated, event_request = await llm_prelude(snap, name, request, parent, settle,
                                                           lenient)

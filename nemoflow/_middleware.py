@@ -87,16 +87,19 @@ _globals = {family: () for family in FAMILIES}
 
 TOOL_FAMILIES = tuple(f for f in FAMILIES if f.startswith("tool_"))
 
+LLM_FAMILIES = tuple(f for f in FAMILIES if f.startswith("llm_"))
+
+
 class _Switch:
-    """``tool``: False while no tool middleware is registered anywhere, so that a synchronous
-    ``@nf.trace.tool`` call can skip the pipeline. Recomputed under _lock by every change to the
+    """``tool`` / ``llm``: False while no tool / LLM middleware is registered anywhere, so that
+    a managed call can skip the pipeline. Recomputed under _lock by every change to the
     registries; a stale scope-local entry (kept until its frame goes) only keeps calls on the
     full pipeline."""
 
-    __slots__ = ("tool",)
+    __slots__ = ("llm", "tool")
 
     def __init__(self):
-        self.tool = False
+        self.tool = self.llm = False
 
 
 switch = _Switch()
@@ -104,6 +107,7 @@ switch = _Switch()
 
 def _recompute() -> None:
     switch.tool = bool(_locals) or any(_globals[f] for f in TOOL_FAMILIES)
+    switch.llm = bool(_locals) or any(_globals[f] for f in LLM_FAMILIES)
 
 
 def register(family, name, priority, fn, break_chain=False) -> None:

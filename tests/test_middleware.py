@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 
 import pytest
@@ -493,3 +494,72 @@ def test_scope_local_middleware_of_an_outer_scope_reaches_scopes_pushed_before_i
 
     asyncio.run(run())
     assert order == ["outer", "inner", "outer"]
+
+
+# --------------------------------------------------------------------------------------------
+# The middleware-free path: a managed call with nothing registered skips the pipeline; its
+# events must be exactly those the pipeline writes.
+
+def _wire(events):
+    return [(e.name, e.kind, e.scope_category, e.category, e.category_profile, e.attributes,
+             e.data, e.metadata) for e in events]
+
+
+def _managed_calls(nf):
+    @nf.trace.tool("search", metadata={"v": 1})
+    def search(q, limit=2):
+        return [q] * limit
+
+    @nf.trace.llm(model="m")
+    def chat(prompt):
+        return {"choices": [{"finish_reason": "stop"}], "usage": {"total_tokens": 3}}
+
+    search("a")
+    search("b", limit=1)
+    with pytest.raises(ZeroDivisionError):
+        nf.trace.tool("div")(lambda x: x / 0)(1)
+    execute(nf, "t", {"x": [1]}, lambda a: {"r": a}, tool_call_id="c1")
+    chat("hi")
+    run(nf.llm.execute("c", nf.LLMRequest({"authorization": "k", "h": 1}, {"p": 1}),
+                       lambda r: "ok", model_name="m"))
+
+
+def test_middleware_free_path_writes_the_pipelines_events(nf, events):
+    assert not nf._middleware.switch.tool and not nf._middleware.switch.llm
+    _managed_calls(nf)
+    fast = _wire(events)
+    events.clear()
+    # pass-through middleware in every family that cannot change an event
+    nf.intercepts.register_tool_execution("pass", 0, lambda n, a, nxt: nxt(a))
+    nf.intercepts.register_llm_execution("pass", 0, lambda n, r, nxt: nxt(r))
+    assert nf._middleware.switch.tool and nf._middleware.switch.llm
+    _managed_calls(nf)
+    assert _wire(events) == fast
+    assert len(fast) == 12
+
+
+def test_switch_follows_global_and_scope_local_registrations(nf):
+    switch = nf._middleware.switch
+    nf.guardrails.register_llm_sanitize_response("g", 0, lambda r: r)
+    assert (switch.tool, switch.llm) == (False, True)
+    nf.guardrails.register_tool_sanitize_response("g", 0, lambda n, r: r)
+    assert (switch.tool, switch.llm) == (True, True)
+    nf.guardrails.deregister_llm_sanitize_response("g")
+    nf.guardrails.deregister_tool_sanitize_response("g")
+    assert (switch.tool, switch.llm) == (False, False)
+    log = []
+
+    @nf.trace.tool("t")
+    def t(x):
+        return x
+
+    h = nf.scope.push("s", nf.ScopeType.Agent)
+    nf.scope_local.register_tool_sanitize_request(h, "s", 0, lambda n, a: log.append(a) or a)
+    assert switch.tool
+    t(1)
+    nf.scope.pop(h)
+    t(2)  # the popped scope's middleware is seen by no call
+    assert log == [{"x": 1}]
+    del h
+    gc.collect()
+    assert (switch.tool, switch.llm) == (False, False)  # its entry went with its frame
