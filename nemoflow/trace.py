@@ -313,7 +313,8 @@ class _Trace(_core.Tracer):
 class _Arguments:
     """Maps a call to a dict of arguments by parameter name, and such a dict back to a call."""
 
-    __slots__ = ("_fn", "_sig", "_receiver", "_fields", "_required", "_arity")
+    __slots__ = ("_fn", "_sig", "_receiver", "_fields", "_names", "_needed", "_required",
+                 "_arity")
 
     def __init__(self, fn):
         self._fn = fn
@@ -325,21 +326,37 @@ class _Arguments:
         # An unbound method's receiver is not an input of the call.
         self._receiver = (params[0].name if params and params[0].name in ("self", "cls")
                           else None)
-        # The common case, positional arguments to a function whose parameters are all
-        # positional-or-keyword, maps by zip; anything else goes through Signature.bind.
+        # The common case, a function whose parameters are all positional-or-keyword, maps by
+        # zip (plus the keywords); anything else goes through Signature.bind.
         self._fields = None
         self._required = self._arity = 0
         if self._sig is not None and all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params):
-            self._fields = tuple(p.name for p in params[1 if self._receiver else 0:])
+            fields = params[1 if self._receiver else 0:]
+            self._fields = tuple(p.name for p in fields)
+            self._names = frozenset(self._fields)
+            self._needed = frozenset(p.name for p in fields if p.default is p.empty)
             self._arity = len(params)
             self._required = sum(1 for p in params if p.default is p.empty)
 
     def split(self, args, kwargs):
         """``(arguments by name, receiver)``; a call the signature refuses raises TypeError."""
-        if not kwargs and self._fields is not None and self._required <= len(args) <= self._arity:
-            if self._receiver:
-                return dict(zip(self._fields, args[1:])), args[0]
-            return dict(zip(self._fields, args)), None
+        if self._fields is not None and len(args) <= self._arity:
+            if not kwargs:
+                if self._required <= len(args):
+                    if self._receiver:
+                        return dict(zip(self._fields, args[1:])), args[0]
+                    return dict(zip(self._fields, args)), None
+            elif args or not self._receiver:
+                receiver = args[0] if self._receiver else None
+                values = dict(zip(self._fields, args[1:] if self._receiver else args))
+                keys = kwargs.keys()
+                if keys <= self._names and keys.isdisjoint(values):
+                    values.update(kwargs)
+                    if self._needed <= values.keys():
+                        return values, receiver
+        return self._bind(args, kwargs)
+
+    def _bind(self, args, kwargs):
         if self._sig is None:
             return {"*args": list(args), **kwargs}, None
         arguments = dict(self._sig.bind(*args, **kwargs).arguments)

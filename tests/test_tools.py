@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import pytest
 
@@ -292,3 +293,43 @@ def test_trace_tool_argument_kinds_survive_a_rewrite(nf, events):
     nf.intercepts.register_tool_request("bump", 0, False,
                                         lambda n, a: {**a, "b": 20} if n == "f" else a)
     assert f(1, 2, 9, c=4) == [1, 20, [9], 4, {}]
+
+
+def _f(a, b=2, c=3):
+    return a
+
+
+def _g(self, x, y=1):
+    return x
+
+
+def _h(*, k):
+    return k
+
+
+def _i(a, /, b):
+    return a
+
+
+@pytest.mark.parametrize("fn", [_f, _g, _h, _i])
+def test_decorator_argument_mapping_equals_signature_bind(fn):
+    # The decorator maps common calls without Signature.bind; every call must map (or be
+    # refused with TypeError) exactly as bind does it.
+    from nemoflow.trace import _Arguments
+
+    arguments, sig = _Arguments(fn), inspect.signature(fn)
+    keywords = [{}, {"a": 1}, {"b": 5}, {"c": 6, "b": 7}, {"x": 1}, {"y": 2}, {"self": 0},
+                {"k": 1}, {"z": 1}]
+    for n in range(5):
+        args = tuple(range(10, 10 + n))
+        for kwargs in keywords:
+            try:
+                want = dict(sig.bind(*args, **kwargs).arguments)
+                want = (want, want.pop("self", None))
+            except TypeError:
+                want = TypeError
+            try:
+                got = arguments.split(args, kwargs)
+            except TypeError:
+                got = TypeError
+            assert got == want, (args, kwargs)
