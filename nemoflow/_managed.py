@@ -627,6 +627,9 @@ async def stream(call, func, as_async, settle):
     except BaseException as exc:
         _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc), None,
                   call.end_profile())
+        # An exception thrown in at ``yield item`` (``throw``/``athrow``) leaves the source
+        # suspended; close it now rather than when the cycle through the traceback is collected.
+        await close_stream(it)
         raise
     try:
         output = await call.result()
