@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import copy
 import functools
+import sys
 import threading
 import time
 
@@ -656,13 +657,26 @@ async def close_stream(it):
 
 def sync_stream(agen, run):
     """A generator over the async generator ``agen``, each step run to completion by ``run``
-    (``drive`` when nothing in it suspends, else a private event loop)."""
+    (``drive`` when nothing in it suspends, else a private event loop).
+
+    Steps are taken with no asyncgen hooks in this thread: ``agen``, and the async generators
+    its steps start, belong to this generator, not to an event loop that happens to run here
+    (whose shutdown would close them under the consumer).
+    """
+    def take(step):
+        hooks = sys.get_asyncgen_hooks()
+        sys.set_asyncgen_hooks(firstiter=None, finalizer=None)
+        try:
+            return run(step())
+        finally:
+            sys.set_asyncgen_hooks(*hooks)
+
     step = agen.__anext__
     done = False
     try:
         while True:
             try:
-                item = run(step())
+                item = take(step)
             except StopAsyncIteration:
                 done = True
                 return
@@ -680,7 +694,7 @@ def sync_stream(agen, run):
     finally:
         try:
             if not done:
-                run(agen.aclose())
+                take(agen.aclose)
         finally:
             close = getattr(run, "close", None)
             if close is not None:

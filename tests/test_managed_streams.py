@@ -214,6 +214,29 @@ def test_middleware_is_the_one_registered_when_the_generator_is_created(nf, even
     assert [e.data for e in events] == [{"n": 2}, "early"]
 
 
+def test_a_sync_stream_outlives_the_event_loop_it_was_started_in(nf, events):
+    # A synchronous stream belongs to its consumer: a loop that happened to run in the thread
+    # while it was advanced does not close it when that loop shuts down.
+    count = counter(nf)
+    chat = llm_stream(nf)
+    kept = []
+
+    async def main():
+        gen, cgen = count(4), chat("a b c")
+        kept.extend([gen, cgen])
+        return next(gen), next(cgen)
+
+    assert run(main()) == (0, "a ")
+    assert [(e.name, e.scope_category) for e in events if e.kind == "scope"] == [
+        ("count", "start"), ("chat", "start")]
+    gen, cgen = kept
+    assert list(gen) == [1, 2, 3]
+    assert list(cgen) == ["b ", "c "]
+    ends = [e for e in events if e.kind == "scope" and e.scope_category == "end"]
+    assert [(e.name, e.data, e.metadata) for e in ends] == [("count", [0, 1, 2, 3], OK),
+                                                            ("chat", "a b c ", OK)]
+
+
 # --------------------------------------------------------------------------------------------
 # Early exit, errors, throw().
 
