@@ -568,15 +568,38 @@ def _source(func, arg, origin, as_async, settle):
     return items()
 
 
-def _stream_layer(fn, prefix, inner):
+def _stream_layer(fn, prefix, inner, as_async, settle):
+    """One execution intercept of a stream: ``fn(*prefix, args, next)``.
+
+    What it returns is handed on as a stream: an ``async def`` intercept's awaitable is awaited
+    first (in a sync stream, run to completion), so an outer intercept can always iterate
+    ``next(args)``.
+    """
     def run(a):
         try:
-            return fn(*prefix, a, inner)
+            out = fn(*prefix, a, inner)
         except Exception as exc:
             if not isinstance(exc, (InternalError, GuardrailRejectedError)):
                 raise internal_error(exc) from exc
             raise
+        if hasattr(out, "__await__") and not hasattr(out, "__aiter__"):
+            return _awaited_stream(out, settle) if as_async else drive(settle(out))
+        return out
     return run
+
+
+async def _awaited_stream(awaitable, settle):
+    it, is_async = _iterator(await settle(awaitable), True)
+    try:
+        while True:
+            item = await it.__anext__() if is_async else next(it, _END)
+            if item is _END:
+                return
+            yield item
+    except StopAsyncIteration:
+        return
+    finally:
+        await close_stream(it)
 
 
 async def stream(call, func, as_async, settle):
@@ -594,7 +617,7 @@ async def stream(call, func, as_async, settle):
 
     chain = innermost
     for fn, prefix in reversed(call.layers()):
-        chain = _stream_layer(fn, prefix, chain)
+        chain = _stream_layer(fn, prefix, chain, as_async, settle)
     it = None
     frame = call.frame
     try:

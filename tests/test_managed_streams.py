@@ -606,6 +606,43 @@ def test_execution_intercepts_on_an_async_generator_tool(nf, events):
     assert [e.data for e in events] == [{"n": 2}, [{"item": 0}, {"item": 1}, "tail"]]
 
 
+def test_an_async_def_intercept_inside_another_intercept_hands_on_a_stream(nf, events):
+    # The inner intercept is `async def` (its stream comes out of an awaitable); the outer one
+    # iterates next(args) all the same, in async and in sync streams.
+    async def inner(name, args, nxt):
+        await asyncio.sleep(0)
+        items = nxt(args)
+        if hasattr(items, "__aiter__"):
+            return [f"<{x}>" async for x in items]
+        return [f"<{x}>" for x in items]
+
+    def outer_sync(name, args, nxt):
+        return [f"o{x}" for x in nxt(args)]
+
+    nf.intercepts.register_tool_execution("inner", 1, inner)
+    nf.intercepts.register_tool_execution("outer", 0, outer_sync)
+    count = counter(nf)
+    assert list(count(2)) == ["o<0>", "o<1>"]
+
+    nf.intercepts.deregister_tool_execution("outer")
+
+    def outer_async(name, args, nxt):
+        async def wrapped():
+            async for x in nxt(args):
+                yield f"o{x}"
+        return wrapped()
+
+    nf.intercepts.register_tool_execution("outer", 0, outer_async)
+    acount = acounter(nf)
+
+    async def main():
+        return [x async for x in acount(2)]
+
+    assert run(main()) == ["o<0>", "o<1>"]
+    assert [e.data for e in tool_events(events, "count") + tool_events(events, "acount")] == [
+        {"n": 2}, ["o<0>", "o<1>"], {"n": 2}, ["o<0>", "o<1>"]]
+
+
 def test_execution_intercept_replaces_the_stream(nf, events):
     ran = []
 
