@@ -755,14 +755,13 @@ class LoopRunner:
         return box["value"]
 
     def close(self):
-        loop, self.loop = self.loop, None
-        if loop is not None:
-            try:
-                self.loop = loop
-                self(loop.shutdown_asyncgens())
-            finally:
-                self.loop = None
-                loop.close()
+        if self.loop is None:
+            return
+        try:
+            self(self.loop.shutdown_asyncgens())
+        finally:
+            loop, self.loop = self.loop, None
+            loop.close()
 
 
 async def _awaited(awaitable):
