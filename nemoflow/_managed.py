@@ -98,7 +98,7 @@ async def execute_and_end(frame, snap, family, response_family, func, name, arg,
     try:
         result = await call(arg)
     except BaseException as exc:
-        await end_with_error(frame, exc)
+        end_with_error(frame, exc)
         raise
     event_result = await event_payload(snap.chain(response_family), result, call_response,
                                        settle)
@@ -154,8 +154,9 @@ def _plain(fn, v):
     return fn(v)
 
 
-async def end_with_error(frame, exc):
-    _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc))
+def end_with_error(frame, exc, end_profile=None):
+    _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc), None,
+              end_profile)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ async def call_and_end(frame, func, arg, settle, end_metadata=None):
     try:
         result = await settle(func(arg))
     except BaseException as exc:
-        await end_with_error(frame, exc)
+        end_with_error(frame, exc)
         raise
     meta = end_metadata(result) if end_metadata is not None else None
     _core.end(frame, payload(result, True), meta, None, _OK)
@@ -518,6 +519,16 @@ def _iterator(stream, as_async):
     raise TypeError(f"a stream function returns {kind}, not {type(stream).__name__}")
 
 
+async def _pull(it, is_async):
+    """The next item of a sync or an async iterator; ``_END`` after the last."""
+    if not is_async:
+        return next(it, _END)
+    try:
+        return await it.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
 def _source(func, arg, origin, as_async, settle):
     """The function's own stream; what it raises is recorded in ``origin``."""
     if as_async:
@@ -526,20 +537,12 @@ def _source(func, arg, origin, as_async, settle):
             try:
                 try:
                     it, is_async = _iterator(await settle(func(arg)), True)
+                    while (item := await _pull(it, is_async)) is not _END:
+                        yield item
                 except BaseException as exc:
-                    origin.append(exc)
-                    raise
-                while True:
-                    try:
-                        item = await it.__anext__() if is_async else next(it, _END)
-                    except StopAsyncIteration:
-                        return
-                    except BaseException as exc:
+                    if not isinstance(exc, GeneratorExit):
                         origin.append(exc)
-                        raise
-                    if item is _END:
-                        return
-                    yield item
+                    raise
             finally:
                 await close_stream(it)
         return items()
@@ -549,18 +552,12 @@ def _source(func, arg, origin, as_async, settle):
         try:
             try:
                 it, _ = _iterator(drive(settle(func(arg))), False)
+                while (item := next(it, _END)) is not _END:
+                    yield item
             except BaseException as exc:
-                origin.append(exc)
-                raise
-            while True:
-                try:
-                    item = next(it, _END)
-                except BaseException as exc:
+                if not isinstance(exc, GeneratorExit):
                     origin.append(exc)
-                    raise
-                if item is _END:
-                    return
-                yield item
+                raise
         finally:
             close = getattr(it, "close", None)
             if close is not None:
@@ -591,13 +588,8 @@ def _stream_layer(fn, prefix, inner, as_async, settle):
 async def _awaited_stream(awaitable, settle):
     it, is_async = _iterator(await settle(awaitable), True)
     try:
-        while True:
-            item = await it.__anext__() if is_async else next(it, _END)
-            if item is _END:
-                return
+        while (item := await _pull(it, is_async)) is not _END:
             yield item
-    except StopAsyncIteration:
-        return
     finally:
         await close_stream(it)
 
@@ -629,9 +621,7 @@ async def stream(call, func, as_async, settle):
             raise
         while True:
             try:
-                item = await it.__anext__() if is_async else next(it, _END)
-            except StopAsyncIteration:
-                break
+                item = await _pull(it, is_async)
             except Exception as exc:
                 if _foreign(exc, origin):
                     raise internal_error(exc) from exc
@@ -649,8 +639,7 @@ async def stream(call, func, as_async, settle):
         await close_stream(it)
         raise
     except BaseException as exc:
-        _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc), None,
-                  call.end_profile())
+        end_with_error(frame, exc, call.end_profile())
         # An exception thrown in at ``yield item`` (``throw``/``athrow``) leaves the source
         # suspended; close it now rather than when the cycle through the traceback is collected.
         await close_stream(it)
@@ -658,8 +647,7 @@ async def stream(call, func, as_async, settle):
     try:
         output = await call.result()
     except BaseException as exc:
-        _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc), None,
-                  call.end_profile())
+        end_with_error(frame, exc, call.end_profile())
         raise
     _core.end(frame, output, None, None, _OK, None, None, call.end_profile())
 
