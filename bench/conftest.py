@@ -9,7 +9,8 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from backends import load_backend  # noqa: E402  (tests/backends.py)
+from backends import load_backend
+
 
 def backend_or_skip(backend: str):
     if backend == "cython":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextvars
 
-
 #: Operations per benchmark round: per-op costs are round time / N, minus the bare loop.
 N = 1000
 R = range(N)

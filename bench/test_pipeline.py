@@ -65,7 +65,7 @@ def timed(benchmark, pytestconfig):
     """``benchmark.pedantic`` with ``setup`` untimed before every round, over as many rounds as
     fit in ``--benchmark-max-time`` (at least ``--benchmark-min-rounds``), as ``benchmark()``
     calibrates itself: a short run would let one burst of machine noise move the median."""
-    def run_rounds(run, setup=_untimed(lambda: None)):
+    def run_rounds(run, setup=_untimed(lambda: None)):  # noqa: B008 - built once, on purpose
         if pytestconfig.getoption("benchmark_disable"):
             return benchmark.pedantic(run, setup=setup)
         setup()

@@ -47,11 +47,11 @@ configure = _core.configure
 __version__ = "0.1.0"
 
 __all__ = [
+    "BACKEND",
     "AlreadyExistsError",
     "AtofExporter",
     "AtofExporterConfig",
     "AtofExporterMode",
-    "BACKEND",
     "Binding",
     "Event",
     "GuardrailRejectedError",

@@ -26,16 +26,17 @@ import time
 import types
 import warnings
 import weakref
+from typing import Any
 
 import orjson
 
 from ._types import (
     ATOF_VERSION,
     CATEGORIES,
+    AlreadyExistsError,
     InvalidArgumentError,
     LLMAttributes,
     NotFoundError,
-    AlreadyExistsError,
     ScopeAttributes,
     ScopeType,
     ToolAttributes,
@@ -180,6 +181,20 @@ class ScopeHandle:
     __slots__ = ("_uuid", "_name", "_scope_type", "_attrs", "_parent", "_prev", "_data",
                  "_meta", "_profile", "_start_ns", "_closed", "_locals", "_kind", "_child_end",
                  "__weakref__")
+    _uuid: str
+    _name: str
+    _scope_type: Any
+    _attrs: int
+    _parent: Any
+    _prev: Any
+    _data: Any
+    _meta: Any
+    _profile: Any
+    _start_ns: int
+    _closed: bool
+    _locals: Any
+    _kind: int
+    _child_end: int
 
     def __init__(self):
         raise TypeError("handles are created by nemoflow.scope.push / scope.scope")
@@ -256,7 +271,7 @@ def new_root() -> ScopeHandle:
 # --------------------------------------------------------------------------------------------
 # Binding: the current frame of this thread / asyncio task.
 
-_current = contextvars.ContextVar("nemoflow.current_scope")
+_current: contextvars.ContextVar[Any] = contextvars.ContextVar("nemoflow.current_scope")
 
 
 def peek():
@@ -325,6 +340,11 @@ class ScopeEvent:
 
     __slots__ = ("_frame", "_is_end", "_ts", "_data", "_end_meta", "_status", "_desc",
                  "_meta_cache", "_profile")
+    _frame: ScopeHandle
+    _is_end: bool
+    _ts: int
+    _data: Any
+    _profile: Any
 
     kind = "scope"
     atof_version = ATOF_VERSION
@@ -414,6 +434,15 @@ class MarkEvent:
 
     __slots__ = ("_uuid", "_parent", "_name", "_ts", "_data", "_meta", "_schema", "_category",
                  "_profile")
+    _uuid: str
+    _parent: Any
+    _name: str
+    _ts: int
+    _data: Any
+    _meta: Any
+    _schema: Any
+    _category: Any
+    _profile: Any
 
     kind = "mark"
     atof_version = ATOF_VERSION
@@ -490,7 +519,7 @@ _registry_lock = threading.RLock()
 _subscribers = ()  # global, in registration order
 _n_local = 0  # live scope-local subscriber registrations, across all frames
 _enabled = False  # anything at all to deliver to?
-_stats = {}  # subscriber name -> [calls, errors]
+_stats: dict[str, list] = {}  # subscriber name -> [calls, errors]
 
 
 class Subscriber:
@@ -554,7 +583,7 @@ def _check_active(frame):
 
 # id(frame) -> [weakref to the frame, tuple of scope-local Subscribers]. Weak: a scope that can
 # no longer be popped (nothing references its frame) takes its registrations with it.
-_scope_locals = {}
+_scope_locals: dict[int, list] = {}
 
 
 def _locals_gone(key, ref=None):
@@ -595,7 +624,9 @@ def local_deregister(frame, name) -> bool:
     _check_active(frame)
     with _registry_lock:
         entry = _scope_locals.get(id(frame))
-        locals_ = () if entry is None else entry[1]
+        if entry is None:
+            return False
+        locals_ = entry[1]
         kept = tuple(s for s in locals_ if s.name != name)
         if len(kept) == len(locals_):
             return False
@@ -643,8 +674,8 @@ def _deliver(event, top):
 
 _recording = False
 _drop_when_full = False
-_sinks = ()
-_consumers = ()
+_sinks: tuple = ()
+_consumers: tuple = ()
 _delivery = None
 _delivery_ident = 0
 _pid = os.getpid()
@@ -764,7 +795,8 @@ class LineSink:
         return {"events": self.events, "bytes": self.bytes, "errors": self.errors}
 
     def _write(self, data, n_events):
-        if self.max_bytes and self.bytes_in_file and self.bytes_in_file + len(data) > self.max_bytes:
+        if (self.max_bytes and self.bytes_in_file
+                and self.bytes_in_file + len(data) > self.max_bytes):
             try:
                 self._fd = self._rotate()
                 self.bytes_in_file = 0
@@ -895,9 +927,9 @@ def attach(consumer):
     with _registry_lock:
         if isinstance(consumer, LineSink):
             if consumer not in _sinks:
-                _sinks = _sinks + (consumer,)
+                _sinks = (*_sinks, consumer)
         elif consumer not in _consumers:
-            _consumers = _consumers + (consumer,)
+            _consumers = (*_consumers, consumer)
         _refresh_recording()
     _start_delivery()
 
@@ -1327,8 +1359,8 @@ class ScopeContext:
                 else:
                     ts = _auto_end(frame)
                 if exc is None:
-                    _end_encoded(frame, _lenient(output) if (_enabled or _recording) else None, None, ts,
-                                 STATUS_OK, None, None)
+                    out = _lenient(output) if (_enabled or _recording) else None
+                    _end_encoded(frame, out, None, ts, STATUS_OK, None, None)
                 else:
                     _end_encoded(frame, None, None, ts, STATUS_ERROR, describe(exc), None)
         finally:
@@ -1494,8 +1526,9 @@ class TracedFunction:
                          describe(exc), None)
             raise
         else:
-            _end_encoded(frame, _lenient(result) if ((_enabled or _recording) and self._keep_output) else None,
-                         None, _auto_end(frame), STATUS_OK, None, None)
+            keep = (_enabled or _recording) and self._keep_output
+            _end_encoded(frame, _lenient(result) if keep else None, None, _auto_end(frame),
+                         STATUS_OK, None, None)
         finally:
             try:
                 _current.reset(token)
@@ -1520,7 +1553,7 @@ def diagnostics() -> dict:
     with _registry_lock:
         subs = {name: {"calls": s[0], "errors": s[1]} for name, s in _stats.items()
                 if not name.startswith("exporter:")}
-        exporters = {}
+        exporters: dict[str, dict] = {}
         for c in _sinks + _consumers:
             if isinstance(c, Subscriber):
                 continue

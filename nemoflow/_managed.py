@@ -20,8 +20,15 @@ import threading
 import time
 
 from ._backend import core as _core
-from ._middleware import (Snapshot, block_on, drive, internal_error, settle_async,
-                          settle_sync, switch)
+from ._middleware import (
+    Snapshot,
+    block_on,
+    drive,
+    internal_error,
+    settle_async,
+    settle_sync,
+    switch,
+)
 from ._types import GuardrailRejectedError, InternalError, LLMAttributes, ScopeType
 
 _OK, _ERROR = _core.STATUS_OK, _core.STATUS_ERROR
@@ -295,7 +302,7 @@ class LLMRequest:
             return NotImplemented
         return self._headers == other._headers and self._content == other._content
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # mutable: compared by value, not hashable
 
     def __repr__(self):
         return f"LLMRequest(headers={list(public_headers(self._headers))!r}, content=…)"
@@ -415,11 +422,8 @@ async def run_llm(name, request, func, parent, attributes, data, metadata, model
 
 def guess_provider(chunk) -> str:
     """``"openai"``, ``"anthropic"`` or ``"unknown"``, from the shape of a streamed chunk."""
-    if isinstance(chunk, dict):
-        get = chunk.get
-    else:
-        def get(key):
-            return getattr(chunk, key, None)
+    def get(key):
+        return chunk.get(key) if isinstance(chunk, dict) else getattr(chunk, key, None)
     obj = get("object")
     if (isinstance(obj, str) and obj.startswith("chat.completion")) or get("choices") is not None:
         return "openai"

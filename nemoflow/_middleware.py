@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import threading
 import weakref
+from typing import Any
 
 from ._backend import core as _core
 from ._types import AlreadyExistsError, InternalError
@@ -75,7 +77,7 @@ class Registry:
     def with_entry(self, entry):
         if any(e.name == entry.name for e in self.entries):
             raise AlreadyExistsError(f"already exists: {entry.name} already exists")
-        return tuple(sorted(self.entries + (entry,), key=lambda e: (e.priority, e.name)))
+        return tuple(sorted((*self.entries, entry), key=lambda e: (e.priority, e.name)))
 
     def without(self, name):
         return tuple(e for e in self.entries if e.name != name)
@@ -142,10 +144,11 @@ class _Local:
         self.families = {}
 
 
-_locals = {}  # scope uuid -> _Local; replaced as a whole under _lock, read without it
+# scope uuid -> _Local; replaced as a whole under _lock, read without it
+_locals: dict[str, Any] = {}
 
 
-def _forget_local(uuid):
+def _forget_local(uuid, _ref=None):
     global _locals
     with _lock:
         if uuid in _locals:
@@ -177,7 +180,7 @@ def local_register(frame, family, name, priority, fn, break_chain=False) -> None
             # A closed scope is never on a stack, so its middleware is not seen by any call
             # from the moment it is popped; its entry goes with its frame, or here, so that
             # handles kept after their scope ended do not keep their middleware alive.
-            local = _Local(uuid, weakref.ref(frame, lambda _r, u=uuid: _forget_local(u)))
+            local = _Local(uuid, weakref.ref(frame, functools.partial(_forget_local, uuid)))
             _locals = {k: v for k, v in _locals.items() if _still_open(v)}
             _locals[uuid] = local
         local.families[family] = Registry(local.families.get(family, ())).with_entry(entry)

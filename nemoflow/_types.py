@@ -10,8 +10,8 @@ import enum
 
 __all__ = [
     "ATOF_VERSION",
-    "AlreadyExistsError",
     "CATEGORIES",
+    "AlreadyExistsError",
     "GuardrailRejectedError",
     "InternalError",
     "InvalidArgumentError",

@@ -12,7 +12,6 @@ from datetime import datetime
 
 import orjson
 
-
 _SCOPE_KEYS = frozenset({"atof_version", "attributes", "category", "category_profile", "data",
                          "data_schema", "kind", "metadata", "name", "parent_uuid",
                          "scope_category", "timestamp", "uuid"})

@@ -57,7 +57,7 @@ def _families(family, with_break_chain):
         def register(scope_handle, name: str, priority: int, break_chain: bool, fn) -> None:
             _middleware.local_register(scope_handle, family, name, priority, fn, break_chain)
     else:
-        def register(scope_handle, name: str, priority: int, fn) -> None:
+        def register(scope_handle, name: str, priority: int, fn) -> None:  # type: ignore[misc]
             _middleware.local_register(scope_handle, family, name, priority, fn)
 
     def deregister(scope_handle, name: str) -> bool:

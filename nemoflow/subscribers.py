@@ -79,8 +79,8 @@ def flush(timeout: float | None = None) -> None:
         asyncio.get_running_loop()
     except RuntimeError:
         return _flush(timeout)
-    raise RuntimeError(
-        "subscribers.flush() would block the running event loop; use await subscribers.flush_async()")
+    raise RuntimeError("subscribers.flush() would block the running event loop; "
+                       "use await subscribers.flush_async()")
 
 
 async def flush_async(timeout: float | None = None) -> None:

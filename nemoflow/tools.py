@@ -18,7 +18,7 @@ from ._types import NotFoundError, ScopeType
 __all__ = ["call", "call_end", "conditional_execution", "execute", "request_intercepts"]
 
 _end_lock = threading.Lock()
-_ended = weakref.WeakSet()
+_ended: weakref.WeakSet = weakref.WeakSet()
 
 
 def claim_end(handle, cls) -> None:

@@ -523,7 +523,7 @@ class _ManagedTracer:
         return f"<nf.trace.{self._kind}>"
 
 
-_Trace.tool = _ManagedTracer("tool")
-_Trace.llm = _ManagedTracer("llm")
+_Trace.tool = _ManagedTracer("tool")  # type: ignore[attr-defined]
+_Trace.llm = _ManagedTracer("llm")  # type: ignore[attr-defined]
 
 trace = _Trace(ScopeType.Function, _decorate)

@@ -33,7 +33,7 @@ def load_backend(backend: str):
             os.environ.pop("NEMOFLOW_NO_EXTENSIONS", None)
         else:
             os.environ["NEMOFLOW_NO_EXTENSIONS"] = saved
-    assert module.BACKEND == backend, (module.BACKEND, backend)
+    assert backend == module.BACKEND, (module.BACKEND, backend)
     return module
 
 

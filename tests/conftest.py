@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from backends import _NO_EXT, compiled_available, load_backend  # noqa: E402,F401
+from backends import _NO_EXT, compiled_available, load_backend
 
 
 @pytest.fixture(scope="session", params=["cython", "python"])

@@ -29,7 +29,7 @@ def run_in_thread(fn, *args):
     def target():
         try:
             box["result"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test thread
+        except BaseException as exc:
             box["error"] = exc
 
     t = threading.Thread(target=target)
@@ -508,7 +508,7 @@ def test_forked_child_traces_on_its_own(nf, events):
                           "end_seen": seen[-1].scope_category == "end"}
                 os.write(w, json.dumps(report).encode())
                 code = 0
-            except BaseException:  # noqa: BLE001 - report and exit the child
+            except BaseException:
                 os.write(w, json.dumps({"error": traceback.format_exc()}).encode())
             finally:
                 os._exit(code)
@@ -562,7 +562,7 @@ def test_forked_child_buffered_subscriber_and_flush(nf, events):
                       "parent_buf": [e.name for e in parent_seen]}
             os.write(w, json.dumps(report).encode())
             code = 0
-        except BaseException:  # noqa: BLE001 - report and exit the child
+        except BaseException:
             os.write(w, json.dumps({"error": traceback.format_exc()}).encode())
         finally:
             os._exit(code)

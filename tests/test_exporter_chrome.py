@@ -186,7 +186,7 @@ def test_concurrent_tasks_on_one_thread_give_nested_tracks(nf, chrome, exporter,
     # what a task does nests in it, so it stays on the task's track
     for x in xs:
         parent = x_by_uuid.get(x["args"]["parent_uuid"])
-        if parent is not None and not parent["name"] == "main":
+        if parent is not None and parent["name"] != "main":
             assert x["tid"] == parent["tid"], (x["name"], parent["name"])
     for mark in instants(trace):
         parent = x_by_uuid[mark["args"]["parent_uuid"]]

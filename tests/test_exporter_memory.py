@@ -151,7 +151,7 @@ def test_scope_started_before_registration(nf, memory):
 
 
 def test_analysis_by_name(nf, recorder):
-    for i in range(20):
+    for _ in range(20):
         with nf.trace("fast"):
             pass
     for i in range(5):
@@ -189,7 +189,7 @@ def test_thread_safety_four_threads(nf, recorder):
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
     observer = threading.Thread(target=reader)
-    for t in threads + [observer]:
+    for t in [*threads, observer]:
         t.start()
     for t in threads:
         t.join()

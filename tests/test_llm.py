@@ -345,10 +345,10 @@ def test_concurrent_streams_in_tasks_keep_their_chunks_apart(nf, events):
 
     run(main())
     for i in range(10):
-        start = [e for e in events if e.name == f"chat{i}" and e.scope_category == "start"][0]
+        start = next(e for e in events if e.name == f"chat{i}" and e.scope_category == "start")
         marks = [e for e in events if e.kind == "mark" and e.parent_uuid == start.uuid]
         assert [m.data["chunk_index"] for m in marks] == [0, 1, 2]
-        end = [e for e in events if e.name == f"chat{i}" and e.scope_category == "end"][0]
+        end = next(e for e in events if e.name == f"chat{i}" and e.scope_category == "end")
         assert end.data == {"i": i}  # the finalizer's output, through this task's sanitizer
 
 

@@ -265,7 +265,7 @@ def test_sync_generator_early_exit_by_break_close_and_gc(nf, events):
     assert events[1].data == [0] and events[1].metadata == OK
 
     events.clear()
-    for x in count(10):  # break without keeping the generator
+    for _ in count(10):  # break without keeping the generator
         break
     gc.collect()
     assert log == ["closed"] * 3

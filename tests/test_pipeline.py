@@ -167,7 +167,7 @@ def test_disk_full_is_counted_and_raised_by_force_flush(nf, jsonl):
         os.close(full)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for i in range(10):
+        for _i in range(10):
             with nf.scope.scope("work", nf.ScopeType.Function):  # traced code is unaffected
                 pass
         nf.subscribers.flush()
@@ -214,7 +214,7 @@ def test_thread_exit_with_buffered_events_loses_nothing(nf, jsonl):
     before = nf.diagnostics()["pipeline"]["rings_freed"]
 
     def work():
-        for i in range(2000):
+        for _i in range(2000):
             with nf.scope.scope("t", nf.ScopeType.Function):
                 pass
 
@@ -355,7 +355,8 @@ json_values = st.recursive(
     max_leaves=12)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=names, data=json_values, meta=json_values, description=st.text(max_size=12))
 def test_encoder_matches_orjson_for_any_names_and_payloads(nf, jsonl, name, data, meta,
                                                            description):

@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import load_backend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import load_backend
 
 _NO_EXT = os.environ.get("NEMOFLOW_NO_EXTENSIONS", "") not in ("", "0")
 _BACKENDS: dict = {}

@@ -123,8 +123,8 @@ def test_work_inside_a_managed_tool_is_parented_to_the_enclosing_scope(nf, event
         return agent
 
     agent = run(main())
-    mark = [e for e in events if e.name == "in-tool"][0]
-    start = [e for e in events if e.name == "t"][0]
+    mark = next(e for e in events if e.name == "in-tool")
+    start = next(e for e in events if e.name == "t")
     assert mark.parent_uuid == agent.uuid == start.parent_uuid
 
 

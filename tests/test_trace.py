@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import itertools
 import pickle
 import sys
 import threading
@@ -244,7 +245,7 @@ def test_decorated_functions_are_reentrant_and_thread_safe(nf, events):
     assert countdown(3) == 0
     assert [e.name for e in events].count("countdown") == 8
     starts = [e for e in events if e.scope_category == "start"]
-    for parent, child in zip(starts, starts[1:]):
+    for parent, child in itertools.pairwise(starts):
         assert child.parent_uuid == parent.uuid
 
     events.clear()
@@ -450,7 +451,7 @@ def test_concurrent_tasks_keep_their_own_scopes(nf, events):
         return await asyncio.gather(*(worker(i) for i in range(10)))
 
     assert asyncio.run(supervisor()) == list(range(10))
-    sup = [e for e in events if e.name == "supervisor"][0]
+    sup = next(e for e in events if e.name == "supervisor")
     workers = {e.uuid: e for e in events if e.name == "worker" and e.scope_category == "start"}
     assert len(workers) == 10
     assert all(w.parent_uuid == sup.uuid for w in workers.values())

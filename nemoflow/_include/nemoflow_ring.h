@@ -50,7 +50,7 @@ typedef struct {
 } nf_record;
 
 #define NF_RECORD_REFS 7
-static inline PyObject **nf_record_ref(nf_record *r, int i) { return &r->name + i; }
+static inline void **nf_record_ref(nf_record *r, int i) { return (void **)(&r->name + i); }
 
 /* The producer's and the consumer's fields live on separate cache lines: each side writes
  * only its own line, and the producer reads the consumer's tail only when its cached copy says

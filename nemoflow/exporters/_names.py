@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from .._types import AlreadyExistsError
 
 _lock = threading.Lock()
-_registered: dict = {}  # name -> exporter
+_registered: dict[str, Any] = {}  # name -> exporter
 
 
 def claim(exporter, name: str) -> bool:
@@ -29,7 +30,7 @@ def claim(exporter, name: str) -> bool:
 def release(exporter, name: str) -> tuple:
     """Drop ``exporter``'s registration under ``name``: (found, was its last name)."""
     with _lock:
-        if _registered.get(name) is not exporter:
+        if name not in _registered or _registered[name] is not exporter:
             return False, False
         del _registered[name]
         exporter._names.remove(name)

@@ -7,6 +7,7 @@ released; the traced thread only records the event. The configuration follows Ne
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import time
@@ -129,10 +130,8 @@ class AtofExporter:
             self.deregister(name)
         _core.flush()
         self._closed = True
-        try:
+        with contextlib.suppress(OSError):
             os.close(self._sink.fd)
-        except OSError:
-            pass
 
     def stats(self) -> dict:
         """Events and bytes written, and write errors."""

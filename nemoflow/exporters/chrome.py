@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import contextlib
 import math
 import os
 import sys
@@ -60,7 +61,7 @@ from ._names import claim, release
 
 __all__ = ["ChromeTraceExporter", "validate_chrome_trace"]
 
-_live = weakref.WeakSet()  # exporters to write at exit / reset in a forked child
+_live: weakref.WeakSet = weakref.WeakSet()  # exporters to write at exit / reset in a forked child
 
 
 class _Node:
@@ -622,10 +623,8 @@ class ChromeTraceExporter:
                 raise
             finally:
                 if tmp is not None:
-                    try:
+                    with contextlib.suppress(OSError):
                         os.unlink(tmp)
-                    except OSError:
-                        pass
             with self._lock:
                 self._writes += 1
                 self._bytes = len(data)
@@ -766,7 +765,7 @@ def validate_chrome_trace(obj) -> list:
 
     for (pid, tid), spans in tracks.items():
         spans.sort(key=lambda s: (s[0], -s[1], s[2]))
-        open_spans = []
+        open_spans: list = []
         for start, end, i in spans:
             while open_spans and open_spans[-1][1] <= start:
                 open_spans.pop()
@@ -777,7 +776,7 @@ def validate_chrome_trace(obj) -> list:
                     f"{outer[2]} [{outer[0]}, {outer[1]}] ns without nesting in it")
             open_spans.append((start, end, i))
 
-    for i, where, track, ts, args in instants:
+    for _i, where, track, ts, args in instants:
         parent = by_uuid.get(args.get("parent_uuid")) if args else None
         if parent is None:
             continue  # top level: no parent slice in this trace

@@ -28,7 +28,7 @@ from ._names import claim, release
 
 __all__ = ["InMemoryRecorder"]
 
-_live = weakref.WeakSet()
+_live: weakref.WeakSet = weakref.WeakSet()
 
 # ``name`` is an object (str) field: names are free text of any length, and a fixed-width
 # unicode field would truncate them silently; ``==``, ``np.unique`` and sorting work the same.
@@ -134,7 +134,7 @@ class InMemoryRecorder:
                 row[7] = status if status in ("OK", "ERROR") else ""
 
         depth: dict = {}
-        for uuid, row in rows.items():
+        for uuid in rows:
             chain = []
             while uuid not in depth:
                 chain.append(uuid)
