@@ -1068,7 +1068,10 @@ cdef class LineSink:
         fd, self._k.fd = self._k.fd, -1
         self._k.open_err = EBADF
         if fd >= 0:
-            os.close(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def _set_fd(self, int fd, long long bytes_in_file):
         # Only while nothing is delivered (a forked child before its delivery thread starts).
@@ -1107,11 +1110,14 @@ cdef class LineSink:
             return
         try:
             fd = self._rotate(rotate)
-            self._k.bytes_in_file = os.fstat(fd).st_size
         except Exception as exc:
             self._k.open_err = getattr(exc, "errno", None) or 5
             self._report(exc)
             return
+        try:
+            self._k.bytes_in_file = os.fstat(fd).st_size
+        except OSError:
+            self._k.bytes_in_file = 0
         self._k.fd = fd
         self._k.open_err = 0
         self._k.torn = 0

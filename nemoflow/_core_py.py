@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import contextvars
 import datetime as _dt
 import errno
@@ -777,7 +778,8 @@ class LineSink:
         fd, self._fd = self._fd, -1
         self._open_errno = errno.EBADF
         if fd >= 0:
-            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _set_fd(self, fd, bytes_in_file):
         # Only while nothing is delivered (a forked child before its delivery thread starts).
@@ -786,36 +788,36 @@ class LineSink:
         self._open_errno = 0
         self._torn = False
         if old >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(old)
-            except OSError:
-                pass
 
     def _reopen_now(self, rotate=False):
         # The old descriptor is closed and forgotten first: if no new file can be opened the
         # sink holds -1, never a number the application may get from its next open().
         fd, self._fd = self._fd, -1
         if fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         if self._rotate is None:
             self._open_errno = errno.EBADF
             return
         try:
             fd = self._rotate(rotate)
-            self.bytes_in_file = os.fstat(fd).st_size
         except Exception as exc:
             self._open_errno = getattr(exc, "errno", None) or errno.EIO
             self._report(exc)
             return
+        try:
+            self.bytes_in_file = os.fstat(fd).st_size
+        except OSError:
+            self.bytes_in_file = 0
         self._fd = fd
         self._open_errno = 0
         self._torn = False
 
     def _write(self, data, n_events):
-        if self.max_bytes and self.bytes_in_file and self.bytes_in_file + len(data) > self.max_bytes:
+        size = len(data)
+        if self.max_bytes and self.bytes_in_file and self.bytes_in_file + size > self.max_bytes:
             self._reopen_now(True)
         elif self._fd < 0:
             self._reopen_now(False)

@@ -21,13 +21,23 @@ import warnings
 import weakref
 
 from .._backend import core as _core
-from ._files import (DIR_MODE, FILE_MODE, UnsafeFileError, check_mode, create, file_id,
-                     make_dirs, open_existing, open_for_writing)
+from ._files import (
+    DIR_MODE,
+    FILE_MODE,
+    UnsafeFileError,
+    check_mode,
+    create,
+    file_id,
+    make_dirs,
+    open_existing,
+    open_for_writing,
+)
 from ._names import claim, release
 
 __all__ = ["AtofExporter", "AtofExporterConfig", "AtofExporterMode"]
 
-_rotating = weakref.WeakSet()  # exporters that move to a file of their own in a forked child
+# exporters that move to a file of their own in a forked child
+_rotating: weakref.WeakSet = weakref.WeakSet()
 
 
 class AtofExporterMode(enum.Enum):
@@ -95,7 +105,7 @@ class AtofExporter:
         fd = open_for_writing(self._path, config.file_mode,
                               truncate=config.mode is AtofExporterMode.Overwrite)
         st = os.fstat(fd)
-        self._file = file_id(st)
+        self._file: tuple | None = file_id(st)
         self._sink = _core.LineSink(os.path.basename(self._path), fd, config.max_bytes,
                                     self._reopen, st.st_size)
         self._names: list = []
@@ -126,8 +136,8 @@ class AtofExporter:
                                   "max_bytes", RuntimeWarning)
                 return open_existing(path, truncate=False, expect=self._file)
         elif st is not None:
-            raise UnsafeFileError(errno.EEXIST, "nemoflow: the file was replaced by one nemoflow did not "
-                                  "create; not writing to it", path)
+            raise UnsafeFileError(errno.EEXIST, "nemoflow: the file was replaced by one nemoflow "
+                                  "did not create; not writing to it", path)
         fd = create(path, self._config.file_mode)
         self._file = file_id(os.fstat(fd))
         return fd
@@ -203,10 +213,7 @@ class AtofExporter:
         _core.flush()
         self._closed = True
         _rotating.discard(self)
-        try:
-            self._sink.close()
-        except OSError:
-            pass
+        self._sink.close()
 
     def stats(self) -> dict:
         """Events and bytes written, events and bytes lost, and write errors."""
