@@ -246,6 +246,41 @@ def test_a_full_disk_leaves_whole_lines_and_counts_the_rest(nf, tmp_path):
     assert proc.stderr.count("RuntimeWarning: nemoflow: exporter 'jsonl' could not write") == 1
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sets a pipe's size")
+def test_a_cut_line_that_cannot_be_taken_back_is_ended_before_the_next_batch(nf):
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(write_end, False)  # a full pipe answers EAGAIN after a partial write
+    sink = nf._core.LineSink("pipe", write_end)
+    nf._core.attach(sink)
+    try:
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            _marks(nf, "first", 40)  # more than the pipe holds: the last line is cut
+            nf.subscribers.flush()
+            first = os.read(read_end, 1 << 16)
+            _marks(nf, "second", 3)
+            nf.subscribers.flush()
+        second = os.read(read_end, 1 << 16)
+    finally:
+        nf._core.detach(sink)
+        os.close(read_end)
+        os.close(write_end)
+    assert not first.endswith(b"\n")  # a pipe cannot be truncated
+    lines = (first + second).split(b"\n")[:-1]
+    whole = [json.loads(line)["name"] for line in lines[:-4]]
+    assert whole == [f"first-{i}" for i in range(len(whole))]
+    with pytest.raises(ValueError):
+        json.loads(lines[-4])  # the cut line, ended by a newline of its own
+    assert [json.loads(line)["name"] for line in lines[-3:]] == ["second-0", "second-1",
+                                                                  "second-2"]
+    stats = sink.stats()
+    assert stats["events"] == len(whole) + 3 and stats["lost"] == 40 - len(whole)
+    assert stats["errors"] >= 1
+
+
 # -- the file policy ---------------------------------------------------------------------------
 
 @pytest.fixture
