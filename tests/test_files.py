@@ -51,6 +51,13 @@ def _exporter(nf, directory, **config):
     return ex
 
 
+def _names_in(directory):
+    names = []
+    for path in glob.glob(os.path.join(directory, "trace.jsonl*")):
+        names += [json.loads(line)["name"] for line in read_lines(path)]
+    return names
+
+
 def _take_number(fd, path):
     # The application's next open() gets the lowest free number; make sure it is ``fd``.
     app = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -64,19 +71,20 @@ def _take_number(fd, path):
 
 def test_failed_rotation_never_writes_into_the_applications_file(nf, tmp_path):
     logs = tmp_path / "logs"
-    ex = _exporter(nf, logs, max_bytes=2000, backup_count=2)
+    # each line is over half of max_bytes: every batch is due for rotation
+    ex = _exporter(nf, logs, max_bytes=2000, backup_count=10)
     try:
-        _marks(nf, "before", 10)
+        _marks(nf, "before", 10, pad=1000)
         nf.subscribers.flush()
         old_fd = ex._sink.fd
         shutil.rmtree(logs)  # log cleanup takes the file and its directory
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _marks(nf, "lost", 10)  # due for rotation: no file can be created
+            _marks(nf, "lost", 10, pad=1000)  # due for rotation: no file can be created
             nf.subscribers.flush()
             app = _take_number(old_fd, tmp_path / "app.txt")
             try:
-                _marks(nf, "lost-too", 10)
+                _marks(nf, "lost-too", 10, pad=1000)
                 nf.subscribers.flush()
                 os.write(app, b"the application's own data\n")  # its descriptor still works
             finally:
@@ -90,25 +98,24 @@ def test_failed_rotation_never_writes_into_the_applications_file(nf, tmp_path):
             ex.force_flush()
         assert info.value.errno == errno.ENOENT
         logs.mkdir()  # writable again: the trace takes up from the next batch
-        _marks(nf, "resumed", 5)
+        _marks(nf, "resumed", 5, pad=1000)
         ex.force_flush()
-        names = [json.loads(line)["name"] for line in read_lines(logs / "trace.jsonl")]
-        assert names == [f"resumed-{i}" for i in range(5)]
+        assert sorted(_names_in(logs)) == [f"resumed-{i}" for i in range(5)]
         assert ex.stats()["events"] == 15 and ex.stats()["lost"] == 20
     finally:
         ex.shutdown()
 
 
 def test_rotation_after_the_file_was_removed_starts_a_new_file(nf, tmp_path):
-    ex = _exporter(nf, tmp_path, max_bytes=2000, backup_count=2)
+    ex = _exporter(nf, tmp_path, max_bytes=2000, backup_count=20)
     try:
-        _marks(nf, "before", 10)
+        _marks(nf, "before", 10, pad=1000)
         nf.subscribers.flush()
         os.unlink(tmp_path / "trace.jsonl")
-        _marks(nf, "after", 10)
+        _marks(nf, "after", 10, pad=1000)
         ex.force_flush()
-        names = [json.loads(line)["name"] for line in read_lines(tmp_path / "trace.jsonl")]
-        assert names == [f"after-{i}" for i in range(10)]
+        after = sorted(name for name in _names_in(tmp_path) if name.startswith("after"))
+        assert after == sorted(f"after-{i}" for i in range(10))
         assert ex.stats()["lost"] == 0 and ex.stats()["errors"] == 0
     finally:
         ex.shutdown()
@@ -317,9 +324,9 @@ def test_modes_are_configurable(nf, tmp_path, umask_022):
     chrome = nf.exporters.ChromeTraceExporter(tmp_path / "c" / "run.json", file_mode=0o644,
                                               dir_mode=0o755)
     try:
-        _marks(nf, "m", 5)
+        _marks(nf, "m", 5, pad=300)  # two lines are over max_bytes
         nf.subscribers.flush()
-        _marks(nf, "m", 5)
+        _marks(nf, "m", 5, pad=300)
         ex.force_flush()
         chrome.force_flush()
         assert _mode(ex.path) == 0o640 and _mode(tmp_path / "shared") == 0o750
@@ -390,11 +397,11 @@ def test_rotation_never_writes_through_a_link_planted_at_the_path(nf, tmp_path):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _marks(nf, "a", 5)
+            _marks(nf, "a", 1, pad=800)
             nf.subscribers.flush()
             os.unlink(ex.path)
             os.symlink(victim, ex.path)
-            _marks(nf, "b", 10)
+            _marks(nf, "b", 10, pad=800)  # every batch is due for rotation
             nf.subscribers.flush()
         assert victim.read_bytes() == b"precious\n"
         assert os.path.islink(ex.path)
