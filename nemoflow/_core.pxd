@@ -50,6 +50,8 @@ cdef extern from "nemoflow_ring.h" nogil:
         int refs
         int failures_unreported
         int64_t events, bytes, errors, bytes_in_file, max_bytes
+        int64_t lost, lost_bytes
+        int torn, open_err
     nf_sink *nf_sink_new(int fd) noexcept
     void nf_sink_release(nf_sink *k) noexcept
     int nf_sink_attach(nf_sink *k) noexcept
@@ -105,7 +107,8 @@ cdef extern from "nemoflow_ring.h" nogil:
     int nf_buf_reserve(nf_buf *b, size_t extra) noexcept
     int nf_encode(nf_buf *b, const nf_record *r) noexcept
     int nf_needs_merge(const nf_record *r) noexcept
-    int nf_write_all(int fd, const char *data, size_t len) noexcept
+    int nf_write_lines(int fd, const char *data, size_t len, size_t *whole, int *torn) noexcept
+    int64_t nf_count_lines(const char *data, size_t len) noexcept
 
     int pthread_mutex_lock(pthread_mutex_t *m) noexcept
     int pthread_mutex_unlock(pthread_mutex_t *m) noexcept

@@ -19,6 +19,7 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.contextvars cimport PyContextVar_Reset, PyContextVar_Set, get_value_no_default
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
+from libc.errno cimport EBADF
 from libc.string cimport memcpy
 
 cdef extern from "Python.h":
@@ -1010,9 +1011,12 @@ cdef object _event_from(nf_record *r):
 cdef class LineSink:
     """A file descriptor the delivery thread writes ATOF lines to, without the GIL.
 
-    ``rotate()`` (called with the GIL when ``max_bytes`` would be exceeded) returns the new
-    descriptor. Write errors are counted, kept for ``raise_error()``, and never raised into
-    traced code.
+    ``reopen(rotate)`` (called with the GIL when ``max_bytes`` would be exceeded, or when the
+    sink holds no file) returns a new descriptor after the sink closed its own; with ``rotate``
+    the current file goes to the backups first. A sink whose file could not be (re)opened, or
+    was closed, holds fd -1 and never writes or closes a descriptor it no longer owns: what
+    reaches it is counted as lost. Write errors are counted, kept for ``raise_error()``, and
+    never raised into traced code.
     """
 
     def __cinit__(self, str name, int fd, long long max_bytes=0, rotate=None,
@@ -1055,12 +1059,35 @@ cdef class LineSink:
             raise OSError(err, f"nemoflow: writing {self.name} failed: {os.strerror(err)}")
 
     def stats(self):
-        return {"events": self._k.events, "bytes": self._k.bytes, "errors": self._k.errors}
+        return {"events": self._k.events, "bytes": self._k.bytes, "errors": self._k.errors,
+                "lost": self._k.lost, "lost_bytes": self._k.lost_bytes}
+
+    def close(self):
+        """Close the file for good: later batches are counted as lost."""
+        self._rotate = None
+        fd, self._k.fd = self._k.fd, -1
+        self._k.open_err = EBADF
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _set_fd(self, int fd, long long bytes_in_file):
+        # Only while nothing is delivered (a forked child before its delivery thread starts).
+        old, self._k.fd = self._k.fd, fd
+        self._k.bytes_in_file = bytes_in_file
+        self._k.open_err = 0
+        self._k.torn = 0
+        if old >= 0:
+            try:
+                os.close(old)
+            except OSError:
+                pass
 
     def _report(self, exc=None):
-        # With the GIL, after a failed write: count a failed rotation, warn once.
+        # With the GIL, after a failed write or reopen: warn once.
         if exc is not None:
-            self._k.errors += 1
             self._k.err = getattr(exc, "errno", None) or 5
         self._k.failures_unreported = 0
         if not self._reported:
@@ -1069,12 +1096,34 @@ cdef class LineSink:
                           f"{exc if exc is not None else os.strerror(self._k.err)}; further "
                           "errors are counted in nemoflow.diagnostics()", RuntimeWarning)
 
-    def _rotate_now(self):
+    def _reopen_now(self, rotate=False):
+        # The old descriptor is closed and forgotten first: if no new file can be opened the
+        # sink holds -1, never a number the application may get from its next open().
+        fd, self._k.fd = self._k.fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self._rotate is None:
+            self._k.open_err = EBADF
+            return
         try:
-            self._k.fd = self._rotate()
-            self._k.bytes_in_file = 0
+            fd = self._rotate(rotate)
         except Exception as exc:
+            self._k.open_err = getattr(exc, "errno", None) or 5
             self._report(exc)
+            return
+        try:
+            self._k.bytes_in_file = os.fstat(fd).st_size
+        except OSError:
+            self._k.bytes_in_file = 0
+        self._k.fd = fd
+        self._k.open_err = 0
+        self._k.torn = 0
+
+    def _rotate_now(self):
+        self._reopen_now(True)
 
 
 cdef object _sink_objects = {}     # nf_sink address -> LineSink, for rotation and reports
@@ -1082,25 +1131,54 @@ cdef object _sink_objects = {}     # nf_sink address -> LineSink, for rotation a
 
 cdef void _write_sinks(nf_sink **sinks, int n_sinks, const char *data, size_t length,
                        int64_t n_events) noexcept nogil:
-    cdef int i, err
+    cdef int i, err, torn
+    cdef size_t whole
+    cdef int64_t lines
     cdef nf_sink *k
     for i in range(n_sinks):
         k = sinks[i]
         if k.max_bytes and k.bytes_in_file and k.bytes_in_file + <int64_t>length > k.max_bytes:
             with gil:
                 _sink_call(k, "_rotate_now")
-        err = nf_write_all(k.fd, data, length)
-        if err:
-            k.errors += 1
-            k.err = err
-            if not k.failures_unreported:
-                k.failures_unreported = 1
-                with gil:
-                    _sink_call(k, "_report")
+        elif k.fd < 0:
+            with gil:
+                _sink_call(k, "_reopen_now")
+        whole = 0
+        torn = 0
+        if k.fd < 0:
+            err = k.open_err if k.open_err else EBADF
+        else:
+            err = 0
+            if k.torn:
+                # a line cut earlier could not be taken back: end it, so this batch's first
+                # line starts on a line of its own
+                err = nf_write_lines(k.fd, "\n", 1, &whole, &torn)
+                if not err:
+                    k.torn = 0
+                    k.bytes_in_file += 1
+                whole = 0
+            if not err:
+                err = nf_write_lines(k.fd, data, length, &whole, &torn)
+        lines = n_events if whole == length else nf_count_lines(data, whole)
+        k.events += lines
+        k.bytes += <int64_t>whole
+        k.bytes_in_file += <int64_t>whole
+        if not err:
             continue
-        k.events += n_events
-        k.bytes += <int64_t>length
-        k.bytes_in_file += <int64_t>length
+        if torn:
+            k.torn = 1
+        if err == EBADF and k.fd >= 0:
+            # closed behind our back: the number may already be someone else's file
+            k.fd = -1
+            k.open_err = EBADF
+        k.errors += 1
+        k.err = err
+        k.lost += n_events - lines
+        k.lost_bytes += <int64_t>(length - whole)
+        if not k.failures_unreported:
+            k.failures_unreported = 1
+            with gil:
+                _sink_call(k, "_report")
 
 
 cdef void _sink_call(nf_sink *k, str method) noexcept:

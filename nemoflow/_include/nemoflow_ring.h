@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -84,6 +85,9 @@ typedef struct {
     int refs;
     int failures_unreported;       /* a warning is owed (emitted with the GIL) */
     int64_t events, bytes, errors, bytes_in_file, max_bytes;
+    int64_t lost, lost_bytes;      /* events and bytes that could not be written */
+    int torn;                      /* the file may end in a cut line: start with a newline */
+    int open_err;                  /* why fd is -1 (no file could be opened, or closed) */
 } nf_sink;
 
 #define NF_MAX_SINKS 64
@@ -645,18 +649,53 @@ static int nf_encode(nf_buf *b, const nf_record *r) {
     return 0;
 }
 
-/* Write all of buf to fd, retrying short writes and EINTR. Returns 0 or an errno value. */
-static int nf_write_all(int fd, const char *data, size_t len) {
-    while (len > 0) {
-        ssize_t n = write(fd, data, len);
+/* Writes lines to fd so that the file never keeps a cut line: when a write fails part way (a
+ * full disk, a file size limit), the bytes of the line it cut are truncated away. Returns 0 or
+ * the errno; *whole is the length of the lines that reached the file whole. *torn is set when a
+ * cut line could not be taken back (the file changed under us, or cannot be truncated). */
+static int nf_write_lines(int fd, const char *data, size_t len, size_t *whole, int *torn) {
+    size_t done = 0;
+    int err = 0;
+    *torn = 0;
+    while (done < len) {
+        ssize_t n = write(fd, data + done, len - done);
         if (n < 0) {
             if (errno == EINTR) continue;
-            return errno ? errno : EIO;
+            err = errno ? errno : EIO;
+            break;
         }
-        data += n;
-        len -= (size_t)n;
+        if (n == 0) {
+            err = EIO;
+            break;
+        }
+        done += (size_t)n;
     }
-    return 0;
+    size_t keep = done;
+    if (err) {
+        while (keep > 0 && data[keep - 1] != '\n') keep--;
+        if (keep < done) {
+            /* O_APPEND leaves the offset at the end of what this write added; truncate only if
+             * nothing was appended after it (by another process sharing the file) */
+            struct stat st;
+            off_t end = lseek(fd, 0, SEEK_CUR);
+            if (end < 0 || fstat(fd, &st) != 0 || st.st_size != end ||
+                ftruncate(fd, end - (off_t)(done - keep)) != 0)
+                *torn = 1;
+        }
+    }
+    *whole = keep;
+    return err;
+}
+
+/* The number of lines in data[0:len]. */
+static int64_t nf_count_lines(const char *data, size_t len) {
+    int64_t n = 0;
+    const char *end = data + len, *p = data;
+    while (p < end && (p = (const char *)memchr(p, '\n', (size_t)(end - p))) != NULL) {
+        n++;
+        p++;
+    }
+    return n;
 }
 
 #endif /* NEMOFLOW_RING_H */

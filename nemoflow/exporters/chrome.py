@@ -39,6 +39,11 @@ The whole file is rewritten (temporary file, then ``os.replace``) by ``force_flu
 whenever it is read. Everything is kept in memory for that (the ATOF JSONL exporter is the one
 that writes as it goes). In a forked child the exporter starts empty and writes to the path
 with the child's pid before the extension (``trace.json`` → ``trace.<pid>.json``).
+
+The file policy is the ATOF exporter's: the file is created ``file_mode`` (``0o600``) and
+missing directories ``dir_mode`` (``0o700``); a symbolic link or anything but a regular file at
+the path is refused (``UnsafeFileError``) at construction and at every write. An existing
+regular file at the path is replaced by the first write: that is what this exporter is for.
 """
 
 from __future__ import annotations
@@ -49,7 +54,6 @@ import contextlib
 import math
 import os
 import sys
-import tempfile
 import threading
 import warnings
 import weakref
@@ -57,6 +61,7 @@ import weakref
 import orjson
 
 from .._backend import core as _core
+from ._files import DIR_MODE, FILE_MODE, check_mode, create, make_dirs, refuse_unsafe
 from ._names import claim, release
 
 __all__ = ["ChromeTraceExporter", "validate_chrome_trace"]
@@ -225,11 +230,15 @@ def _default_process_name() -> str:
 class ChromeTraceExporter:
     """Writes a Chrome trace JSON file (Perfetto, chrome://tracing) of every scope and mark."""
 
-    def __init__(self, path, *, process_name: str | None = None):
+    def __init__(self, path, *, process_name: str | None = None, file_mode: int = FILE_MODE,
+                 dir_mode: int = DIR_MODE):
         if process_name is not None and not isinstance(process_name, str):
             raise TypeError(f"process_name must be str, not {type(process_name).__name__}")
+        self._file_mode = check_mode(file_mode, "file_mode")
+        check_mode(dir_mode, "dir_mode")
         self._path = os.path.abspath(os.fspath(path))
-        os.makedirs(os.path.dirname(self._path), exist_ok=True)
+        self._check_path()
+        make_dirs(os.path.dirname(self._path), dir_mode)
         self._process_name = process_name or _default_process_name()
         self._names: list = []
         self._closed = False
@@ -608,13 +617,12 @@ class ChromeTraceExporter:
             if self._closed:
                 return
             data = self._snapshot()
-            directory = os.path.dirname(self._path)
             tmp = None
             try:
-                fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self._path)}.",
-                                           suffix=".tmp", dir=directory)
+                fd, tmp = self._temporary()
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
+                self._check_path()
                 os.replace(tmp, self._path)
                 tmp = None
             except OSError:
@@ -628,6 +636,23 @@ class ChromeTraceExporter:
             with self._lock:
                 self._writes += 1
                 self._bytes = len(data)
+
+    def _check_path(self):
+        try:
+            st = os.lstat(self._path)
+        except FileNotFoundError:
+            return
+        refuse_unsafe(self._path, st)
+
+    def _temporary(self):
+        # next to the file, so that os.replace is atomic; created, never opened if it exists
+        directory, name = os.path.split(self._path)
+        while True:
+            tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.tmp")
+            try:
+                return create(tmp, self._file_mode, append=False), tmp
+            except FileExistsError:
+                continue
 
     def _forked(self):
         stem, ext = os.path.splitext(self._path)
