@@ -42,7 +42,7 @@ def parse_arguments(arguments: Any) -> Any:
     """Tool-call arguments as JSON: a string that parses is parsed, any other string is kept."""
     if isinstance(arguments, str):
         try:
-            return orjson.loads(arguments)
+            return sorted_json(orjson.loads(arguments))
         except orjson.JSONDecodeError:
             return arguments
     return sorted_json(arguments)

@@ -57,6 +57,9 @@ def ordered_params(params: dict | None) -> dict | None:
     if not params:
         return None if params is None else {}
     out = {k: params[k] for k in _PARAM_ORDER if params.get(k) is not None}
+    for k in ("temperature", "top_p"):  # floats on the wire: 1 is written 1.0
+        if isinstance(out.get(k), int) and not isinstance(out[k], bool):
+            out[k] = float(out[k])
     for k, v in params.items():
         if k not in out and v is not None:
             out[k] = v

@@ -47,6 +47,7 @@ __all__ = [
     "genai_finish_reason",
     "genai_input_messages",
     "genai_output_messages",
+    "genai_output_type",
     "genai_system_instructions",
     "genai_tool_definitions",
     "is_anthropic",
@@ -483,6 +484,13 @@ def genai_input_messages(request: AnnotatedLLMRequest | None) -> list[dict] | No
                 "type": "tool_call_response", "id": m.get("tool_call_id", ""),
                 "response": m.get("content")}]})
             continue
+        if role == "function":  # the legacy chat function result
+            message = {"role": "tool", "parts": [{"type": "tool_call_response",
+                                                  "response": m.get("content")}]}
+            if isinstance(m.get("name"), str):
+                message["name"] = m["name"]
+            out.append(message)
+            continue
         parts = _genai_parts(m.get("content"))
         for call in m.get("tool_calls") or ():
             fn = call.get("function") or {}
@@ -530,14 +538,27 @@ def genai_tool_definitions(request: AnnotatedLLMRequest | None) -> list[dict] | 
             continue
         if tool.get("type") == "provider_native":
             value = tool.get("value") if isinstance(tool.get("value"), dict) else {}
-            entry = {"type": tool.get("kind")}
-            if isinstance(value.get("name"), str):
-                entry["name"] = value["name"]
-            out.append(entry)
+            name = value.get("name")
+            out.append({"name": name if isinstance(name, str) else tool.get("kind"),
+                        "type": tool.get("kind")})
             continue
         fn = tool.get("function") if isinstance(tool.get("function"), dict) else {}
         out.append({"name": fn.get("name", ""), "type": tool.get("type", "function")})
     return out or None
+
+
+def genai_output_type(request: AnnotatedLLMRequest | None) -> str | None:
+    """``gen_ai.output.type`` from a requested response format (``json``/``text``), or None."""
+    if request is None:
+        return None
+    api = request.api_specific or {}
+    fmt = api.get("response_format")
+    if fmt is None and isinstance(api.get("text"), dict):
+        fmt = api["text"].get("format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind in ("json_object", "json_schema"):
+        return "json"
+    return "text" if kind == "text" else None
 
 
 # -- OpenInference ------------------------------------------------------------------------
