@@ -9,8 +9,13 @@ import orjson
 
 from ._types import sorted_json
 
-__all__ = ["as_mapping", "build_usage", "parse_arguments", "provider_cost", "request_parts",
-           "set_or_pop"]
+__all__ = ["as_mapping", "build_usage", "obj", "parse_arguments", "provider_cost",
+           "request_parts", "set_or_pop"]
+
+
+def obj(value: Any) -> dict:
+    """``value`` when it is a dict, else an empty dict."""
+    return value if isinstance(value, dict) else {}
 
 
 def request_parts(request: Any) -> tuple[dict, dict]:
@@ -99,9 +104,7 @@ def provider_cost(usage: dict) -> dict | None:
     if total is not None:
         out["total"] = total
     out["currency"] = currency
-    for k, v in parts.items():
-        if v is not None:
-            out[k] = v
+    out.update({k: v for k, v in parts.items() if v is not None})
     out["source"] = "provider_reported"
     for k in ("pricing_provider", "pricing_model", "pricing_as_of", "pricing_source"):
         if isinstance(raw.get(k), str):

@@ -83,6 +83,20 @@ class AnnotatedLLMRequest:
     __slots__ = ("messages", "instructions", "model", "params", "tools", "tool_choice",
                  "api_specific", "extra", *REQUEST_FIELDS)
 
+    stream: bool | None
+    metadata: Any
+    user: str | None
+    store: bool | None
+    service_tier: str | None
+    parallel_tool_calls: bool | None
+    reasoning: Any
+    include: list | None
+    max_output_tokens: int | None
+    max_tool_calls: int | None
+    previous_response_id: str | None
+    top_logprobs: int | None
+    truncation: Any
+
     def __init__(self, messages, *, instructions=None, model=None, params=None, tools=None,
                  tool_choice=None, api_specific=None, extra=None, **fields):
         unknown = set(fields) - set(REQUEST_FIELDS)

@@ -10,6 +10,7 @@ from ._common import (
     build_usage,
     count,
     native,
+    obj,
     parse_arguments,
     provider_cost,
     request_parts,
@@ -230,7 +231,7 @@ class AnthropicMessagesCodec:
                                        "name": block.get("name") or "",
                                        "arguments": sorted_json(block.get("input", {}))})
         reason = response.get("stop_reason")
-        usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+        usage = obj(response.get("usage"))
         prompt = count(usage.get("input_tokens"))
         completion = count(usage.get("output_tokens"))
         api_specific: dict[str, Any] = {"api": API}

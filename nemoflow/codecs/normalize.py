@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from ._common import count, provider_cost
+from ._common import count, obj, provider_cost
 from ._types import (
     FINISH_COMPLETE,
     FINISH_CONTENT_FILTER,
@@ -128,7 +128,7 @@ def normalize_request(data: Any, name_hint: str | None = None,
         annotated = category_profile.get("annotated_request")
         if isinstance(annotated, AnnotatedLLMRequest):
             return annotated
-        if is_request_shape(annotated):
+        if isinstance(annotated, dict) and is_request_shape(annotated):
             return AnnotatedLLMRequest.from_dict(annotated)
     codec = codec_for(detect_request_api(data, name_hint) or "")
     if codec is None:
@@ -167,7 +167,7 @@ def normalize_response(data: Any, category_profile: Any = None) -> AnnotatedLLMR
         annotated = category_profile.get("annotated_response")
         if isinstance(annotated, AnnotatedLLMResponse):
             return annotated
-        if is_response_shape(annotated):
+        if isinstance(annotated, dict) and is_response_shape(annotated):
             return AnnotatedLLMResponse.from_dict(annotated)
     codec = codec_for(detect_response_api(data) or "")
     if codec is None:
@@ -309,32 +309,23 @@ def merged_usage(response: AnnotatedLLMResponse | None, end_data: Any = None, *,
     normalized = (response.usage or {}) if response is not None else {}
     raws = _raw_usages(end_data)
     values: dict[str, int | None] = {}
+    raw_total = False
     for field, aliases in _ALIASES.items():
         value = count(normalized.get(_NORMALIZED_KEYS[field]))
-        from_raw = False
         if value is None:
-            for raw in raws:
-                for key in aliases:
-                    value = _lookup(raw, key)
-                    if value is not None:
-                        break
-                if value is not None:
-                    from_raw = True
-                    break
+            value = next((v for raw in raws for v in (_lookup(raw, k) for k in aliases)
+                          if v is not None), None)
+            raw_total = raw_total or (field == "total" and value is not None)
         values[field] = value
-        values[field + "_raw"] = 1 if from_raw else None
     prompt, completion, total = values["prompt"], values["completion"], values["total"]
-    if values["total_raw"] and total is not None:
-        floor = (prompt or 0) + (completion or 0)
-        if floor > 0 and total < floor:
-            total = None
+    if raw_total and total is not None and 0 < (prompt or 0) + (completion or 0) > total:
+        total = None
     cache_read, cache_write = values["cache_read"], values["cache_write"]
     inclusive = is_anthropic(response, provider)
-    if inclusive:
-        if prompt is not None:
-            prompt += (cache_read or 0) + (cache_write or 0)
-            if completion is not None:
-                total = prompt + completion
+    if inclusive and prompt is not None:
+        prompt += (cache_read or 0) + (cache_write or 0)
+        if completion is not None:
+            total = prompt + completion
     return Usage(prompt, completion, total, cache_read, cache_write, inclusive)
 
 
@@ -386,7 +377,9 @@ def cost(response: AnnotatedLLMResponse | None, end_data: Any = None, *,
             total = sum(present) if present else None
         if total is None:
             continue
-        currency = found.get("currency") if isinstance(found.get("currency"), str) else "USD"
+        currency = found.get("currency")
+        if not isinstance(currency, str):
+            currency = "USD"
         if policy != "any" and currency.upper() != "USD":
             continue
         return Cost(total, currency)
@@ -485,11 +478,11 @@ def genai_input_messages(request: AnnotatedLLMRequest | None) -> list[dict] | No
                 "response": m.get("content")}]})
             continue
         if role == "function":  # the legacy chat function result
-            message = {"role": "tool", "parts": [{"type": "tool_call_response",
+            legacy: dict[str, Any] = {"role": "tool", "parts": [{"type": "tool_call_response",
                                                   "response": m.get("content")}]}
             if isinstance(m.get("name"), str):
-                message["name"] = m["name"]
-            out.append(message)
+                legacy["name"] = m["name"]
+            out.append(legacy)
             continue
         parts = _genai_parts(m.get("content"))
         for call in m.get("tool_calls") or ():
@@ -537,12 +530,12 @@ def genai_tool_definitions(request: AnnotatedLLMRequest | None) -> list[dict] | 
         if not isinstance(tool, dict):
             continue
         if tool.get("type") == "provider_native":
-            value = tool.get("value") if isinstance(tool.get("value"), dict) else {}
+            value = obj(tool.get("value"))
             name = value.get("name")
             out.append({"name": name if isinstance(name, str) else tool.get("kind"),
                         "type": tool.get("kind")})
             continue
-        fn = tool.get("function") if isinstance(tool.get("function"), dict) else {}
+        fn = obj(tool.get("function"))
         out.append({"name": fn.get("name", ""), "type": tool.get("type", "function")})
     return out or None
 
@@ -623,8 +616,8 @@ def openinference_request_attributes(request: AnnotatedLLMRequest | None) -> lis
         content = m.get("content")
         if role == "provider_native":
             kind = m.get("kind")
-            value = m.get("value") if isinstance(m.get("value"), dict) else {}
-            push(kind if kind in _ROLES else "provider_native",
+            value = obj(m.get("value"))
+            push(kind if isinstance(kind, str) and kind in _ROLES else "provider_native",
                  _content_text(value.get("content")))
         elif role == "tool_call":
             push("assistant")
@@ -637,7 +630,7 @@ def openinference_request_attributes(request: AnnotatedLLMRequest | None) -> lis
             for p in content:
                 push("tool", _value_text(p.get("content")), p.get("tool_use_id", ""))
         else:
-            push(role, _content_text(content))
+            push(str(role), _content_text(content))
     for i, tool in enumerate(request.tools or ()):
         attrs.append((f"llm.tools.{i}.tool.json_schema", json_text(tool, sort_keys=False)))
     return attrs

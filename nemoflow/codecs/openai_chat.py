@@ -11,6 +11,7 @@ from ._common import (
     build_usage,
     count,
     native,
+    obj,
     parse_arguments,
     provider_cost,
     request_parts,
@@ -122,7 +123,7 @@ def _decode_message(message: Any) -> dict:
     return out
 
 
-def _encode_message(message: dict) -> dict:
+def _encode_message(message: dict) -> Any:
     role = message.get("role")
     if role == "provider_native":
         return copy.deepcopy(message.get("value"))
@@ -241,8 +242,8 @@ class OpenAIChatCodec:
             raise ValueError("OpenAI Chat response must be an object")
         choices = response.get("choices")
         choice = choices[0] if isinstance(choices, list) and choices else {}
-        choice = choice if isinstance(choice, dict) else {}
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        choice = obj(choice)
+        message = obj(choice.get("message"))
         content = message.get("content")
         if isinstance(content, list):
             content = text_of_parts(content)
@@ -253,7 +254,7 @@ class OpenAIChatCodec:
                 tool_calls.append({"id": call.get("id") or "", "name": fn.get("name") or "",
                                    "arguments": parse_arguments(fn.get("arguments") or "{}")})
         raw_reason = choice.get("finish_reason")
-        usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+        usage = obj(response.get("usage"))
         details = usage.get("prompt_tokens_details")
         cache_read = count(details.get("cached_tokens")) if isinstance(details, dict) else None
         prompt = count(usage.get("prompt_tokens"))

@@ -11,6 +11,7 @@ from ._common import (
     build_usage,
     count,
     native,
+    obj,
     parse_arguments,
     provider_cost,
     request_parts,
@@ -54,7 +55,7 @@ def _decode_part(part: Any) -> Any:
     return native(API, kind, part)
 
 
-def _encode_part(part: Any, role: str) -> Any:
+def _encode_part(part: Any, role: Any) -> Any:
     if not isinstance(part, dict):
         return part
     kind = part.get("type")
@@ -278,7 +279,7 @@ class OpenAIResponsesCodec:
             finish = reason
         else:
             finish = status if isinstance(status, str) else None
-        usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+        usage = obj(response.get("usage"))
         in_details = usage.get("input_tokens_details")
         cache_read = count(in_details.get("cached_tokens")) if isinstance(
             in_details, dict) else None
