@@ -704,3 +704,95 @@ def test_same_normalized_values_as_the_reference(codec, name, request_, response
     for field in ("id", "model", "message", "tool_calls", "finish_reason", "usage",
                   "api_specific", "extra"):
         assert getattr(ref_resp, field) == getattr(our_resp, field), field
+
+
+# -- odd input never raises ---------------------------------------------------------------
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    keys = st.sampled_from(["messages", "input", "instructions", "system", "content", "role",
+                            "type", "text", "tool_calls", "function", "arguments", "name",
+                            "choices", "message", "output", "usage", "token_usage",
+                            "prompt_tokens", "input_tokens", "cost", "total", "currency",
+                            "tool_use_id", "call_id", "stop_reason", "status", "model", "delta",
+                            "index", "partial_json", "output_index"])
+    leaves = st.none() | st.booleans() | st.integers(-3, 10**20) | st.floats(
+        allow_nan=False) | st.text(max_size=5) | st.sampled_from(
+        ["user", "assistant", "tool", "text", "message", "tool_use", "tool_result",
+         "function_call", "function_call_output", "completed", "message_start",
+         "content_block_delta", "response.output_text.delta", "{\"a\": 1}"])
+    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=4)
+                        | st.dictionaries(keys, inner, max_size=5), max_leaves=25)
+
+
+def test_odd_payloads_never_raise_from_the_normalization_helpers():
+    from hypothesis import given, settings
+
+    @settings(max_examples=300, deadline=None)
+    @given(_json_values(), _json_values(), _json_values())
+    def check(start, end, chunk):
+        for hint in ("openai", "anthropic"):
+            req = N.normalize_request(start, hint, {"annotated_request": chunk})
+            resp = N.normalize_response(end, {"annotated_response": chunk})
+            N.normalize_request(start, hint)
+            N.normalize_response(end)
+            N.model_name(response=resp, end_data=end, request=req, start_data=start)
+            usage = N.merged_usage(resp, end, provider=hint)
+            for policy in ("any", "usd", "atif"):
+                N.cost(resp, end, policy=policy)
+            N.json_text(N.genai_input_messages(req))
+            N.genai_system_instructions(req)
+            N.genai_output_messages(resp)
+            N.genai_tool_definitions(req)
+            N.openinference_request_attributes(req)
+            N.openinference_response_attributes(resp)
+            N.openinference_usage_attributes(usage)
+            N.llm_input_value(start)
+            N.output_value(end)
+        acc = StreamAccumulator()
+        for item in (chunk, end, chunk):
+            acc.add(item)
+        acc.raw()
+        acc.response()
+
+    check()
+
+
+_ODD = [None, 1, "s", [], {}, ["x"], [None], [{"type": "text"}], [{"type": "tool_use"}],
+        [{"type": "tool_result"}], {"a": 1}, [{"type": "provider_native", "value": "x"}], [1.5]]
+
+
+@pytest.mark.parametrize("role", ["user", "assistant", "tool", "tool_call", "tool_result",
+                                  "provider_native", "function", "system"])
+def test_odd_annotated_values_never_raise(role):
+    for field in ("content", "tool_calls", "name", "value", "kind", "output", "call_id",
+                  "arguments", "tool_call_id"):
+        for value in _ODD:
+            annotated = {"messages": [{"role": role, field: value}],
+                         "params": {"temperature": value},
+                         "tools": [value] if isinstance(value, dict | str) else None}
+            if field == "content":
+                annotated["instructions"] = value
+            req = N.normalize_request(None, None, {"annotated_request": annotated})
+            assert req is not None
+            N.json_text(N.genai_input_messages(req))
+            N.genai_system_instructions(req)
+            N.genai_tool_definitions(req)
+            N.genai_output_type(req)
+            N.openinference_request_attributes(req)
+            N.reasoning_effort(req)
+            req.system_prompt()
+            req.last_user_message()
+            req.has_tool_calls()
+    for field in ("message", "tool_calls", "usage", "api_specific"):
+        for value in [*_ODD, {"cost": "x"}, {"cost": {"total": "x"}}, {"prompt_tokens": 1.5}]:
+            resp = N.normalize_response(None, {"annotated_response": {
+                field: value, "finish_reason": "complete"}})
+            if resp is None:
+                continue
+            N.genai_output_messages(resp)
+            N.openinference_response_attributes(resp)
+            N.openinference_usage_attributes(N.merged_usage(resp, {"usage": value}))
+            N.cost(resp, {"usage": value})
+            resp.response_text()

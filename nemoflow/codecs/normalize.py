@@ -485,8 +485,10 @@ def genai_input_messages(request: AnnotatedLLMRequest | None) -> list[dict] | No
             out.append(legacy)
             continue
         parts = _genai_parts(m.get("content"))
-        for call in m.get("tool_calls") or ():
-            fn = call.get("function") or {}
+        calls = m.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            call = obj(call)
+            fn = obj(call.get("function"))
             parts.append({"type": "tool_call", "id": call.get("id", ""),
                           "name": fn.get("name", ""), "arguments": _parsed(fn.get("arguments"))})
         if role == "user" and parts and all(p.get("type") == "tool_call_response"
