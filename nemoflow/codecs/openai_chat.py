@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .._managed import LLMRequest
 from ._common import (
     arguments_text,
     as_mapping,
@@ -208,8 +209,6 @@ class OpenAIChatCodec:
 
     def encode(self, annotated: AnnotatedLLMRequest, original=None):
         """Merge ``annotated`` into ``original`` (or a new body); returns an ``LLMRequest``."""
-        from ..llm import LLMRequest
-
         headers, body = request_parts(original) if original is not None else ({}, {})
         content = copy.deepcopy(body)
         content["messages"] = [_encode_message(m) for m in annotated.messages]

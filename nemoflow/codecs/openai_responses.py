@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .._managed import LLMRequest
 from ._common import (
     arguments_text,
     as_mapping,
@@ -201,8 +202,6 @@ class OpenAIResponsesCodec:
 
     def encode(self, annotated: AnnotatedLLMRequest, original=None):
         """Merge ``annotated`` into ``original`` (or a new body); returns an ``LLMRequest``."""
-        from ..llm import LLMRequest
-
         params = annotated.params or {}
         if params.get("stop"):
             raise ValueError("OpenAI Responses does not support stop sequences")

@@ -14,6 +14,7 @@ import orjson
 
 from ._common import as_mapping
 from ._types import AnnotatedLLMResponse
+from .normalize import codec_for
 
 __all__ = ["StreamAccumulator", "accumulate_stream"]
 
@@ -230,8 +231,6 @@ class StreamAccumulator:
 
     def response(self) -> AnnotatedLLMResponse | None:
         """The decoded ``AnnotatedLLMResponse``, or None when no chunk was recognized."""
-        from . import codec_for
-
         codec = codec_for(self.api) if self.api else None
         return codec.decode_response(self.raw()) if codec is not None else None
 
