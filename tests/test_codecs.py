@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -729,7 +730,7 @@ def _json_values():
 def test_odd_payloads_never_raise_from_the_normalization_helpers():
     from hypothesis import given, settings
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=400, deadline=None)
     @given(_json_values(), _json_values(), _json_values())
     def check(start, end, chunk):
         for hint in ("openai", "anthropic"):
@@ -750,11 +751,17 @@ def test_odd_payloads_never_raise_from_the_normalization_helpers():
             N.openinference_usage_attributes(usage)
             N.llm_input_value(start)
             N.output_value(end)
-        acc = StreamAccumulator()
-        for item in (chunk, end, chunk):
-            acc.add(item)
-        acc.raw()
-        acc.response()
+        for api in (None, "openai_chat", "openai_responses", "anthropic_messages"):
+            acc = StreamAccumulator(api)
+            for item in (chunk, end, start, chunk):
+                acc.add(item)
+            acc.raw()
+            acc.response()
+        for codec in (OpenAIChatCodec(), OpenAIResponsesCodec(), AnthropicMessagesCodec()):
+            with contextlib.suppress(ValueError, TypeError):
+                codec.decode(start)
+            with contextlib.suppress(ValueError, TypeError):
+                codec.decode_response(end)
 
     check()
 

@@ -247,7 +247,8 @@ class OpenAIChatCodec:
         if isinstance(content, list):
             content = text_of_parts(content)
         tool_calls = []
-        for call in message.get("tool_calls") or ():
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
             fn = call.get("function") if isinstance(call, dict) else None
             if isinstance(fn, dict):
                 tool_calls.append({"id": call.get("id") or "", "name": fn.get("name") or "",

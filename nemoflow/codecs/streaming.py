@@ -12,11 +12,29 @@ from typing import Any
 
 import orjson
 
-from ._common import as_mapping
+from ._common import as_mapping, obj
 from ._types import AnnotatedLLMResponse
 from .normalize import codec_for
 
 __all__ = ["StreamAccumulator", "accumulate_stream"]
+
+
+_TEXT_DELTAS = {"text_delta": "text", "thinking_delta": "thinking",
+                "signature_delta": "signature"}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _index(value: Any, default: int = 0) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 16:
+        return value
+    return default
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _detect(chunk: dict) -> str | None:
@@ -71,30 +89,31 @@ class StreamAccumulator:
                 self._head[key] = chunk[key]
         if chunk.get("usage") is not None:
             self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
+        for choice in _list(chunk.get("choices")):
             if not isinstance(choice, dict):
                 continue
-            index = choice.get("index", 0)
+            index = _index(choice.get("index"))
             acc = self._choices.setdefault(index, {"index": index, "role": None, "content": None,
                                                    "refusal": None, "tool_calls": {},
                                                    "finish_reason": None, "logprobs": None})
-            delta = choice.get("delta") or {}
+            delta = obj(choice.get("delta"))
             if delta.get("role"):
                 acc["role"] = delta["role"]
             for key in ("content", "refusal"):
                 if isinstance(delta.get(key), str):
                     acc[key] = (acc[key] or "") + delta[key]
-            for call in delta.get("tool_calls") or ():
-                slot = acc["tool_calls"].setdefault(call.get("index", 0), {
+            for call in _list(delta.get("tool_calls")):
+                call = obj(call)
+                slot = acc["tool_calls"].setdefault(_index(call.get("index")), {
                     "id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-                if call.get("id"):
+                if isinstance(call.get("id"), str) and call["id"]:
                     slot["id"] = call["id"]
-                if call.get("type"):
+                if isinstance(call.get("type"), str) and call["type"]:
                     slot["type"] = call["type"]
-                fn = call.get("function") or {}
-                if fn.get("name"):
+                fn = obj(call.get("function"))
+                if isinstance(fn.get("name"), str):
                     slot["function"]["name"] += fn["name"]
-                if fn.get("arguments"):
+                if isinstance(fn.get("arguments"), str):
                     slot["function"]["arguments"] += fn["arguments"]
             if choice.get("finish_reason") is not None:
                 acc["finish_reason"] = choice["finish_reason"]
@@ -136,7 +155,7 @@ class StreamAccumulator:
             if isinstance(event.get("response"), dict):
                 self._final = event["response"]
             return
-        index = event.get("output_index", 0)
+        index = _index(event.get("output_index"))
         if kind in ("response.output_item.added", "response.output_item.done"):
             if isinstance(event.get("item"), dict):
                 self._items[index] = copy.deepcopy(event["item"])
@@ -144,22 +163,27 @@ class StreamAccumulator:
         item = self._items.get(index)
         if item is None:
             return
+        if kind in ("response.content_part.added", "response.output_text.delta") and not (
+                isinstance(item.get("content", []), list)):
+            return
         if kind == "response.content_part.added" and isinstance(event.get("part"), dict):
             parts = item.setdefault("content", [])
-            at = event.get("content_index", len(parts))
+            at = _index(event.get("content_index"), len(parts))
             while len(parts) <= at:
                 parts.append(None)
             parts[at] = copy.deepcopy(event["part"])
         elif kind == "response.output_text.delta":
             parts = item.setdefault("content", [])
-            at = event.get("content_index", 0)
+            at = _index(event.get("content_index"))
             while len(parts) <= at:
                 parts.append({"type": "output_text", "text": "", "annotations": []})
-            if parts[at] is None:
+            if not isinstance(parts[at], dict) or not isinstance(parts[at].get("text", ""), str):
                 parts[at] = {"type": "output_text", "text": "", "annotations": []}
-            parts[at]["text"] = parts[at].get("text", "") + (event.get("delta") or "")
+            parts[at]["text"] = parts[at].get("text", "") + _str(event.get("delta"))
         elif kind == "response.function_call_arguments.delta":
-            item["arguments"] = item.get("arguments", "") + (event.get("delta") or "")
+            before = item.get("arguments")
+            item["arguments"] = (before if isinstance(before, str) else "") + _str(
+                event.get("delta"))
         elif kind == "response.function_call_arguments.done" and isinstance(
                 event.get("arguments"), str):
             item["arguments"] = event["arguments"]
@@ -176,32 +200,30 @@ class StreamAccumulator:
         if kind == "message_start" and isinstance(event.get("message"), dict):
             self._message = copy.deepcopy(event["message"])
         elif kind == "content_block_start" and isinstance(event.get("content_block"), dict):
-            self._blocks[event.get("index", 0)] = copy.deepcopy(event["content_block"])
+            self._blocks[_index(event.get("index"))] = copy.deepcopy(event["content_block"])
         elif kind == "content_block_delta":
-            index = event.get("index", 0)
+            index = _index(event.get("index"))
             block = self._blocks.setdefault(index, {"type": "text", "text": ""})
-            delta = event.get("delta") or {}
+            delta = obj(event.get("delta"))
             dkind = delta.get("type")
-            if dkind == "text_delta":
-                block["text"] = block.get("text", "") + (delta.get("text") or "")
-            elif dkind == "input_json_delta":
-                self._partial_json[index] = self._partial_json.get(index, "") + (
-                    delta.get("partial_json") or "")
-            elif dkind == "thinking_delta":
-                block["thinking"] = block.get("thinking", "") + (delta.get("thinking") or "")
-            elif dkind == "signature_delta":
-                block["signature"] = block.get("signature", "") + (delta.get("signature") or "")
+            if dkind == "input_json_delta":
+                self._partial_json[index] = self._partial_json.get(index, "") + _str(
+                    delta.get("partial_json"))
+            elif dkind in _TEXT_DELTAS:
+                key = _TEXT_DELTAS[dkind]
+                before = block.get(key)
+                block[key] = (before if isinstance(before, str) else "") + _str(delta.get(key))
             elif dkind == "citations_delta" and delta.get("citation") is not None:
-                block.setdefault("citations", []).append(delta["citation"])
+                citations = block.get("citations")
+                block["citations"] = [*(citations if isinstance(citations, list) else []),
+                                      delta["citation"]]
         elif kind == "message_delta":
-            for key, value in (event.get("delta") or {}).items():
-                self._message[key] = value
+            self._message.update(obj(event.get("delta")))
             usage = event.get("usage")
             if isinstance(usage, dict):
-                merged = self._message.setdefault("usage", {})
-                for key, value in usage.items():
-                    if value is not None:
-                        merged[key] = value
+                merged = obj(self._message.get("usage"))
+                merged.update({k: v for k, v in usage.items() if v is not None})
+                self._message["usage"] = merged
 
     def _raw_anthropic(self) -> dict:
         out = copy.deepcopy(self._message)
