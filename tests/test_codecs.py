@@ -459,7 +459,31 @@ def test_every_usage_alias(field, raw, where):
     others = {"prompt_tokens", "completion_tokens", "total_tokens", "cache_read_tokens",
               "cache_write_tokens"} - {field}
     assert all(getattr(usage, f) is None for f in others)
-    assert set(raw) <= N.KNOWN_USAGE_KEYS
+    assert (set(raw) <= N.KNOWN_USAGE_KEYS) is (field != "total_tokens")
+
+
+def test_atif_metrics_from_merged_usage():
+    # what the reference's ATIF exporter records for these end payloads
+    chat = {"id": "c", "model": "gpt-4o", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+                  "prompt_tokens_details": {"cached_tokens": 3, "audio_tokens": 0},
+                  "completion_tokens_details": {"reasoning_tokens": 1},
+                  "cost": {"input": 0.1, "output": 0.2}, "weird": 7}}
+    custom = {"answer": "z", "token_usage": {"input": 4, "output": 2, "total": 1, "cacheRead": 1,
+                                             "cost_usd": 0.3}}
+    for name, data, metrics, extra in (
+            ("openai", chat, (10, 5, 3, 0.1 + 0.2),
+             {"completion_tokens_details", "total_tokens", "weird"}),
+            ("anthropic", ANTHROPIC_RESPONSE, (170, 30, 70, None), set()),
+            ("custom", custom, (4, 2, 1, 0.3), {"total"})):
+        resp = N.normalize_response(data)
+        usage = N.merged_usage(resp, data, provider=name)
+        found = N.cost(resp, data, policy="atif")
+        assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                found.total if found else None) == metrics
+        raw = data.get("usage") or data.get("token_usage")
+        assert {k for k in raw if k not in N.KNOWN_USAGE_KEYS} == extra
 
 
 def test_usage_alias_order_and_sources():

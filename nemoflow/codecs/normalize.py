@@ -225,10 +225,10 @@ _ALIASES = {
     "cache_write": ("cache_write_tokens", "cache_creation_input_tokens", "cacheWriteTokens",
                     "cacheCreationInputTokens", "cacheWrite"),
 }
-#: Every raw usage key the alias tables (and cost) read; ATIF puts the others in
-#: ``metrics.extra``.
+#: Raw usage keys ATIF maps to its own metrics (prompt, completion, cache, cost); every other
+#: key, the total's included, goes to ATIF's ``metrics.extra``.
 KNOWN_USAGE_KEYS = frozenset(
-    {key.split(".")[0] for keys in _ALIASES.values() for key in keys}
+    {key.split(".")[0] for field, keys in _ALIASES.items() if field != "total" for key in keys}
     | {"cost", "cost_usd"})
 _NORMALIZED_KEYS = {"prompt": "prompt_tokens", "completion": "completion_tokens",
                     "total": "total_tokens", "cache_read": "cache_read_tokens",
