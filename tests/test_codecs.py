@@ -827,3 +827,41 @@ def test_odd_annotated_values_never_raise(role):
             N.openinference_usage_attributes(N.merged_usage(resp, {"usage": value}))
             N.cost(resp, {"usage": value})
             resp.response_text()
+
+
+@pytest.mark.parametrize(("name", "start", "end", "expected", "full_cost"), [
+    ("custom", {"prompt": "hello"},
+     {"answer": "z", "token_usage": {"input": 4, "output": 2, "total": 1, "cacheRead": 1,
+                                     "cost_usd": 0.3}},
+     [("input.value", "hello"), ("input.mime_type", "text/plain"),
+      ("output.value", '{"answer":"z","token_usage":{"cacheRead":1,"cost_usd":0.3,"input":4,'
+                       '"output":2,"total":1}}'),
+      ("output.mime_type", "application/json"), ("llm.token_count.prompt", 4),
+      ("llm.token_count.completion", 2), ("llm.token_count.prompt_details.cache_read", 1),
+      ("llm.cost.total", 0.3)], N.Cost(0.3, "USD")),
+    ("claude-proxy", {"messages": [{"role": "user", "content": "hi"}]},
+     {"text": "ok", "usage": {"input_tokens": 10, "output_tokens": 3,
+                              "cache_read_input_tokens": 5, "total_tokens": 13,
+                              "cost": {"total": 0.5, "currency": "EUR"}}},
+     [("input.value", "user: hi"), ("input.mime_type", "text/plain"),
+      ("llm.input_messages.0.message.role", "user"),
+      ("llm.input_messages.0.message.content", "hi"),
+      ("output.value", "ok"), ("output.mime_type", "text/plain"),
+      ("llm.token_count.prompt", 15), ("llm.token_count.completion", 3),
+      ("llm.token_count.total", 18), ("llm.token_count.prompt_details.cache_read", 5)],
+     N.Cost(0.5, "EUR")),
+])
+def test_openinference_usage_from_raw_payloads(name, start, end, expected, full_cost):
+    # the reference's openinference attributes for calls made without a codec
+    data = {"headers": {}, "content": start}
+    req = N.normalize_request(data, name)
+    resp = N.normalize_response(end)
+    assert resp is None
+    found = N.cost(resp, end, policy="usd")
+    attrs = [*zip(("input.value", "input.mime_type"), N.llm_input_value(data)),
+             *N.openinference_request_attributes(req),
+             *zip(("output.value", "output.mime_type"), N.output_value(end)),
+             *N.openinference_usage_attributes(N.merged_usage(resp, end, provider=name),
+                                               found.total if found else None)]
+    assert attrs == expected
+    assert N.cost(resp, end, policy="any") == full_cost
