@@ -751,7 +751,7 @@ def _json_values():
                         | st.dictionaries(keys, inner, max_size=5), max_leaves=25)
 
 
-def test_odd_payloads_never_raise_from_the_normalization_helpers():
+def test_odd_payloads_never_raise_from_the_normalization_functions():
     from hypothesis import given, settings
 
     @settings(max_examples=400, deadline=None)
