@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import exporters, guardrails, intercepts, llm, scope, scope_local, subscribers, tools
+from . import codecs, exporters, guardrails, intercepts, llm, scope, scope_local, subscribers, tools
 from ._backend import BACKEND
 from ._backend import core as _core
 from ._types import (
@@ -16,6 +16,13 @@ from ._types import (
     ScopeAttributes,
     ScopeType,
     ToolAttributes,
+)
+from .codecs import (
+    AnnotatedLLMRequest,
+    AnnotatedLLMResponse,
+    AnthropicMessagesCodec,
+    OpenAIChatCodec,
+    OpenAIResponsesCodec,
 )
 from .context import (
     Binding,
@@ -49,6 +56,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKEND",
     "AlreadyExistsError",
+    "AnnotatedLLMRequest",
+    "AnnotatedLLMResponse",
+    "AnthropicMessagesCodec",
     "AtofExporter",
     "AtofExporterConfig",
     "AtofExporterMode",
@@ -63,6 +73,8 @@ __all__ = [
     "MarkEvent",
     "NemoFlowError",
     "NotFoundError",
+    "OpenAIChatCodec",
+    "OpenAIResponsesCodec",
     "ScopeAttributes",
     "ScopeEvent",
     "ScopeHandle",
@@ -72,6 +84,7 @@ __all__ = [
     "ToolHandle",
     "bind",
     "capture",
+    "codecs",
     "configure",
     "create_scope_stack",
     "diagnostics",
