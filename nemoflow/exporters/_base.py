@@ -20,7 +20,8 @@ class ExportError(NemoFlowError):
 
 class Exporter:
     """Base class: subclasses implement ``export(events)`` and may extend ``stats()``,
-    ``_flush(timeout)`` and ``_close(timeout)``."""
+    ``_flush(timeout)``, ``_begin_close(timeout)`` (before deregistering) and
+    ``_close(timeout)`` (after)."""
 
     default_name = "exporter"
 
@@ -63,6 +64,7 @@ class Exporter:
         """Deregister every name, finish within ``timeout`` and stop. Safe to call twice."""
         if self._closed:
             return
+        self._begin_close(timeout)
         for name in list(self._names):
             self.deregister(name)
         try:
@@ -75,6 +77,9 @@ class Exporter:
         return {"errors": self._errors}
 
     def _flush(self, timeout: float | None) -> None:
+        pass
+
+    def _begin_close(self, timeout: float | None) -> None:
         pass
 
     def _close(self, timeout: float | None) -> None:

@@ -132,8 +132,8 @@ class OtlpExporter(Exporter):
         self._settled = 0  # queued spans exported, failed or abandoned
         self._flush_target = 0  # export without waiting until this many spans are taken
         self._failure: str | None = None  # the failure force_flush reports, until a success
-        self._stopping = False
-        self._stop_deadline = 0.0
+        self._stopping = False  # the export thread ends once the queue is empty
+        self._stop_deadline: float | None = None  # set by shutdown: nothing waits past it
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -171,19 +171,22 @@ class OtlpExporter(Exporter):
         waited = False
         while True:
             with self._lock:
-                if self._thread is None and not self._stopping:
+                stop = self._stop_deadline
+                if stop is not None and (time.monotonic() >= stop or (
+                        self._stopping and self._thread is None)):
+                    self._abandoned += 1  # shutdown's time is up
+                    return
+                if self._thread is None:
                     self._start()
                 if len(self._queue) < self.max_queue_size:
                     self._append(span)
-                    return
-                if self._stopping:
-                    self._abandoned += 1
                     return
                 if mode == "block":
                     if not waited:
                         self._waits += 1
                         waited = True
-                    self._room.wait(0.5)
+                    wait = 0.5 if stop is None else min(0.5, stop - time.monotonic())
+                    self._room.wait(max(wait, 0.0))
                     continue
                 if mode == "drop":
                     self._dropped += 1
@@ -219,15 +222,15 @@ class OtlpExporter(Exporter):
         while True:
             n = len(queue)
             now = time.monotonic()
+            stop = self._stop_deadline
+            if stop is not None and now >= stop:
+                self._abandon()
+                if self._stopping:
+                    return None
+                self._work.wait()
+                continue
             if self._stopping:
                 if n == 0:
-                    return None
-                if now >= self._stop_deadline:
-                    self._abandoned += n
-                    self._settled += n
-                    queue.clear()
-                    self._room.notify_all()
-                    self._settle.notify_all()
                     return None
                 break
             if n and (n >= self.max_export_batch_size or self._flush_target > self._taken
@@ -242,6 +245,17 @@ class OtlpExporter(Exporter):
         self._room.notify_all()
         return batch
 
+    def _abandon(self):
+        # With the lock held: what is still queued when shutdown's time is up.
+        n = len(self._queue)
+        if n:
+            self._abandoned += n
+            self._settled += n
+            self._taken += n
+            self._queue.clear()
+        self._room.notify_all()
+        self._settle.notify_all()
+
     def _run(self):
         while True:
             with self._lock:
@@ -249,7 +263,7 @@ class OtlpExporter(Exporter):
                 if batch is None:
                     return
                 deadline = time.monotonic() + self._timeout
-                if self._stopping:
+                if self._stop_deadline is not None:
                     deadline = min(deadline, self._stop_deadline)
             error = None
             try:
@@ -299,6 +313,14 @@ class OtlpExporter(Exporter):
         if failure is not None:
             raise ExportError(f"exporter {self.name!r}: OTLP export failed: {failure}")
 
+    def _begin_close(self, timeout: float | None) -> None:
+        # Before deregistering, which waits for the pipeline to deliver: from here on nothing
+        # (a delivery thread blocked on a full queue, a retry) waits past the deadline.
+        timeout = self._timeout if timeout is None else max(0.0, float(timeout))
+        with self._lock:
+            self._stop_deadline = time.monotonic() + timeout
+            self._room.notify_all()
+
     def _close(self, timeout: float | None) -> None:
         finish = getattr(self._projection, "shutdown", None)
         if callable(finish):
@@ -307,11 +329,10 @@ class OtlpExporter(Exporter):
                     self._put(span)
             except Exception as exc:
                 self._report("projection", f"its projection failed at shutdown: {exc}")
-        timeout = self._timeout if timeout is None else max(0.0, float(timeout))
-        deadline = time.monotonic() + timeout
         with self._lock:
             self._stopping = True
-            self._stop_deadline = deadline
+            deadline = self._stop_deadline
+            assert deadline is not None
             self._work.notify_all()
             self._room.notify_all()
             thread = self._thread
@@ -321,16 +342,12 @@ class OtlpExporter(Exporter):
                 self._cancel.set()  # ends a retry wait; a request in flight has its own limit
                 thread.join(0.05)
         with self._lock:
-            left = len(self._queue)
-            if left:
-                self._abandoned += left
-                self._settled += left
-                self._queue.clear()
-            self._settle.notify_all()
+            self._abandon()
+            abandoned = self._abandoned
             alive = thread is not None and thread.is_alive()
-        if left:
-            self._report("abandoned", f"{left} spans were still queued when shutdown's "
-                         f"timeout ({timeout:g} s) ran out and were abandoned", count=False)
+        if abandoned:
+            self._report("abandoned", f"{abandoned} spans were abandoned: shutdown's timeout "
+                         "ran out before they were exported", count=False)
         if not alive:
             with contextlib.suppress(Exception):
                 self._transport.close()
@@ -356,6 +373,7 @@ class OtlpExporter(Exporter):
         self._new_state()
         if self._closed:
             self._stopping = True
+            self._stop_deadline = 0.0
         with contextlib.suppress(Exception):
             self._transport.reset_after_fork()
 
