@@ -907,3 +907,54 @@ def test_a_hanging_collector_does_not_hang_exit(nf, n, queue):
     if n > queue:
         assert "spans were abandoned: shutdown's timeout ran out" in proc.stderr
     assert elapsed < 0.5 + 2.5  # the exporter's timeout, plus interpreter start-up
+
+
+FORK_SCRIPT = textwrap.dedent("""
+    import os, sys, uuid
+    import nemoflow as nf
+    from nemoflow.exporters import otlp
+
+    class Projection:
+        def __init__(self):
+            self.open = {}
+        def on_event(self, ev):
+            if ev.kind != "scope":
+                return None
+            if ev.scope_category == "start":
+                self.open[ev.uuid] = (ev.name, ev.timestamp_ns)
+                return None
+            name, t0 = self.open.pop(ev.uuid)
+            raw = uuid.UUID(ev.uuid).bytes
+            return [otlp.Span(raw, raw[8:], name, t0, ev.timestamp_ns)]
+
+    exporter = otlp.OtlpExporter(otlp.HttpBinaryTransport(sys.argv[1]), Projection(),
+                                 scheduled_delay_millis=60000)
+    exporter.register("otlp")
+    with nf.trace("before-fork"):
+        pass
+    exporter.force_flush(5)
+    with nf.trace("queued-at-fork"):
+        pass
+    nf._core.flush(5)
+    pid = os.fork()
+    if pid == 0:
+        with nf.trace("in-child"):
+            pass
+        exporter.force_flush(5)
+        print("child", exporter.stats()["spans_exported"], flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    exporter.force_flush(5)
+    print("parent", exporter.stats()["spans_exported"], flush=True)
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_child_exports_its_own_spans_only(nf, collector):
+    proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT, collector.url],
+                          env=_backend_env(nf), capture_output=True, text=True, timeout=30,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["child", "1", "parent", "2"]
+    assert sorted(s.name for s in collector.spans()) == ["before-fork", "in-child",
+                                                        "queued-at-fork"]

@@ -18,7 +18,7 @@ import warnings
 import weakref
 
 from ..._backend import core as _core
-from .._base import ExportError, Exporter
+from .._base import Exporter, ExportError
 from ._model import InstrumentationScope, Resource, check_span
 from ._transport import ExportFailure
 
@@ -112,9 +112,6 @@ class OtlpExporter(Exporter):
         self._encoder = transport.make_encoder(resource, scope)
         self._delay = self.scheduled_delay_millis / 1000.0
         self._timeout = timeout_millis / 1000.0
-        self._exported = self._dropped = self._failed = self._abandoned = self._waits = 0
-        self._batches = 0
-        self._last_error: str | None = None
         self._new_state()
         _live.add(self)
 
@@ -136,6 +133,9 @@ class OtlpExporter(Exporter):
         self._stop_deadline: float | None = None  # set by shutdown: nothing waits past it
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
+        self._exported = self._dropped = self._failed = self._abandoned = self._waits = 0
+        self._batches = 0
+        self._last_error: str | None = None
 
     # --- the delivery thread's side ---------------------------------------------------------
 
@@ -368,8 +368,8 @@ class OtlpExporter(Exporter):
         return out
 
     def _reinit_after_fork(self):
-        # Only the forking thread survives: new locks, no export thread, and none of the
-        # parent's queued spans (the parent exports those).
+        # Only the forking thread survives: new locks, no export thread, zero counters and
+        # none of the parent's queued spans (the parent exports those).
         self._new_state()
         if self._closed:
             self._stopping = True
