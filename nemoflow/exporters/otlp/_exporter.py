@@ -317,8 +317,10 @@ class OtlpExporter(Exporter):
         # Before deregistering, which waits for the pipeline to deliver: from here on nothing
         # (a delivery thread blocked on a full queue, a retry) waits past the deadline.
         timeout = self._timeout if timeout is None else max(0.0, float(timeout))
+        deadline = time.monotonic() + timeout
         with self._lock:
-            self._stop_deadline = time.monotonic() + timeout
+            if self._stop_deadline is None or deadline < self._stop_deadline:
+                self._stop_deadline = deadline
             self._room.notify_all()
 
     def _close(self, timeout: float | None) -> None:
@@ -383,8 +385,13 @@ class OtlpExporter(Exporter):
 
 def _shutdown_all_at_exit():
     # Registered after the core's exit handler, so it runs first: the pipeline still delivers
-    # while the exporters finish, each within its own timeout.
-    for exporter in list(_live):
+    # while the exporters finish. Every deadline is set first, so exit waits for the longest
+    # timeout, not their sum.
+    exporters = list(_live)
+    for exporter in exporters:
+        with contextlib.suppress(Exception):
+            exporter._begin_close(None)
+    for exporter in exporters:
         with contextlib.suppress(Exception):
             exporter.shutdown()
 

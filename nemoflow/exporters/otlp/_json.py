@@ -33,7 +33,7 @@ def _any(value) -> dict:
     if isinstance(value, bool):
         return {"boolValue": value}
     if isinstance(value, int):
-        return {"intValue": str(value)}
+        return {"intValue": str(int(value))}
     if isinstance(value, float):
         return {"doubleValue": _double(value)}
     if isinstance(value, (list, tuple)):

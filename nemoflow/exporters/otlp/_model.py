@@ -176,13 +176,27 @@ def _check_attribute(pair, where):
 
 
 def _check_id(value, size, what):
-    if not isinstance(value, bytes) or len(value) != size:
+    if type(value) is not bytes or len(value) != size:
         raise ValueError(f"span {what} must be {size} bytes, not {value!r}")
+
+
+_FAST = (str, bool, float)
+
+
+def _check_attributes(pairs, where):
+    for pair in pairs:
+        # The common case (a (str, str|bool|float|small int) tuple) costs a few type tests.
+        if type(pair) is tuple and len(pair) == 2 and type(pair[0]) is str:
+            value = pair[1]
+            kind = type(value)
+            if kind in _FAST or (kind is int and _I64_MIN <= value <= _I64_MAX):
+                continue
+        _check_attribute(pair, where)
 
 
 def check_span(span) -> None:
     """Raise TypeError or ValueError if ``span`` cannot be encoded as an OTLP span."""
-    if not isinstance(span, Span):
+    if type(span) is not Span and not isinstance(span, Span):
         raise TypeError(f"expected a Span, got {type(span).__name__}")
     _check_id(span.trace_id, 16, "trace_id")
     _check_id(span.span_id, 8, "span_id")
@@ -196,11 +210,9 @@ def check_span(span) -> None:
             raise TypeError(f"span {field} must be an int >= 0, not {value!r}")
     if not isinstance(span.status_message, str):
         raise TypeError("span status_message must be str")
-    for pair in span.attributes:
-        _check_attribute(pair, "span attribute")
+    _check_attributes(span.attributes, "span attribute")
     for event in span.events:
         if not isinstance(event, SpanEvent) or not isinstance(event.name, str) or (
                 type(event.time_ns) is not int):
             raise TypeError(f"span events must be SpanEvent objects, not {event!r}")
-        for pair in event.attributes:
-            _check_attribute(pair, "event attribute")
+        _check_attributes(event.attributes, "event attribute")

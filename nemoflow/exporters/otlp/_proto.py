@@ -33,24 +33,42 @@ def load_proto():
     return _pb
 
 
-def _any_value(pb, value):
-    av = pb.common.AnyValue
-    if isinstance(value, str):
-        return av(string_value=value)
-    if isinstance(value, bool):
-        return av(bool_value=value)
-    if isinstance(value, int):
-        return av(int_value=value)
-    if isinstance(value, float):
-        return av(double_value=value)
-    if isinstance(value, (list, tuple)):
-        return av(array_value=pb.common.ArrayValue(values=[_any_value(pb, v) for v in value]))
-    raise TypeError(f"cannot encode an attribute value of type {type(value).__name__}")
+def _set_value(av, value) -> None:
+    # Fields are set in place on messages made by ``add()``: building them with keyword
+    # arguments copies every submessage and costs several times more.
+    kind = type(value)
+    if kind is str:
+        av.string_value = value
+    elif kind is bool:
+        av.bool_value = value
+    elif kind is int:
+        av.int_value = value
+    elif kind is float:
+        av.double_value = value
+    elif isinstance(value, (list, tuple)):
+        array = av.array_value
+        array.SetInParent()  # an empty array is still an array
+        add = array.values.add
+        for item in value:
+            _set_value(add(), item)
+    elif isinstance(value, bool):
+        av.bool_value = value
+    elif isinstance(value, int):
+        av.int_value = int(value)
+    elif isinstance(value, str):
+        av.string_value = str(value)
+    elif isinstance(value, float):
+        av.double_value = float(value)
+    else:
+        raise TypeError(f"cannot encode an attribute value of type {kind.__name__}")
 
 
-def _attributes(pb, pairs) -> list:
-    kv = pb.common.KeyValue
-    return [kv(key=key, value=_any_value(pb, value)) for key, value in pairs]
+def _set_attributes(repeated, pairs) -> None:
+    add = repeated.add
+    for key, value in pairs:
+        kv = add()
+        kv.key = key
+        _set_value(kv.value, value)
 
 
 class ProtoEncoder:
@@ -60,30 +78,48 @@ class ProtoEncoder:
 
     def __init__(self, resource: Resource, scope: InstrumentationScope):
         pb = self._pb = load_proto()
-        self._resource = pb.resource.Resource(attributes=_attributes(pb, resource.attributes))
+        self._resource = pb.resource.Resource()
+        _set_attributes(self._resource.attributes, resource.attributes)
         self._scope = pb.common.InstrumentationScope(name=scope.name, version=scope.version)
 
     def message(self, spans):
         """The ``ExportTraceServiceRequest`` message for ``spans``."""
-        pb = self._pb
-        tr = pb.trace
-        pspan, pevent, pstatus = tr.Span, tr.Span.Event, tr.Status
-        out = []
+        request = self._pb.request()
+        resource_spans = request.resource_spans.add()
+        resource_spans.resource.CopyFrom(self._resource)
+        scope_spans = resource_spans.scope_spans.add()
+        scope_spans.scope.CopyFrom(self._scope)
+        add = scope_spans.spans.add
         for s in spans:
-            span = pspan(trace_id=s.trace_id, span_id=s.span_id, trace_state=s.trace_state,
-                         parent_span_id=s.parent_span_id or b"", flags=s.flags, name=s.name,
-                         kind=s.kind, start_time_unix_nano=s.start_ns,
-                         end_time_unix_nano=s.end_ns,
-                         attributes=_attributes(pb, s.attributes),
-                         status=pstatus(code=s.status_code, message=s.status_message))
+            span = add()
+            span.trace_id = s.trace_id
+            span.span_id = s.span_id
+            if s.trace_state:
+                span.trace_state = s.trace_state
+            if s.parent_span_id is not None:
+                span.parent_span_id = s.parent_span_id
+            span.flags = s.flags
+            span.name = s.name
+            span.kind = s.kind
+            span.start_time_unix_nano = s.start_ns
+            span.end_time_unix_nano = s.end_ns
+            if s.attributes:
+                _set_attributes(span.attributes, s.attributes)
             if s.events:
-                span.events.extend([pevent(time_unix_nano=e.time_ns, name=e.name,
-                                           attributes=_attributes(pb, e.attributes))
-                                    for e in s.events])
-            out.append(span)
-        scope_spans = tr.ScopeSpans(scope=self._scope, spans=out)
-        return pb.request(resource_spans=[
-            tr.ResourceSpans(resource=self._resource, scope_spans=[scope_spans])])
+                add_event = span.events.add
+                for e in s.events:
+                    event = add_event()
+                    event.time_unix_nano = e.time_ns
+                    event.name = e.name
+                    if e.attributes:
+                        _set_attributes(event.attributes, e.attributes)
+            status = span.status
+            status.SetInParent()  # always present, as in OTLP/JSON's "status": {}
+            if s.status_code:
+                status.code = s.status_code
+            if s.status_message:
+                status.message = s.status_message
+        return request
 
     def encode(self, spans) -> bytes:
         """The serialized request for ``spans``."""
