@@ -83,6 +83,12 @@ def validate_headers(headers) -> dict:
     return out
 
 
+def _version() -> str:
+    from ... import __version__
+
+    return __version__
+
+
 def _retry_after(value, now_wall: float):
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
     if not value:
@@ -133,6 +139,8 @@ class HttpBinaryTransport:
         self._gzip = compression == "gzip"
         self._headers = validate_headers(headers)
         self._headers["Content-Type"] = "application/x-protobuf"
+        if not any(name.lower() == "user-agent" for name in self._headers):
+            self._headers["User-Agent"] = f"nemoflow/{_version()}"
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
         self._backoff = (retry_initial_millis / 1000.0, retry_max_millis / 1000.0)
@@ -167,8 +175,11 @@ class HttpBinaryTransport:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _post(self, body: bytes, timeout: float):
+    def _exchange(self, body: bytes, timeout: float):
+        """One request: the response (status, reason, Retry-After, text), or None when a
+        kept-alive connection turned out to be closed by the server before answering."""
         conn = self._connection(timeout)
+        reused = conn.sock is not None
         self.requests += 1
         try:
             conn.request("POST", self._target, body=body, headers=self._headers)
@@ -176,16 +187,28 @@ class HttpBinaryTransport:
             data = resp.read()  # read in full so the connection can be reused
         except (OSError, http.client.HTTPException) as exc:
             self._drop_connection()
+            if reused and isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError,
+                                           ConnectionResetError)):
+                return None  # the server dropped an idle connection: not a failure
             raise ExportFailure(f"{type(exc).__name__}: {exc}", retryable=True) from None
         if resp.will_close:
             self._drop_connection()
-        status = resp.status
+        return resp.status, resp.reason, resp.getheader("Retry-After"), data
+
+    def _post(self, body: bytes, deadline: float) -> None:
+        answer = self._exchange(body, deadline - time.monotonic())
+        if answer is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ExportFailure("timed out before the request could be sent")
+            answer = self._exchange(body, left)  # a fresh connection: never None
+        status, reason, retry_after, data = answer
         if 200 <= status < 300:
-            return None
+            return
         text = data[:200].decode("utf-8", "replace")
-        failure = ExportFailure(f"HTTP {status} {resp.reason}: {text}".rstrip(": "),
+        failure = ExportFailure(f"HTTP {status} {reason}: {text}".rstrip(": "),
                                 retryable=status in RETRYABLE_STATUS)
-        failure.retry_after = _retry_after(resp.getheader("Retry-After"), time.time())  # type: ignore[attr-defined]
+        failure.retry_after = _retry_after(retry_after, time.time())  # type: ignore[attr-defined]
         raise failure
 
     def send(self, body: bytes, deadline: float, cancel: threading.Event | None = None) -> None:
@@ -198,7 +221,7 @@ class HttpBinaryTransport:
             if left <= 0:
                 raise ExportFailure("timed out before the request could be sent")
             try:
-                self._post(body, left)
+                self._post(body, deadline)
                 return
             except ExportFailure as failure:
                 if not failure.retryable:
