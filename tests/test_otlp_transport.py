@@ -568,7 +568,7 @@ def test_retry_after_beyond_the_timeout_fails_at_once(nf, otlp, collector, clean
     run_scopes(nf, 1)
     t0 = time.monotonic()
     with pytest.warns(RuntimeWarning, match="could not export 1 spans: HTTP 429"):
-        with pytest.raises(nf.exporters._base.ExportError, match="HTTP 429"):
+        with pytest.raises(otlp.ExportError, match="HTTP 429"):
             exporter.force_flush(timeout=5)
     assert time.monotonic() - t0 < 1.5
     assert len(collector.requests) == 1
@@ -582,13 +582,13 @@ def test_non_retryable_status_fails_then_a_success_resolves_it(nf, otlp, collect
     exporter.register("otlp-400")
     run_scopes(nf, 2)
     with pytest.warns(RuntimeWarning, match="HTTP 400"):
-        with pytest.raises(nf.exporters._base.ExportError, match="HTTP 400 Bad Request"):
+        with pytest.raises(otlp.ExportError, match="HTTP 400 Bad Request"):
             exporter.force_flush(timeout=5)
     assert len(collector.requests) == 1  # not retried
     stats = nf.diagnostics()["exporters"]["otlp-400"]
     assert stats["spans_failed"] == 2 and stats["errors"] == 1
     assert "HTTP 400" in stats["last_error"]
-    with pytest.raises(nf.exporters._base.ExportError):  # still unresolved
+    with pytest.raises(otlp.ExportError):  # still unresolved
         exporter.force_flush(timeout=5)
     run_scopes(nf, 1, "later")
     exporter.force_flush(timeout=5)  # a batch went through: resolved
@@ -607,7 +607,7 @@ def test_collector_down_is_bounded_counted_and_raised(nf, otlp, cleanup):
     run_scopes(nf, 3)
     assert time.monotonic() - t0 < 0.3  # the traced thread never waits for the collector
     with pytest.warns(RuntimeWarning, match="could not export 3 spans: ConnectionRefusedError"):
-        with pytest.raises(nf.exporters._base.ExportError, match="ConnectionRefused"):
+        with pytest.raises(otlp.ExportError, match="ConnectionRefused"):
             exporter.force_flush(timeout=5)
     assert time.monotonic() - t0 < 2.0
     assert transport.retries >= 2  # connection errors are retried until the timeout
