@@ -21,6 +21,8 @@ import warnings
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pb_trace_service = pytest.importorskip(
     "opentelemetry.proto.collector.trace.v1.trace_service_pb2")
@@ -336,6 +338,43 @@ def test_json_line_round_trips_with_opentelemetry_proto_json(otlp):
     assert orjson.loads(decoded.to_json()) == orjson.loads(line)
 
 
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+_primitive = st.one_of(_text, st.booleans(), st.integers(-(2**63), 2**63 - 1),
+                       st.floats(allow_nan=False))
+_attrs = st.lists(st.tuples(_text, st.one_of(_primitive, st.lists(_primitive, max_size=3))),
+                  max_size=4)
+_u64 = st.integers(0, 2**64 - 1)
+_span_fields = st.fixed_dictionaries({
+    "trace_id": st.binary(min_size=16, max_size=16), "span_id": st.binary(min_size=8, max_size=8),
+    "name": _text, "start_ns": _u64, "end_ns": _u64,
+    "parent_span_id": st.none() | st.binary(min_size=8, max_size=8),
+    "flags": st.sampled_from([0, 257, 769]), "trace_state": _text,
+    "kind": st.integers(0, 5), "attributes": _attrs,
+    "events": st.lists(st.tuples(_text, _u64, _attrs), max_size=2),
+    "status_code": st.integers(0, 2), "status_message": _text})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(spans=st.lists(_span_fields, min_size=1, max_size=3), resource=_attrs, scope=_text)
+def test_json_and_protobuf_agree_on_any_span(otlp, spans, resource, scope):
+    made = []
+    for f in spans:
+        f = dict(f)
+        events = [otlp.SpanEvent(n, t, a) for n, t, a in f.pop("events")]
+        made.append(otlp.Span(f.pop("trace_id"), f.pop("span_id"), f.pop("name"),
+                              f.pop("start_ns"), f.pop("end_ns"), events=events, **f))
+    for span in made:
+        otlp.check_span(span)
+    res, sc = otlp.Resource(resource), otlp.InstrumentationScope(scope)
+    line = otlp.encode_json(res, sc, made)
+    message = Request.FromString(otlp.ProtoEncoder(res, sc).encode(made))
+    assert json_format.Parse(orjson.dumps(_ids(orjson.loads(line), hex_to_b64)),
+                             Request()) == message
+    canonical = json_format.MessageToDict(message, use_integers_for_enums=True)
+    assert orjson.dumps(_ids(canonical, b64_to_hex)) == line
+
+
 def test_non_finite_doubles_are_proto3_json_strings(otlp):
     span = otlp.Span(TRACE, TRACE[8:], "n", 1, 2, attributes=[
         ("nan", float("nan")), ("inf", float("inf")), ("ninf", float("-inf"))])
@@ -364,7 +403,9 @@ def test_default_resource_and_scope(otlp):
     (dict(attributes=[("k", 2**63)]), "does not fit in int64"),
     (dict(attributes=[("k", [[1]])]), "array items must be"),
     (dict(attributes=[("k",)]), "must be a \\(str, value\\) pair"),
-    (dict(kind=-1), "kind must be an int >= 0"),
+    (dict(kind=-1), "kind must be an int in \\[0, 2147483648\\)"),
+    (dict(flags=1 << 32), "flags must be an int in"),
+    (dict(events=["x"]), "events must be SpanEvent objects"),
 ])
 def test_check_span_rejects(otlp, bad, message):
     fields = dict(trace_id=TRACE, span_id=TRACE[8:])
@@ -670,6 +711,26 @@ def test_json_file_one_line_per_batch(nf, otlp, tmp_path, cleanup):
             for s in spans])) == parsed
     assert names == ["s0", "s1", "s2", "s3", "s4"]
     assert exporter.stats()["spans_exported"] == 5
+
+
+def test_json_file_line_is_byte_exact(nf, otlp, tmp_path, cleanup):
+    """The spans of one batch, through the exporter and the file transport, give exactly the
+    expected line."""
+
+    class Fixed:
+        def on_event(self, ev):
+            return fixed_spans(otlp) if ev.kind == "mark" else None
+
+    transport = otlp.OtlpJsonFileTransport(str(tmp_path), "fixed.jsonl")
+    exporter = otlp.OtlpExporter(transport, Fixed(), resource=fixed_resource(otlp),
+                                 scope=otlp.InstrumentationScope("nemoflow-test"),
+                                 scheduled_delay_millis=60_000)
+    cleanup.append(exporter)
+    exporter.register("otlp-fixed")
+    nf.mark("emit")
+    exporter.force_flush(timeout=5)
+    with open(tmp_path / "fixed.jsonl", "rb") as f:
+        assert f.read() == EXPECTED_LINE.encode() + b"\n"
 
 
 def test_json_file_modes(otlp, tmp_path):

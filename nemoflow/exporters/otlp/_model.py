@@ -181,6 +181,9 @@ def _check_id(value, size, what):
 
 
 _FAST = (str, bool, float)
+# OTLP field widths: fixed32 flags, enums, fixed64 times.
+_INT_FIELDS = (("flags", 1 << 32), ("kind", 1 << 31), ("start_ns", 1 << 64),
+               ("end_ns", 1 << 64), ("status_code", 1 << 31))
 
 
 def _check_attributes(pairs, where):
@@ -204,15 +207,15 @@ def check_span(span) -> None:
         _check_id(span.parent_span_id, 8, "parent_span_id")
     if not isinstance(span.name, str) or not isinstance(span.trace_state, str):
         raise TypeError("span name and trace_state must be str")
-    for field in ("flags", "kind", "start_ns", "end_ns", "status_code"):
+    for field, limit in _INT_FIELDS:
         value = getattr(span, field)
-        if type(value) is not int or value < 0:
-            raise TypeError(f"span {field} must be an int >= 0, not {value!r}")
+        if type(value) is not int or not 0 <= value < limit:
+            raise TypeError(f"span {field} must be an int in [0, {limit}), not {value!r}")
     if not isinstance(span.status_message, str):
         raise TypeError("span status_message must be str")
     _check_attributes(span.attributes, "span attribute")
     for event in span.events:
         if not isinstance(event, SpanEvent) or not isinstance(event.name, str) or (
-                type(event.time_ns) is not int):
+                type(event.time_ns) is not int) or not 0 <= event.time_ns < 1 << 64:
             raise TypeError(f"span events must be SpanEvent objects, not {event!r}")
         _check_attributes(event.attributes, "event attribute")
