@@ -178,7 +178,7 @@ class HttpBinaryTransport:
     def _exchange(self, body: bytes, timeout: float):
         """One request: the response (status, reason, Retry-After, text), or None when a
         kept-alive connection turned out to be closed by the server before answering."""
-        conn = self._connection(timeout)
+        conn = self._connection(max(timeout, 0.001))
         reused = conn.sock is not None
         self.requests += 1
         try:
