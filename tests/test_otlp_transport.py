@@ -748,6 +748,29 @@ def test_json_file_modes(otlp, tmp_path):
         otlp.OtlpJsonFileTransport(str(tmp_path), mode="truncate")
 
 
+def test_json_file_is_private_and_never_a_link(otlp, tmp_path):
+    t = otlp.OtlpJsonFileTransport(str(tmp_path / "new" / "dir"), "t.jsonl")
+    t.close()
+    assert os.stat(t.path).st_mode & 0o777 == 0o600 & ~_umask()
+    assert os.stat(tmp_path / "new").st_mode & 0o777 == 0o700 & ~_umask()
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_bytes(b"")
+    os.symlink(target, tmp_path / "link.jsonl")
+    with pytest.raises(OSError, match="refusing to write"):
+        otlp.OtlpJsonFileTransport(str(tmp_path), "link.jsonl")
+    with pytest.raises(OSError):
+        otlp.OtlpJsonFileTransport(str(tmp_path), "new")  # a directory
+    with pytest.raises(ValueError, match="file_mode must be permission bits"):
+        otlp.OtlpJsonFileTransport(str(tmp_path), file_mode=0o1777)
+    assert target.read_bytes() == b""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 # --- the queue ----------------------------------------------------------------------------
 
 def test_exports_run_on_the_export_thread(nf, otlp, cleanup):
