@@ -1,0 +1,40 @@
+"""OTLP export: a span model, OTLP protobuf and OTLP/JSON encoders, the ``http_binary`` and
+``otlp_json_file`` transports, and ``OtlpExporter``, which runs a projection of events to spans
+on the delivery thread and exports the spans from a bounded queue on its own thread."""
+
+from .._base import Exporter, ExportError
+from ._exporter import OtlpExporter
+from ._json import JsonEncoder, encode_json
+from ._model import (
+    FLAGS_LOCAL,
+    FLAGS_REMOTE,
+    KIND_CLIENT,
+    KIND_CONSUMER,
+    KIND_INTERNAL,
+    KIND_PRODUCER,
+    KIND_SERVER,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_UNSET,
+    InstrumentationScope,
+    Resource,
+    Span,
+    SpanEvent,
+    check_span,
+)
+from ._proto import ProtoEncoder, encode_proto, to_proto
+from ._transport import (
+    ExportFailure,
+    HttpBinaryTransport,
+    OtlpJsonFileTransport,
+    resolve_endpoint,
+    validate_headers,
+)
+
+__all__ = ["FLAGS_LOCAL", "FLAGS_REMOTE", "KIND_CLIENT", "KIND_CONSUMER", "KIND_INTERNAL",
+           "KIND_PRODUCER", "KIND_SERVER", "STATUS_ERROR", "STATUS_OK", "STATUS_UNSET",
+           "ExportError", "ExportFailure", "Exporter", "HttpBinaryTransport",
+           "InstrumentationScope", "JsonEncoder",
+           "OtlpExporter", "OtlpJsonFileTransport", "ProtoEncoder", "Resource", "Span",
+           "SpanEvent", "check_span", "encode_json", "encode_proto", "resolve_endpoint",
+           "to_proto", "validate_headers"]
