@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -77,11 +78,10 @@ ACTIONS = ("remove", "redact", "mask", "hash")
 # and boundaries are checked on the character before a match rather than with a lookbehind
 # (which re would evaluate at every position).
 #
-# name -> (gates, or None for always; regex; characters that must not come just before a
-# match; check of the matched text, or None). Gates are (first, then any of the others)
-# tuples: a one-character first test is a memchr. A group named ``v`` narrows the replacement to
-# that part of the match (the label in front of a secret stays readable). The order is the
-# priority when two detectors match at the same place. Emails and IPv6 addresses are found
+# A detector's regex runs when one of its gates passes: (first, then any of the others) in s;
+# a one-character first test is a memchr. A group named ``v`` narrows the replacement to that
+# part of the match (the label in front of a secret stays readable). Where matches overlap,
+# the one that starts first (then the longer) is replaced. Emails and IPv6 addresses are found
 # from their "@" and ":" instead (_ANCHORED); cards, phones and IPv4 addresses by one scan
 # that runs only on strings with a digit (_DIGIT_SCAN).
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -89,44 +89,53 @@ _KEY_CHARS = _ALNUM + "_-"
 _PEM = r"(?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY-----"
 _H = r"[0-9A-Fa-f]{1,4}"
 
+class _Spec(NamedTuple):
+    gates: tuple[tuple[str, ...], ...] | None  # run when (first and any of the rest) is in s
+    pattern: str | None                        # None: found by _ANCHORED / _DIGIT_SCAN only
+    before: str                                # characters that must not precede a match
+    check: str | None                          # a name in _CHECKS
+
+
 _BUILTIN = {
-    "private_key": (
-        # PEM private keys, as in GCP service-account files; a key cut short is redacted to
-        # the end of the text rather than left half-written.
-        (("-", "PRIVATE KEY"),), rf"-----BEGIN {_PEM}(?:[\s\S]*?-----END {_PEM}|[\s\S]*)", "", None),
-    "jwt": (
-        ((".", "eyJ"),), r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*", _KEY_CHARS,
-        None),
-    "bearer_token": (
-        (("earer", "earer"), ("EARER", "EARER")), r"(?:[Bb]earer|BEARER)[ \t]+(?P<v>[A-Za-z0-9._~+/-]{8,}=*)",
-        _ALNUM + "_", None),
-    "api_key": (
-        (("-", "sk-", "xox", "xapp-", "glpat-"), ("_", "k_live_", "k_test_", "gh", "hf_",
-                                                  "npm_"), ("AIza", "AIza")),
-        r"(?:sk-[A-Za-z0-9_-]{20,}"                        # OpenAI sk-/sk-proj-, Anthropic
-        r"|[rs]k_(?:live|test)_[A-Za-z0-9]{10,}"           # Stripe secret and restricted keys
-        r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}"  # GitHub
-        r"|xox[abposre]-[A-Za-z0-9-]{10,}|xapp-[A-Za-z0-9-]{10,}"    # Slack
-        r"|AIza[0-9A-Za-z_-]{35}"                          # Google
-        r"|hf_[A-Za-z0-9]{30,}|glpat-[A-Za-z0-9_-]{20,}|npm_[A-Za-z0-9]{36})",
+    # PEM private keys, as in GCP service-account files; a key cut short is redacted to the
+    # end of the text rather than left half-written.
+    "private_key": _Spec(
+        (("-", "PRIVATE KEY"),),
+        rf"-----BEGIN {_PEM}(?:[\s\S]*?-----END {_PEM}|[\s\S]*)", "", None),
+    "jwt": _Spec(
+        ((".", "eyJ"),),
+        r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*", _KEY_CHARS, None),
+    "bearer_token": _Spec(
+        (("earer", "earer"), ("EARER", "EARER")),
+        r"(?:[Bb]earer|BEARER)[ \t]+(?P<v>[A-Za-z0-9._~+/-]{8,}=*)", _ALNUM + "_", None),
+    "api_key": _Spec(
+        (("-", "sk-", "xox", "xapp-", "glpat-"),
+         ("_", "k_live_", "k_test_", "gh", "hf_", "npm_"),
+         ("AIza", "AIza")),
+        ("(?:sk-[A-Za-z0-9_-]{20,}"                      # OpenAI sk-/sk-proj-, Anthropic sk-ant-
+         "|[rs]k_(?:live|test)_[A-Za-z0-9]{10,}"         # Stripe secret and restricted keys
+         "|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}"  # GitHub
+         "|xox[abposre]-[A-Za-z0-9-]{10,}|xapp-[A-Za-z0-9-]{10,}"    # Slack
+         "|AIza[0-9A-Za-z_-]{35}"                        # Google
+         "|hf_[A-Za-z0-9]{30,}|glpat-[A-Za-z0-9_-]{20,}|npm_[A-Za-z0-9]{36})"),
         _KEY_CHARS, None),
-    "aws_access_key": (
+    "aws_access_key": _Spec(
         None, r"A(?:KIA|SIA|BIA|CCA|GPA|IDA|IPA|NPA|NVA|PKA|ROA|SCA)[A-Z0-9]{16}(?![A-Za-z0-9])",
         _ALNUM, None),
-    "aws_secret_key": (
-        # 40 characters of base64 are everywhere: only after a label that names them.
+    # 40 characters of base64 are everywhere: an AWS secret key only after a label naming it.
+    "aws_secret_key": _Spec(
         (("ecret", "ecret"), ("ECRET", "ECRET")),
-        r"[Ss](?i:ecret[ _-]?(?:access[ _-]?)?key)[\"']?[ \t]*[:=][ \t]*[\"']?"
-        r"(?P<v>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])", "", None),
-    "azure_key": (
-        # Storage and Service Bus connection strings, SAS signatures.
+        (r"[Ss](?i:ecret[ _-]?(?:access[ _-]?)?key)[\"']?[ \t]*[:=][ \t]*[\"']?"
+         r"(?P<v>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"), "", None),
+    # Storage and Service Bus connection strings, SAS signatures.
+    "azure_key": _Spec(
         (("=", "Key=", "sig=", "Signature="),),
-        r"(?:AccountKey|SharedAccessKey|SharedAccessSignature|sig)="
-        r"(?P<v>[A-Za-z0-9%/+]{20,}={0,2})", _ALNUM, None),
-    "email": (None, None, None, None),
-    "credit_card": (None, None, None, "luhn"),
-    "ip_address": (None, None, None, None),
-    "phone": (None, None, None, None),
+        (r"(?:AccountKey|SharedAccessKey|SharedAccessSignature|sig)="
+         r"(?P<v>[A-Za-z0-9%/+]{20,}={0,2})"), _ALNUM, None),
+    "email": _Spec(None, None, "", None),
+    "credit_card": _Spec(None, None, "", None),
+    "ip_address": _Spec(None, None, "", None),
+    "phone": _Spec(None, None, "", None),
 }
 
 # From an anchor character: (anchor, characters the match extends over to its left and how
@@ -136,22 +145,23 @@ _ANCHORED = {
         "@", _ALNUM + "._%+-", 64,
         r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![A-Za-z0-9-])",
         ""),
+    # IPv6, from its first colon (at most 4 hex digits before it, the next colon at most 5
+    # characters after it).
     "ip_address": (
-        # IPv6, from its first colon (at most 4 hex digits before it, the next colon at most
-        # 5 characters after it).
         ":", "0123456789ABCDEFabcdef", 4,
-        rf"(?:(?:{_H}:){{7}}{_H}|(?:{_H}:){{1,7}}:|(?:{_H}:){{1,6}}:{_H}"
-        rf"|(?:{_H}:){{1,5}}(?::{_H}){{1,2}}|(?:{_H}:){{1,4}}(?::{_H}){{1,3}}"
-        rf"|(?:{_H}:){{1,3}}(?::{_H}){{1,4}}|(?:{_H}:){{1,2}}(?::{_H}){{1,5}}"
-        rf"|{_H}:(?::{_H}){{1,6}}|:(?::{_H}){{1,7}})(?![0-9A-Za-z_:.])", _ALNUM + "_:."),
+        (rf"(?:(?:{_H}:){{7}}{_H}|(?:{_H}:){{1,7}}:|(?:{_H}:){{1,6}}:{_H}"
+         rf"|(?:{_H}:){{1,5}}(?::{_H}){{1,2}}|(?:{_H}:){{1,4}}(?::{_H}){{1,3}}"
+         rf"|(?:{_H}:){{1,3}}(?::{_H}){{1,4}}|(?:{_H}:){{1,2}}(?::{_H}){{1,5}}"
+         rf"|{_H}:(?::{_H}){{1,6}}|:(?::{_H}){{1,7}})(?![0-9A-Za-z_:.])"),
+        _ALNUM + "_:."),
 }
 
 # Digits: (detector, regex whose first element is one character or class, characters that
 # must not come before it, check).
 _DIGIT_SCAN = (
     ("credit_card", r"[2-6][0-9](?:[ -]?[0-9]){11,17}(?![0-9])", _ALNUM + "_.", "luhn"),
-    ("phone", r"\+(?=(?:[-. ()]*[0-9]){8})[1-9][0-9]{0,2}(?:[-. ]?\(?[0-9]{1,4}\)?){1,5}"
-              r"[0-9]{2,4}(?![A-Za-z0-9_])", _ALNUM + "_+", None),
+    ("phone", (r"\+(?=(?:[-. ()]*[0-9]){8})[1-9][0-9]{0,2}(?:[-. ]?\(?[0-9]{1,4}\)?){1,5}"
+               r"[0-9]{2,4}(?![A-Za-z0-9_])"), _ALNUM + "_+", None),
     ("phone", r"\([2-9][0-9]{2}\)[-. ]?[2-9][0-9]{2}[-. ][0-9]{4}(?![A-Za-z0-9_])",
      _ALNUM + "_+", None),
     ("phone", r"[2-9][0-9]{2}[-. ][2-9][0-9]{2}[-. ][0-9]{4}(?![A-Za-z0-9_])", _ALNUM + "_+",
@@ -160,6 +170,12 @@ _DIGIT_SCAN = (
      _ALNUM + "_.", "ipv4"),
 )
 _FIRST_DIGIT = re.compile(r"[0-9]").search
+
+# The shortest text each detector can match ("Bearer " + 8, "a@b.cc", "1.2.3.4", "::1" ...):
+# shorter strings skip it without looking.
+_MIN_LENGTH = {"private_key": 27, "jwt": 16, "bearer_token": 15, "api_key": 15,
+               "aws_access_key": 20, "aws_secret_key": 50, "azure_key": 24, "email": 6,
+               "ip_address": 3, "digits": 7}
 
 # Every built-in match holds one of these characters, or is 20 characters of letters and digits
 # (AWS key ids, Google keys): shorter words without them are let through untouched.
@@ -246,7 +262,7 @@ class PiiRedactionConfig:
     detectors: Iterable[str] = DETECTORS
     action: str = "redact"
     actions: Mapping[str, str] = field(default_factory=dict)
-    custom: Iterable[Detector] | Mapping[str, str] = ()
+    custom: Iterable[Detector] | Mapping[str, str | re.Pattern] = ()
     fields: Iterable[str] = DEFAULT_FIELDS
     mask_char: str = "*"
     unmasked_suffix: int = 4
@@ -331,7 +347,7 @@ class _TooDeep(Exception):
 class _Rule:
     """What one detector of a configuration writes in place of a match."""
 
-    __slots__ = ("name", "before", "check", "replace")
+    __slots__ = ("before", "check", "name", "replace")
 
     def __init__(self, name, before, check, replace):
         self.name = name
@@ -347,21 +363,23 @@ class _Redactor:
         self.config = config
         self._salt = (config.hash_salt.encode() if isinstance(config.hash_salt, str)
                       else config.hash_salt)
-        self._gated = []     # (gates or None, finditer, rule)
-        self._anchored = []  # (anchor, back chars, back max, next anchor within, match, rule)
-        digits, self._digit_rules = [], {}
+        # (min length, gates or None, finditer, rule)
+        self._gated: list[tuple[int, Any, Callable, _Rule]] = []
+        # (min length, anchor, back chars, back max, next anchor within, match, rule)
+        self._anchored: list[tuple[int, str, str, int, int, Callable, _Rule]] = []
+        self._digit_rules: dict[str, _Rule] = {}
+        digits: list[str] = []
         for name in config.detectors:
             gates, pattern, before, check = _BUILTIN[name]
             replace = self._action(name)
             if pattern is not None:
-                if gates is not None:
-                    gates = tuple((g[0], g[1:]) for g in gates)
-                self._gated.append((gates, re.compile(pattern).finditer,
-                                    _Rule(name, before, _CHECKS.get(check), replace)))
+                split = None if gates is None else tuple((g[0], g[1:]) for g in gates)
+                self._gated.append((_MIN_LENGTH[name], split, re.compile(pattern).finditer,
+                                    _Rule(name, before, _CHECKS.get(check or ""), replace)))
             if name in _ANCHORED:
                 anchor, back_chars, back_max, pattern, before = _ANCHORED[name]
-                self._anchored.append((anchor, back_chars, back_max, 6 if anchor == ":" else 0,
-                                       re.compile(pattern).match,
+                self._anchored.append((_MIN_LENGTH[name], anchor, back_chars, back_max,
+                                       6 if anchor == ":" else 0, re.compile(pattern).match,
                                        _Rule(name, before, None, replace)))
             for scan_name, pattern, before, scan_check in _DIGIT_SCAN:
                 if scan_name == name:
@@ -370,19 +388,20 @@ class _Redactor:
                     group = f"d{len(digits)}"
                     cut = pattern.index("]") + 1 if pattern[0] == "[" else 2
                     digits.append(f"{pattern[:cut]}(?P<{group}>){pattern[cut:]}")
-                    self._digit_rules[group] = _Rule(name, before, _CHECKS.get(scan_check),
-                                                     replace)
+                    self._digit_rules[group] = _Rule(name, before,
+                                                     _CHECKS.get(scan_check or ""), replace)
         self._digits = re.compile("|".join(digits)).finditer if digits else None
-        self._words_safe = not config.custom
-        for d in config.custom:
-            self._gated.append((None, _compile_custom(d).finditer,
+        self._words_safe = not config.custom  # custom regexes may match anything
+        custom: tuple[Detector, ...] = config.custom  # type: ignore[assignment]  # normalized
+        for d in custom:
+            self._gated.append((0, None, _compile_custom(d).finditer,
                                 _Rule(d.name, "", d.check, self._action(d.name))))
         self._field_action = config.actions.get("field", config.action)
         self._field_marker = "[REDACTED:field]"
         normalized = sorted({f.lower().replace("-", "_") for f in config.fields})
         self._field_re = (re.compile("|".join(re.escape(f) for f in normalized)).search
                           if normalized else None)
-        self._keys = {}  # key -> (is a field, key as written): key names repeat
+        self._keys: dict[str, tuple[bool, str]] = {}  # key -> (is a field, key as written)
 
     # -- actions -------------------------------------------------------------------------
 
@@ -414,7 +433,10 @@ class _Redactor:
     def _found(self, s):
         """Every match in ``s``: (start, end, replace from, replace to, rule), unsorted."""
         found = []
-        for gates, finditer, rule in self._gated:
+        n = len(s)
+        for min_length, gates, finditer, rule in self._gated:
+            if n < min_length:
+                continue
             if gates is not None:
                 hit = False
                 for first, others in gates:
@@ -432,8 +454,8 @@ class _Redactor:
                 start = m.start()
                 if m.end() > start and (start == 0 or s[start - 1] not in before):
                     found.append(_span(m, rule))
-        for anchor, back_chars, back_max, near, match, rule in self._anchored:
-            i = s.find(anchor)
+        for min_length, anchor, back_chars, back_max, near, match, rule in self._anchored:
+            i = s.find(anchor) if n >= min_length else -1
             while i >= 0:
                 if near and s.find(anchor, i + 1, i + near) < 0:
                     i = s.find(anchor, i + 1)
@@ -447,7 +469,7 @@ class _Redactor:
                     i = s.find(anchor, max(m.end(), i + 1))
                 else:
                     i = s.find(anchor, i + 1)
-        if self._digits is not None:
+        if self._digits is not None and n >= _MIN_LENGTH["digits"]:
             first = _FIRST_DIGIT(s)
             if first is not None:
                 rules = self._digit_rules
@@ -590,7 +612,7 @@ class _Redactor:
 def _stringify(obj):
     try:
         return str(obj)
-    except Exception:
+    except Exception:  # noqa: BLE001  (as the core writes a value whose str() raises)
         return f"<unprintable {type(obj).__name__}>"
 
 
