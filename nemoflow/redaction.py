@@ -619,7 +619,7 @@ def _stringify(obj):
 # --------------------------------------------------------------------------------------------
 # Switching it on and off.
 
-_active: PiiRedactionConfig | None = None
+_active: _Redactor | None = None
 
 
 def enable(config: PiiRedactionConfig | None = None) -> None:
@@ -629,8 +629,9 @@ def enable(config: PiiRedactionConfig | None = None) -> None:
         config = PiiRedactionConfig()
     if not isinstance(config, PiiRedactionConfig):
         raise TypeError(f"config must be a PiiRedactionConfig, not {type(config).__name__}")
-    _core.set_redactor(_Redactor(config))
-    _active = config
+    redactor = _Redactor(config)
+    _core.set_redactor(redactor)
+    _active = redactor
 
 
 def disable() -> None:
@@ -642,12 +643,10 @@ def disable() -> None:
 
 def active() -> PiiRedactionConfig | None:
     """The configuration in force, or None when redaction is off."""
-    return _active
+    return None if _active is None else _active.config
 
 
 def redact(value, config: PiiRedactionConfig | None = None):
     """``value`` as the component would write it, with ``config`` or the one in force."""
-    config = config if config is not None else _active
-    if config is None:
-        return value
-    return _Redactor(config).apply(value, True)
+    redactor = _active if config is None else _Redactor(config)
+    return value if redactor is None else redactor.apply(value, True)
