@@ -96,6 +96,8 @@ POSITIVE = [
     ("jwt", f"jwt {JWT}", "jwt [REDACTED:jwt]"),
     ("credit_card", f"card {CARD}.", "card [REDACTED:credit_card]."),
     ("credit_card", "5555-5555-5555-4444", "[REDACTED:credit_card]"),
+    ("credit_card", f"{CARD} 123", "[REDACTED:credit_card] 123"),  # the CVV is not part of it
+    ("credit_card", "378282246310005", "[REDACTED:credit_card]"),  # 15 digits
     ("aws_access_key", f"id {AWS_ID}", "id [REDACTED:aws_access_key]"),
     ("aws_secret_key", f"aws_secret_access_key = {AWS_SECRET}",
      "aws_secret_access_key = [REDACTED:aws_secret_key]"),
