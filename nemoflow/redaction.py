@@ -420,9 +420,9 @@ class _Redactor:
         self._words_safe = not config.custom  # custom regexes may match anything
         custom: tuple[Detector, ...] = config.custom  # type: ignore[assignment]  # normalized
         for d in custom:
-            check = None if d.check is None else (lambda text, c=d.check: bool(c(text)))
+            confirm = None if d.check is None else (lambda text, c=d.check: bool(c(text)))
             self._gated.append((0, None, ((None, _compile_custom(d).finditer),),
-                                _Rule(d.name, "", check, self._action(d.name))))
+                                _Rule(d.name, "", confirm, self._action(d.name))))
         self._field_action = config.actions.get("field", config.action)
         self._field_marker = "[REDACTED:field]"
         normalized = sorted({f.lower().replace("-", "_") for f in config.fields})
