@@ -91,7 +91,7 @@ _H = r"[0-9A-Fa-f]{1,4}"
 
 class _Spec(NamedTuple):
     gates: tuple[tuple[str, ...], ...] | None  # run when (first and any of the rest) is in s
-    # the regex, or (prefixes, regex) pairs each run only when one of its prefixes is in s;
+    # the regex, or (prefixes, regex) pairs each run only where one of its prefixes is in s;
     # None: found by _ANCHORED / _DIGIT_SCAN only
     pattern: str | tuple[tuple[tuple[str, ...], str], ...] | None
     before: str                                # characters that must not precede a match
@@ -200,14 +200,6 @@ DEFAULT_FIELDS = (
 """Key names whose whole value is redacted wherever they occur (case-insensitive, as part of
 a longer name too; ``-`` counts as ``_``). ``token`` alone is not among them: it would take
 ``max_tokens`` and token counts with it."""
-
-
-def _span(m, rule):
-    # (start, end, replace from, replace to, rule): a group named v narrows the replacement
-    start, end = m.span()
-    if "v" in m.re.groupindex and m.start("v") >= 0:
-        return start, end, m.start("v"), m.end("v"), rule
-    return start, end, start, end, rule
 
 
 def _span_order(span):
@@ -386,7 +378,7 @@ class _Redactor:
         self.config = config
         self._salt = (config.hash_salt.encode() if isinstance(config.hash_salt, str)
                       else config.hash_salt)
-        # (min length, gates or None, ((prefixes or None, finditer), ...), rule)
+        # (min length, gates or None, ((prefix or None, finditer, has group v), ...), rule)
         self._gated: list[tuple[int, Any, tuple, _Rule]] = []
         # (min length, anchor, back chars, back max, next anchor within, match, rule)
         self._anchored: list[tuple[int, str, str, int, int, Callable, _Rule]] = []
@@ -397,9 +389,12 @@ class _Redactor:
             replace = self._action(name)
             if pattern is not None:
                 split = None if gates is None else tuple((g[0], g[1:]) for g in gates)
-                finders = (((None, re.compile(pattern).finditer),) if isinstance(pattern, str)
-                           else tuple((prefixes, re.compile(p).finditer)
-                                      for prefixes, p in pattern))
+                compiled: list[tuple[str | None, re.Pattern]] = (
+                    [(None, re.compile(pattern))] if isinstance(pattern, str)
+                    else [(prefix, re.compile(p)) for prefixes, p in pattern
+                          for prefix in prefixes])
+                finders = tuple((prefix, c.finditer, "v" in c.groupindex)
+                                for prefix, c in compiled)
                 self._gated.append((_MIN_LENGTH[name], split, finders,
                                     _Rule(name, before, _CHECKS.get(check or ""), replace)))
             if name in _ANCHORED:
@@ -421,7 +416,8 @@ class _Redactor:
         custom: tuple[Detector, ...] = config.custom  # type: ignore[assignment]  # normalized
         for d in custom:
             confirm = None if d.check is None else (lambda text, c=d.check: bool(c(text)))
-            self._gated.append((0, None, ((None, _compile_custom(d).finditer),),
+            regex = _compile_custom(d)
+            self._gated.append((0, None, ((None, regex.finditer, "v" in regex.groupindex),),
                                 _Rule(d.name, "", confirm, self._action(d.name))))
         self._field_action = config.actions.get("field", config.action)
         self._field_marker = "[REDACTED:field]"
@@ -477,17 +473,16 @@ class _Redactor:
                 if not hit:
                     continue
             before = rule.before
-            for prefixes, finditer in finders:
-                if prefixes is not None:
-                    for prefix in prefixes:
-                        if prefix in s:
-                            break
-                    else:
-                        continue
+            for prefix, finditer, has_value in finders:
+                if prefix is not None and prefix not in s:
+                    continue
                 for m in finditer(s):
-                    start = m.start()
-                    if m.end() > start and (start == 0 or s[start - 1] not in before):
-                        found.append(_span(m, rule))
+                    start, end = m.span()
+                    if end > start and (start == 0 or s[start - 1] not in before):
+                        if has_value and m.start("v") >= 0:
+                            found.append((start, end, m.start("v"), m.end("v"), rule))
+                        else:
+                            found.append((start, end, start, end, rule))
         for min_length, anchor, back_chars, back_max, near, match, rule in self._anchored:
             i = s.find(anchor) if n >= min_length else -1
             while i >= 0:
