@@ -94,8 +94,7 @@ _REDACTION_FAILED = "[REDACTED:error]"
 
 
 def set_redactor(redactor) -> None:
-    """Redact payloads with ``redactor.apply(payload, lenient)`` and error texts with
-    ``redactor.text(str)`` from now on; None switches redaction off."""
+    """Pass every payload and error text through ``redactor`` from now on (None: off)."""
     global _redactor
     _redactor = redactor
 

@@ -7,7 +7,10 @@ import hashlib
 import hmac
 import warnings
 
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 # Secrets are assembled at run time so that this file holds nothing a scanner would flag.
 OPENAI = "sk-" + "proj-" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4"
@@ -499,3 +502,34 @@ def test_redact_function(nf, redaction):
     redaction.enable(cfg)
     assert redaction.redact([EMAIL]) == ["[REDACTED:email]"]
     assert redaction.PII_REDACTION_KIND == "pii_redaction"
+
+
+# --------------------------------------------------------------------------------------------
+# Any payload: valid JSON, what redact() computes, and no planted secret left.
+
+PLANTED = (EMAIL, OPENAI, GITHUB, AWS_ID, CARD, JWT, "10.20.30.40", "+1 (415) 555-0134")
+TEXT = st.builds(lambda a, secret, b: f"{a} {secret} {b}", st.text(max_size=12),
+                 st.sampled_from(PLANTED), st.text(max_size=12))
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.text(max_size=20) | TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.text(max_size=8) | TEXT, inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(payload=JSON)
+def test_any_payload_is_redacted_to_valid_json(nf, redaction, payload):
+    redaction.enable()
+    got = []
+    nf.subscribers.register("prop", got.append)
+    try:
+        nf.mark("m", data=payload)
+    finally:
+        nf.subscribers.deregister("prop")
+    line = got[0].to_json()
+    data = orjson.loads(line)["data"]
+    assert data == got[0].data == orjson.loads(orjson.dumps(redaction.redact(payload)))
+    for secret in PLANTED:
+        assert secret not in line
