@@ -268,7 +268,7 @@ class PiiRedactionConfig:
     ``detectors``: built-in detector names (``DETECTORS``, all by default). ``action``: what
     every detector does unless ``actions`` (detector name -> action) says otherwise; actions
     are ``remove``, ``redact`` (``[REDACTED:<detector>]``), ``mask`` (``mask_char`` for all but
-    the last ``unmasked_suffix`` characters) and ``hash`` (``[SHA256:<detector>:<16 hex>]``,
+    the first ``unmasked_prefix`` and last ``unmasked_suffix`` characters) and ``hash`` (``[SHA256:<detector>:<16 hex>]``,
     an HMAC-SHA256 keyed with ``hash_salt`` when one is given). ``custom``: extra detectors,
     ``Detector`` objects or a mapping of name -> regex. ``fields``: key names whose value is
     replaced whole (the ``field`` detector; ``DEFAULT_FIELDS``).
@@ -280,6 +280,7 @@ class PiiRedactionConfig:
     custom: Iterable[Detector] | Mapping[str, str | re.Pattern] = ()
     fields: Iterable[str] = DEFAULT_FIELDS
     mask_char: str = "*"
+    unmasked_prefix: int = 0
     unmasked_suffix: int = 4
     hash_salt: str | bytes | None = None
 
@@ -325,9 +326,10 @@ class PiiRedactionConfig:
         set_(self, "fields", fields)
         if not isinstance(self.mask_char, str) or len(self.mask_char) != 1:
             raise RedactionConfigError("mask_char must be one character")
-        if (not isinstance(self.unmasked_suffix, int) or isinstance(self.unmasked_suffix, bool)
-                or self.unmasked_suffix < 0):
-            raise RedactionConfigError("unmasked_suffix must be an int >= 0")
+        for name in ("unmasked_prefix", "unmasked_suffix"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise RedactionConfigError(f"{name} must be an int >= 0")
         if self.hash_salt is not None and not isinstance(self.hash_salt, (str, bytes)):
             raise RedactionConfigError("hash_salt must be str, bytes or None")
 
@@ -440,10 +442,11 @@ class _Redactor:
         return lambda text: self._hash(name, text)
 
     def _mask(self, text):
-        keep = self.config.unmasked_suffix
-        if keep == 0 or len(text) <= keep:
+        head, tail = self.config.unmasked_prefix, self.config.unmasked_suffix
+        if head + tail >= len(text):  # nothing would be hidden: hide it all
             return self.config.mask_char * len(text)
-        return self.config.mask_char * (len(text) - keep) + text[-keep:]
+        return (text[:head] + self.config.mask_char * (len(text) - head - tail)
+                + text[len(text) - tail:])
 
     def _hash(self, name, text):
         data = text.encode("utf-8", "surrogatepass")
@@ -550,13 +553,12 @@ class _Redactor:
     # -- payloads ------------------------------------------------------------------------
 
     def _key(self, key):
-        known = self._keys.get(key)
-        if known is None:
-            field_re = self._field_re
-            known = (field_re is not None
-                     and field_re(key.lower().replace("-", "_")) is not None, self.text(key))
-            if len(self._keys) < 4096:  # a bounded memo: payloads may carry arbitrary keys
-                self._keys[key] = known
+        # (is a field, the key as written), memoized: key names repeat
+        field_re = self._field_re
+        known = (field_re is not None
+                 and field_re(key.lower().replace("-", "_")) is not None, self.text(key))
+        if len(self._keys) < 4096:  # bounded: payloads may carry arbitrary keys
+            self._keys[key] = known
         return known
 
     def _field_value(self, value, lenient):
@@ -602,21 +604,32 @@ class _Redactor:
             raise _TooDeep
         depth += 1
         out = None
-        for i, (k, v) in enumerate(d.items()):
-            drop = False
-            if type(k) is str or isinstance(k, str):
+        keys, text = self._keys, self.text
+        i = -1
+        for k, v in d.items():
+            i += 1
+            if type(k) is str:
+                known = keys.get(k)
+                is_field, nk = self._key(k) if known is None else known
+            elif isinstance(k, str):
                 is_field, nk = self._key(k)
-                if is_field and v is not None:
-                    if self._field_action == "remove":
-                        drop = True
-                        nv = None
-                    else:
-                        nv = self._field_value(v, lenient)
+            else:
+                is_field, nk = False, k
+            drop = False
+            if is_field and v is not None:
+                if self._field_action == "remove":
+                    drop = True
+                    nv = None
+                else:
+                    nv = self._field_value(v, lenient)
+            else:
+                t = type(v)
+                if t is str:
+                    nv = text(v)
+                elif t is int or t is bool or t is float or v is None:
+                    nv = v
                 else:
                     nv = self._walk(v, depth, lenient)
-            else:
-                nk = k
-                nv = self._walk(v, depth, lenient)
             if out is None:
                 if not drop and nk is k and nv is v:
                     continue
@@ -630,8 +643,9 @@ class _Redactor:
             raise _TooDeep
         depth += 1
         out = None
+        text = self.text
         for i, v in enumerate(seq):
-            nv = self._walk(v, depth, lenient)
+            nv = text(v) if type(v) is str else self._walk(v, depth, lenient)
             if out is None:
                 if nv is v:
                     continue

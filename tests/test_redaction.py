@@ -168,6 +168,10 @@ def test_actions(nf, events, redaction):
                                            + "*" * 15 + "1111")
     redaction.enable(cfg(action="mask", mask_char="#", unmasked_suffix=0))
     assert mark_data(nf, events, EMAIL) == "#" * len(EMAIL)
+    redaction.enable(cfg(action="mask", unmasked_prefix=2, unmasked_suffix=3))
+    assert mark_data(nf, events, EMAIL) == "al" + "*" * (len(EMAIL) - 5) + "com"
+    redaction.enable(cfg(action="mask", unmasked_prefix=20, unmasked_suffix=20))
+    assert mark_data(nf, events, EMAIL) == "*" * len(EMAIL)
     redaction.enable(cfg(action="hash"))
     digest = hashlib.sha256(EMAIL.encode()).hexdigest()[:16]
     assert mark_data(nf, events, EMAIL) == f"[SHA256:email:{digest}]"
@@ -446,6 +450,7 @@ def test_disabled_changes_nothing(nf, events, redaction):
     ({"actions": {"nope": "mask"}}, "unknown detector"),
     ({"mask_char": "**"}, "one character"),
     ({"unmasked_suffix": -1}, "unmasked_suffix"),
+    ({"unmasked_prefix": True}, "unmasked_prefix"),
     ({"hash_salt": 5}, "hash_salt"),
     ({"fields": ("",)}, "non-empty"),
 ])
