@@ -267,11 +267,12 @@ class PiiRedactionConfig:
 
     ``detectors``: built-in detector names (``DETECTORS``, all by default). ``action``: what
     every detector does unless ``actions`` (detector name -> action) says otherwise; actions
-    are ``remove``, ``redact`` (``[REDACTED:<detector>]``), ``mask`` (``mask_char`` for all but
-    the first ``unmasked_prefix`` and last ``unmasked_suffix`` characters) and ``hash`` (``[SHA256:<detector>:<16 hex>]``,
-    an HMAC-SHA256 keyed with ``hash_salt`` when one is given). ``custom``: extra detectors,
-    ``Detector`` objects or a mapping of name -> regex. ``fields``: key names whose value is
-    replaced whole (the ``field`` detector; ``DEFAULT_FIELDS``).
+    are ``remove``, ``redact`` (``[REDACTED:<detector>]``), ``mask`` (``mask_char`` for all
+    but the first ``unmasked_prefix`` and last ``unmasked_suffix`` characters) and ``hash``
+    (``[SHA256:<detector>:<16 hex>]``, an HMAC-SHA256 keyed with ``hash_salt`` when one is
+    given). ``custom``: extra detectors, ``Detector`` objects or a mapping of name -> regex.
+    ``fields``: key names whose value is replaced whole (the ``field`` detector;
+    ``DEFAULT_FIELDS``).
     """
 
     detectors: Iterable[str] = DETECTORS
@@ -318,7 +319,8 @@ class PiiRedactionConfig:
         actions = dict(self.actions)
         extra = [k for k in actions if k not in names]
         if extra:
-            raise RedactionConfigError(f"actions given for unknown detector(s) {extra}")
+            raise RedactionConfigError(f"actions given for unknown detector(s) or ones not in "
+                                       f"use: {extra}")
         set_(self, "actions", actions)
         fields = _frozen(self.fields, "fields")
         if not all(isinstance(f, str) and f for f in fields):
