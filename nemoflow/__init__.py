@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from . import codecs, exporters, guardrails, intercepts, llm, scope, scope_local, subscribers, tools
+from . import (
+    codecs,
+    exporters,
+    guardrails,
+    intercepts,
+    llm,
+    redaction,
+    scope,
+    scope_local,
+    subscribers,
+    tools,
+)
 from ._backend import BACKEND
 from ._backend import core as _core
 from ._types import (
@@ -96,6 +107,7 @@ __all__ = [
     "llm",
     "mark",
     "propagate_scope_to_thread",
+    "redaction",
     "scope",
     "scope_local",
     "scope_stack_active",

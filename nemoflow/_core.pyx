@@ -135,12 +135,58 @@ cdef class Encoded:
         self.raw = raw
 
 
+# Redaction (nemoflow/redaction.py): while it is on, every payload passes through it here,
+# once, before it is encoded, so every consumer sees the same redacted value and nothing
+# unredacted is stored. While it is off its whole cost is the `is not None` test in _encode.
+cdef object _redactor = None
+cdef long long _redaction_failures = 0
+cdef str _REDACTION_FAILED = "[REDACTED:error]"
+
+
+def set_redactor(redactor):
+    """Pass every payload and error text through ``redactor`` from now on (None: off)."""
+    global _redactor
+    _redactor = redactor
+
+
+cdef int _redaction_failed(exc) except -1:
+    # Fail closed: the payload is replaced by a marker, never written unredacted.
+    global _redaction_failures
+    _redaction_failures += 1
+    if _redaction_failures == 1:
+        try:
+            warnings.warn(f"nemoflow: redaction raised {type(exc).__name__}: {exc}; the payload "
+                          f"was replaced by {_REDACTION_FAILED!r} (further failures are only "
+                          "counted in nemoflow.diagnostics())", RuntimeWarning, stacklevel=2)
+        except Exception:  # warnings turned into errors must not reach the traced code
+            pass
+    return 0
+
+
+cdef object _redact(object obj, bint lenient):
+    try:
+        return _redactor.apply(obj, lenient)
+    except Exception as exc:
+        _redaction_failed(exc)
+        return _REDACTION_FAILED
+
+
+cdef str _redact_text(str text):
+    try:
+        return _redactor.text(text)
+    except Exception as exc:
+        _redaction_failed(exc)
+        return _REDACTION_FAILED
+
+
 cdef object _encode(object obj, bint lenient):
     cdef bytes raw
     if obj is None:
         return None
     if type(obj) is Encoded:
         return (<Encoded>obj).raw
+    if _redactor is not None:
+        obj = _redact(obj, lenient)
     if lenient:
         try:
             return _dumps(obj, default=_stringify, option=_JSON_OPTS)
@@ -1736,6 +1782,8 @@ cdef str _describe(object exc):
     if not PyUnicode_IS_COMPACT_ASCII(text):
         # a lone surrogate cannot be written as UTF-8: keep the text, escape that character
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if _redactor is not None:
+        text = _redact_text(text)
     return text
 
 
@@ -2039,7 +2087,8 @@ def diagnostics():
                 stats["errors"] = stats.get("errors", 0) + st.errors
             exporters[name] = stats
     return {"backend": BACKEND, "subscribers": subs, "exporters": exporters,
-            "pipeline": _pipeline_stats()}
+            "pipeline": _pipeline_stats(),
+            "redaction": {"enabled": _redactor is not None, "failures": _redaction_failures}}
 
 
 def _forget_registrations():

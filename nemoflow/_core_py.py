@@ -88,6 +88,49 @@ class Encoded:
         self.raw = raw
 
 
+# Redaction (nemoflow/redaction.py): while it is on, every payload passes through it here,
+# once, before it is encoded, so every consumer sees the same redacted value and nothing
+# unredacted is stored. While it is off its whole cost is the `is not None` test in encode.
+_redactor = None
+_redaction_failures = 0
+_REDACTION_FAILED = "[REDACTED:error]"
+
+
+def set_redactor(redactor) -> None:
+    """Pass every payload and error text through ``redactor`` from now on (None: off)."""
+    global _redactor
+    _redactor = redactor
+
+
+def _redaction_failed(exc) -> None:
+    # Fail closed: the payload is replaced by a marker, never written unredacted.
+    global _redaction_failures
+    _redaction_failures += 1
+    if _redaction_failures == 1:
+        try:
+            warnings.warn(f"nemoflow: redaction raised {type(exc).__name__}: {exc}; the payload "
+                          f"was replaced by {_REDACTION_FAILED!r} (further failures are only "
+                          "counted in nemoflow.diagnostics())", RuntimeWarning, stacklevel=3)
+        except Exception:  # warnings turned into errors must not reach the traced code
+            pass
+
+
+def _redact(obj, lenient):
+    try:
+        return _redactor.apply(obj, lenient)
+    except Exception as exc:
+        _redaction_failed(exc)
+        return _REDACTION_FAILED
+
+
+def _redact_text(text):
+    try:
+        return _redactor.text(text)
+    except Exception as exc:
+        _redaction_failed(exc)
+        return _REDACTION_FAILED
+
+
 def encode(obj, lenient=False):
     """Canonical JSON bytes of ``obj``, or None for None; ValueError for non-JSON values.
 
@@ -98,6 +141,8 @@ def encode(obj, lenient=False):
         return None
     if type(obj) is Encoded:
         return obj.raw
+    if _redactor is not None:
+        obj = _redact(obj, lenient)
     if lenient:
         try:
             return orjson.dumps(obj, default=_stringify, option=_JSON_OPTS)
@@ -1369,6 +1414,8 @@ def describe(exc) -> str:
     if not text.isascii():
         # a lone surrogate cannot be written as UTF-8: keep the text, escape that character
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if _redactor is not None:
+        text = _redact_text(text)
     return text
 
 
@@ -1665,7 +1712,8 @@ def diagnostics() -> dict:
                 stats["errors"] = stats.get("errors", 0) + st[1]
             exporters[name] = stats
     return {"backend": BACKEND, "subscribers": subs, "exporters": exporters,
-            "pipeline": _pipeline_stats()}
+            "pipeline": _pipeline_stats(),
+            "redaction": {"enabled": _redactor is not None, "failures": _redaction_failures}}
 
 
 def _forget_registrations() -> None:

@@ -30,6 +30,7 @@ from ._middleware import (
     switch,
 )
 from ._types import GuardrailRejectedError, InternalError, LLMAttributes, ScopeType
+from .redaction import public_headers
 
 _OK, _ERROR = _core.STATUS_OK, _core.STATUS_ERROR
 
@@ -306,18 +307,6 @@ class LLMRequest:
 
     def __repr__(self):
         return f"LLMRequest(headers={list(public_headers(self._headers))!r}, content=…)"
-
-
-CREDENTIAL_HEADERS = frozenset((
-    "authorization", "proxy-authorization", "cookie", "x-api-key", "api-key",
-    "anthropic-api-key", "x-goog-api-key",
-))
-
-
-def public_headers(headers: dict) -> dict:
-    """``headers`` without credentials (matched case-insensitively)."""
-    return {k: v for k, v in headers.items()
-            if not (isinstance(k, str) and k.lower() in CREDENTIAL_HEADERS)}
 
 
 def request_data(request) -> dict:

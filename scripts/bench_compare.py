@@ -34,6 +34,8 @@ ATTACHED = ("jsonl", "none", "subscriber")
 # core's twin target.
 MANAGED_TABLE = ("nf.trace.tool call", "tools.execute (async)",
                  "nemo_relay tools.execute (async)")
+# Redaction has its own table too: it is Python (nemoflow/redaction.py) on both cores.
+REDACTION_TABLE = ("redaction off", "redaction on")
 
 # (operation, attached) -> target in ×call on the compiled core (None: reported, no target yet)
 TARGETS = {
@@ -119,6 +121,7 @@ class Report:
         self.end_to_end()
         self.asyncio()
         self.managed()
+        self.redaction()
         self.scorecard()
         return "\n".join(self.lines)
 
@@ -130,7 +133,8 @@ class Report:
             f"{'nemo-relay':>12}{'twin/compiled':>15}{'OTel/nemoflow':>15}"
             f"{'NeMo Relay/nemoflow':>21}{'vs none':>9}{'target':>8}  result")
         ops = sorted({(op, att) for (op, be, att) in self.median
-                      if be != "-" and op != "asyncio tasks" and op not in MANAGED_TABLE},
+                      if be != "-" and op != "asyncio tasks" and op not in MANAGED_TABLE
+                      and op not in REDACTION_TABLE},
                      key=lambda k: (_order(ATTACHED, k[1]), _order(OPS, k[0]), k))
         for op, att in ops:
             x = {be: self.xcall(op, be, att) for be in BACKENDS}
@@ -270,6 +274,25 @@ class Report:
         self.check(6, f"nf.trace.tool call [none] ≥ {MANAGED_RELAY_RATIO_TARGET:g}× cheaper than "
                       "NeMo Relay's tools.execute", _fmt(ratio_none, ".0f", "×"),
                    None if ratio_none is None else ratio_none >= MANAGED_RELAY_RATIO_TARGET)
+
+    def redaction(self):
+        add = self.lines.append
+        add("")
+        add("Redaction (an @nf.trace call whose arguments and result hold an email address and "
+            "an API key; sync no-op subscriber; ×call; no target)")
+        add(f"{'operation':<34}{'attached':<12}{'cython':>8}{'python':>8}")
+        rows = {op: {be: self.xcall(op, be, "subscriber") for be in ("cython", "python")}
+                for op in REDACTION_TABLE}
+        for op, x in rows.items():
+            if x["cython"] is not None or x["python"] is not None:
+                add(f"{'@nf.trace call, ' + op:<34}{'subscriber':<12}{_fmt(x['cython']):>8}"
+                    f"{_fmt(x['python']):>8}")
+        off, on = rows["redaction off"], rows["redaction on"]
+        added = {be: (on[be] - off[be] if on[be] is not None and off[be] is not None else None)
+                 for be in ("cython", "python")}
+        if any(v is not None for v in added.values()):
+            add(f"{'added by redaction':<34}{'-':<12}{_fmt(added['cython']):>8}"
+                f"{_fmt(added['python']):>8}")
 
     def scorecard(self):
         if self.twin:
