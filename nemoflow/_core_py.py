@@ -107,12 +107,11 @@ def _redaction_failed(exc) -> None:
     global _redaction_failures
     _redaction_failures += 1
     if _redaction_failures == 1:
-        try:
+        # warnings turned into errors must not reach the traced code
+        with contextlib.suppress(Exception):
             warnings.warn(f"nemoflow: redaction raised {type(exc).__name__}: {exc}; the payload "
                           f"was replaced by {_REDACTION_FAILED!r} (further failures are only "
                           "counted in nemoflow.diagnostics())", RuntimeWarning, stacklevel=3)
-        except Exception:  # warnings turned into errors must not reach the traced code
-            pass
 
 
 def _redact(obj, lenient):

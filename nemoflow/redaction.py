@@ -669,7 +669,7 @@ class _Redactor:
 def _stringify(obj):
     try:
         return str(obj)
-    except Exception:  # noqa: BLE001  (as the core writes a value whose str() raises)
+    except Exception:
         return f"<unprintable {type(obj).__name__}>"
 
 

@@ -309,7 +309,7 @@ def test_push_pop_scope_and_marks(nf, events, redaction):
     assert len(events) == 7
     for e in events:
         assert EMAIL not in e.to_json()
-        assert "[REDACTED:email]" in e.to_json() or e.name == "t" and e.scope_category == "end"
+        assert "[REDACTED:email]" in e.to_json() or (e.name == "t" and e.scope_category == "end")
 
 
 def test_trace_decorators_arguments_results_and_errors(nf, events, redaction):
