@@ -27,9 +27,21 @@ from ._types import GuardrailRejectedError, InternalError, LLMAttributes, ScopeT
 _OK, _ERROR = _core.STATUS_OK, _core.STATUS_ERROR
 
 
-def error_metadata(exc) -> dict:
+def error_metadata(exc):
+    """The end metadata of a call that raised ``exc`` (encoded: a class name is never refused)."""
     cls = type(exc).__name__
-    return {"error.type": cls, "exception.type": cls}
+    return _core.Encoded(_core.encode({"error.type": cls, "exception.type": cls}, True))
+
+
+def result_metadata(end_metadata, result):
+    """The end metadata ``end_metadata`` finds in a call's result; never raises, since the
+    result comes from the traced program."""
+    if end_metadata is None:
+        return None
+    try:
+        return payload(end_metadata(result), True)
+    except Exception:
+        return None
 
 
 def profile(**fields) -> bytes:
@@ -102,7 +114,7 @@ async def execute_and_end(frame, snap, family, response_family, func, name, arg,
         raise
     event_result = await event_payload(snap.chain(response_family), result, call_response,
                                        settle)
-    meta = end_metadata(result) if end_metadata is not None else None
+    meta = result_metadata(end_metadata, result)
     _core.end(frame, event_result, meta, None, _OK)
     return result
 
@@ -198,7 +210,7 @@ async def call_and_end(frame, func, arg, settle, end_metadata=None):
     except BaseException as exc:
         end_with_error(frame, exc)
         raise
-    meta = end_metadata(result) if end_metadata is not None else None
+    meta = result_metadata(end_metadata, result)
     _core.end(frame, payload(result, True), meta, None, _OK)
     return result
 
