@@ -14,6 +14,9 @@
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_Next
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
@@ -131,32 +134,56 @@ cdef enum:
     _FRAGMENT = 2
 
 
+cdef inline int _leaf(object v, int want) noexcept:
+    # -1: not a leaf (look inside); else what a leaf holds of ``want`` (0 for plain values).
+    cdef type t = type(v)
+    if t is str or t is int or t is bool or v is None:
+        return 0
+    if t is float:
+        return 0 if isfinite(PyFloat_AS_DOUBLE(v)) else want & _NON_FINITE
+    return -1
+
+
 cdef int _scan(object obj, int want) except -1:
     # What orjson would write that is not the value given: NaN and +-Infinity (written as
     # null) and orjson.Fragment (its bytes written unchecked), anywhere orjson looks, an Enum's
     # value included. Returns the first of ``want`` found, or 0. Runs after orjson accepted
     # ``obj``, so its nesting is bounded by orjson's depth limit.
-    cdef type t = type(obj)
-    cdef int found
-    if t is str or t is int or t is bool or obj is None:
-        return 0
-    if t is float:
-        return 0 if isfinite(<double>obj) else want & _NON_FINITE
+    cdef int found = _leaf(obj, want)
+    cdef Py_ssize_t i
+    if found >= 0:
+        return found
+    cdef Py_ssize_t pos = 0
+    cdef PyObject *key
+    cdef PyObject *value
     if isinstance(obj, dict):
-        for v in (<dict>obj).values():
-            found = _scan(v, want)
+        while PyDict_Next(obj, &pos, &key, &value):
+            found = _leaf(<object>value, want)
+            if found < 0:
+                found = _scan(<object>value, want)
+            if found:
+                return found
+        return 0
+    if type(obj) is list:
+        for i in range(PyList_GET_SIZE(obj)):
+            v = <object>PyList_GET_ITEM(obj, i)
+            found = _leaf(v, want)
+            if found < 0:
+                found = _scan(v, want)
             if found:
                 return found
         return 0
     if isinstance(obj, (list, tuple)):
         for v in obj:
-            found = _scan(v, want)
+            found = _leaf(v, want)
+            if found < 0:
+                found = _scan(v, want)
             if found:
                 return found
         return 0
     if isinstance(obj, float):
         return 0 if isfinite(<double>obj) else want & _NON_FINITE
-    if t is _Fragment:
+    if type(obj) is _Fragment:
         return want & _FRAGMENT
     if isinstance(obj, _Enum):
         return _scan(obj.value, want)

@@ -80,7 +80,7 @@ def _safe_text(text):
 
 
 _NON_FINITE, _FRAGMENT = 1, 2
-_SIMPLE = (str, int, bool, type(None))
+_SIMPLE = frozenset((str, int, bool, type(None)))
 
 
 def _scan(obj, want):
@@ -91,16 +91,19 @@ def _scan(obj, want):
     t = type(obj)
     if t in _SIMPLE:
         return 0
-    if t is float or isinstance(obj, float):
-        return 0 if math.isfinite(obj) else want & _NON_FINITE
-    if isinstance(obj, dict):
+    if t is dict:
         obj = obj.values()
-    elif not isinstance(obj, (list, tuple)):
-        if t is orjson.Fragment:
-            return want & _FRAGMENT
-        if isinstance(obj, enum.Enum):
-            return _scan(obj.value, want)
-        return 0
+    elif t is not list and t is not tuple:
+        if isinstance(obj, dict):
+            obj = obj.values()
+        elif not isinstance(obj, (list, tuple)):
+            if isinstance(obj, float):
+                return 0 if math.isfinite(obj) else want & _NON_FINITE
+            if t is orjson.Fragment:
+                return want & _FRAGMENT
+            if isinstance(obj, enum.Enum):
+                return _scan(obj.value, want)
+            return 0
     for v in obj:
         if type(v) not in _SIMPLE:
             found = _scan(v, want)
