@@ -387,3 +387,18 @@ def test_cli_handles_very_deep_traces(nf, jsonl, capsys):
     assert out[depth].startswith("  " * depth + f"s{depth - 1} [function]")
     assert out[depth + 1] == "  " * (depth + 1) + "• bottom"
     assert cli.main(["validate", jsonl.path]) == 0
+
+
+def test_a_refused_call_end_leaves_the_call_open(nf, jsonl, events):
+    tool = nf.tools.call("t", None)
+    llm = nf.llm.call("l", nf.llm.LLMRequest({}, {}))
+    with pytest.raises(ValueError):
+        nf.tools.call_end(tool, math.nan)
+    with pytest.raises(ValueError):
+        nf.llm.call_end(llm, None, timestamp=dt.datetime(3000, 1, 1, tzinfo=UTC))
+    assert len(events) == 2
+    nf.tools.call_end(tool, 1)
+    nf.llm.call_end(llm, 2)
+    with pytest.raises(nf.NotFoundError):
+        nf.tools.call_end(tool, 1)
+    assert [ev["data"] for ev in lines(nf, jsonl)][2:] == [1, 2]
