@@ -1054,8 +1054,8 @@ _MAX_RING = 1 << 20
 
 
 def configure(ring_size=None, overflow=None):
-    """Pipeline settings: ``ring_size`` (records per thread, a power of two, for rings made
-    from now on) and ``overflow`` ("block", the lossless default, or "drop")."""
+    """Pipeline settings: ``ring_size`` (records per thread, a power of two from 16 to 2**20,
+    for rings made from now on) and ``overflow`` ("block", the lossless default, or "drop")."""
     global _drop_when_full
     if ring_size is not None:
         if (not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16

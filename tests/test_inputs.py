@@ -302,9 +302,6 @@ class Name(str):
 
 
 def test_str_subclasses_as_names_and_categories(nf, jsonl, events):
-    class Kind(enum.Enum):
-        pass
-
     names = [Name("sub"), enum.StrEnum("N", {"A": "strenum"}).A]
     for name in names:
         h = nf.scope.push(name, nf.ScopeType.Function)
