@@ -1816,6 +1816,9 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     cdef MarkEvent ev
     cdef ScopeHandle parent = top if handle is None else <ScopeHandle>handle
     nf_uuid7(ts, &hi, &lo)
+    if _recording:  # written before any subscriber runs (and can raise)
+        _record_mark(hi, lo, parent, name, ts, data_raw, meta_raw, schema_raw, category,
+                     profile_raw)
     if _enabled:
         ev = MarkEvent.__new__(MarkEvent)
         ev._hi = hi
@@ -1830,9 +1833,6 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
         ev._category = category
         ev._profile = profile_raw
         _deliver(ev, top)
-    if _recording:
-        _record_mark(hi, lo, parent, name, ts, data_raw, meta_raw, schema_raw, category,
-                     profile_raw)
 
 
 # ---------------------------------------------------------------------------------------------

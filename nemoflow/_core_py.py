@@ -1381,10 +1381,10 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     ev._schema = schema_raw
     ev._category = category
     ev._profile = profile_raw
+    if _recording:  # written before any subscriber runs (and can raise)
+        _record(ev)
     if _enabled:
         _deliver(ev, top)
-    if _recording:
-        _record(ev)
 
 
 # --------------------------------------------------------------------------------------------

@@ -647,14 +647,18 @@ async def stream(call, func, as_async, settle):
             output = call.result_now()
         except Exception:  # fail closed
             output = None
-        _core.end(frame, output, None, None, _OK, None, None, call.end_profile())
-        await close_stream(it)
+        try:  # (a subscriber interrupting the end event must not leave the source open)
+            _core.end(frame, output, None, None, _OK, None, None, call.end_profile())
+        finally:
+            await close_stream(it)
         raise
     except BaseException as exc:
-        end_with_error(frame, exc, call.end_profile())
         # An exception thrown in at ``yield item`` (``throw``/``athrow``) leaves the source
         # suspended; close it now rather than when the cycle through the traceback is collected.
-        await close_stream(it)
+        try:
+            end_with_error(frame, exc, call.end_profile())
+        finally:
+            await close_stream(it)
         raise
     try:
         output = await call.result()

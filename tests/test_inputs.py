@@ -98,6 +98,14 @@ def test_interrupt_from_subscriber_during_pop_after_the_pop_completed(nf, jsonl)
     assert [ev["scope_category"] for ev in lines(nf, jsonl)] == ["start", "end"]
 
 
+def test_interrupt_from_subscriber_during_a_mark_after_it_was_written(nf, jsonl):
+    nf.subscribers.register("ctrl-c", raising(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        nf.mark("m")
+    nf.subscribers.deregister("ctrl-c")
+    assert [ev["name"] for ev in lines(nf, jsonl)] == ["m"]
+
+
 def test_interrupt_from_subscriber_during_push_leaves_the_scope_current(nf, jsonl):
     # as if the signal arrived just after push returned: the scope is open and current
     nf.subscribers.register("ctrl-c", raising(KeyboardInterrupt, is_start))
