@@ -1875,15 +1875,15 @@ cdef list _abandoned(ScopeHandle frame):
     # Scopes pushed inside a block and still open when it exits would never get an end event:
     # they are ended (innermost first) with an ERROR status that says why.
     cdef ScopeHandle f = _peek()
-    cdef list open_ = []
     if f is frame or f is None:
-        return open_
+        return None  # the usual case: nothing allocated
+    cdef list open_ = []
     while f is not None and f is not frame:
         if not f._closed:
             open_.append(f)
         f = f._prev
     if f is None:  # the block's scope is not on this stack: nothing of ours to close
-        return []
+        return None
     return open_
 
 
@@ -1951,13 +1951,14 @@ cdef class ScopeContext:
         _unbind(token, frame)
         # Every end is written even if a subscriber interrupts one; the first error is raised.
         pending = None
-        for f in abandoned:
-            try:
-                _end(f, None, None, _auto_end_ts(f), _STATUS_ERROR,
-                     "abandoned: still open when its enclosing scope ended", None)
-            except BaseException as e:
-                if pending is None:
-                    pending = e
+        if abandoned is not None:
+            for f in abandoned:
+                try:
+                    _end(f, None, None, _auto_end_ts(f), _STATUS_ERROR,
+                         "abandoned: still open when its enclosing scope ended", None)
+                except BaseException as e:
+                    if pending is None:
+                        pending = e
         if not frame._closed:
             ts = self._end_ts if self._has_end_ts else _auto_end_ts(frame)
             try:

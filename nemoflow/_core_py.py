@@ -1424,14 +1424,14 @@ def _abandoned(frame):
     # they are ended (innermost first) with an ERROR status that says why.
     f = _current.get(None)
     if f is frame or f is None:
-        return []
+        return ()
     open_ = []
     while f is not None and f is not frame:
         if not f._closed:
             open_.append(f)
         f = f._prev
     if f is None:  # the block's scope is not on this stack: nothing of ours to close
-        return []
+        return ()
     return open_
 
 
