@@ -5,12 +5,14 @@ a typed error with nothing emitted, or are written as valid JSON; user code run 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import enum
 import json
 import math
 import warnings
 
+import numpy as np
 import orjson
 import pytest
 
@@ -53,7 +55,7 @@ def is_start(ev):
 
 # --- 7: user code run by the core ------------------------------------------------------------
 
-def test_escalated_warning_never_raises_into_traced_code(nf, jsonl):
+def test_escalated_warning_never_raises_into_traced_code(nf, jsonl, capsys):
     nf.subscribers.register("bad", raising(ValueError))
     root = nf.scope.get_handle()
     with warnings.catch_warnings():
@@ -78,6 +80,8 @@ def test_escalated_warning_never_raises_into_traced_code(nf, jsonl):
         assert nf.tools.execute_sync("t2", {"a": 1}, lambda a: 3) == 3
     assert nf.scope.get_handle() is root
     assert nf.diagnostics()["subscribers"]["bad"]["errors"] == 11
+    # reported once, where it cannot raise
+    assert capsys.readouterr().err.count("nemoflow: subscriber 'bad' raised ValueError: boom") == 1
     names = [(ev["name"], ev["scope_category"] if ev["kind"] == "scope" else "mark")
              for ev in lines(nf, jsonl)]
     assert names == [("a", "start"), ("m", "mark"), ("a", "end"), ("b", "start"), ("b", "end"),
@@ -263,6 +267,11 @@ def test_managed_tool_and_llm_accept_lone_surrogates(nf, jsonl):
 
 # --- 10: payloads that orjson would write as something else -----------------------------------
 
+@dataclasses.dataclass
+class Point:
+    x: float
+
+
 class Weird(enum.Enum):
     NAN = math.nan
     NESTED = (1.0, {"x": math.inf})
@@ -275,6 +284,8 @@ class Weird(enum.Enum):
     {"k": [orjson.Fragment(b"1")]},
     Weird.NAN, [Weird.NESTED], {"e": Weird.FRAGMENT},
     {"x": (1, -math.inf)},
+    # what orjson's options leave to ``default``, which refuses it: never a silent null
+    Point(math.nan), np.float64(math.nan), np.array([math.nan]), {math.nan: 1}, {1.5: 1},
 ], ids=repr)
 def test_payloads_orjson_cannot_write_faithfully_are_refused(nf, jsonl, events, payload):
     with pytest.raises(ValueError, match="Failed to convert to JSON"):
