@@ -17,6 +17,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Next
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
@@ -164,17 +165,21 @@ cdef int _scan(object obj, int want) except -1:
             if found:
                 return found
         return 0
-    if type(obj) is list:
-        for i in range(PyList_GET_SIZE(obj)):
+    # Items are read as orjson reads them, never through an overridden __iter__.
+    if isinstance(obj, list):
+        i = 0
+        while i < PyList_GET_SIZE(obj):  # re-read: an Enum's value property may run code
             v = <object>PyList_GET_ITEM(obj, i)
+            i += 1
             found = _leaf(v, want)
             if found < 0:
                 found = _scan(v, want)
             if found:
                 return found
         return 0
-    if isinstance(obj, (list, tuple)):
-        for v in obj:
+    if isinstance(obj, tuple):
+        for i in range(PyTuple_GET_SIZE(obj)):
+            v = <object>PyTuple_GET_ITEM(obj, i)
             found = _leaf(v, want)
             if found < 0:
                 found = _scan(v, want)

@@ -94,9 +94,14 @@ def _scan(obj, want):
     if t is dict:
         obj = obj.values()
     elif t is not list and t is not tuple:
+        # items are read as orjson reads them, never through an overridden __iter__
         if isinstance(obj, dict):
-            obj = obj.values()
-        elif not isinstance(obj, (list, tuple)):
+            obj = dict.values(obj)
+        elif isinstance(obj, list):
+            obj = list.__iter__(obj)
+        elif isinstance(obj, tuple):
+            obj = tuple.__iter__(obj)
+        else:
             if isinstance(obj, float):
                 return 0 if math.isfinite(obj) else want & _NON_FINITE
             if t is orjson.Fragment:

@@ -418,3 +418,15 @@ def test_a_refused_call_end_leaves_the_call_open(nf, jsonl, events):
     with pytest.raises(nf.NotFoundError):
         nf.tools.call_end(tool, 1)
     assert [ev["data"] for ev in lines(nf, jsonl)][2:] == [1, 2]
+
+
+class Sneaky(list):
+    def __iter__(self):
+        raise RuntimeError("not through __iter__")
+
+
+def test_container_subclasses_are_read_as_orjson_reads_them(nf, jsonl):
+    nf.mark("m", data={"a": Sneaky([1, 2])})
+    with pytest.raises(ValueError, match="NaN"):
+        nf.mark("m", data=Sneaky([math.nan]))
+    assert [ev["data"] for ev in lines(nf, jsonl)] == [{"a": [1, 2]}]
