@@ -14,12 +14,17 @@
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_Next
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.contextvars cimport PyContextVar_Reset, PyContextVar_Set, get_value_no_default
-from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
+from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8, PyUnicode_FromObject
 from libc.errno cimport EBADF
+from libc.math cimport isfinite
 from libc.string cimport memcpy
 
 cdef extern from "Python.h":
@@ -31,7 +36,7 @@ from libc.stdint cimport int64_t, uint64_t
 import atexit
 import contextvars
 import datetime as _dt
-import math
+import enum
 import os
 import sys
 import threading
@@ -44,6 +49,7 @@ import orjson
 
 from nemoflow._types import (
     ATOF_VERSION,
+    ATTRIBUTE_NAMES,
     CATEGORIES,
     AlreadyExistsError,
     InvalidArgumentError,
@@ -106,25 +112,125 @@ def _reject(obj):
 
 def _stringify(obj):
     try:
-        return str(obj)
+        return _safe_text(str(obj))
     except Exception:
         return f"<unprintable {type(obj).__name__}>"
 
 
-cdef bint _has_non_finite(obj) except -1:
-    # orjson writes NaN and +-Infinity as null; JSON has no such values, so they are rejected.
-    if isinstance(obj, float):
-        return not math.isfinite(obj)
+cdef str _safe_text(str text):
+    # A lone surrogate (what os.listdir gives for a name that is not UTF-8) cannot be written
+    # as UTF-8: keep the text, escape that character.
+    if PyUnicode_IS_COMPACT_ASCII(text):
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+cdef object _Fragment = orjson.Fragment
+cdef object _Enum = enum.Enum
+cdef enum:
+    _NON_FINITE = 1
+    _FRAGMENT = 2
+
+
+cdef inline int _leaf(object v, int want) noexcept:
+    # -1: not a leaf (look inside); else what a leaf holds of ``want`` (0 for plain values).
+    cdef type t = type(v)
+    if t is str or t is int or t is bool or v is None:
+        return 0
+    if t is float:
+        return 0 if isfinite(PyFloat_AS_DOUBLE(v)) else want & _NON_FINITE
+    return -1
+
+
+cdef int _scan(object obj, int want) except -1:
+    # What orjson would write that is not the value given: NaN and +-Infinity (written as
+    # null) and orjson.Fragment (its bytes written unchecked), anywhere orjson looks, an Enum's
+    # value included. Returns the first of ``want`` found, or 0. Runs after orjson accepted
+    # ``obj``, so its nesting is bounded by orjson's depth limit.
+    cdef int found = _leaf(obj, want)
+    cdef Py_ssize_t i
+    if found >= 0:
+        return found
+    cdef Py_ssize_t pos = 0
+    cdef PyObject *key
+    cdef PyObject *value
     if isinstance(obj, dict):
-        for v in (<dict>obj).values():
-            if _has_non_finite(v):
-                return True
-        return False
+        while PyDict_Next(obj, &pos, &key, &value):
+            found = _leaf(<object>value, want)
+            if found < 0:
+                found = _scan(<object>value, want)
+            if found:
+                return found
+        return 0
+    # Items are read as orjson reads them, never through an overridden __iter__.
+    if isinstance(obj, list):
+        i = 0
+        while i < PyList_GET_SIZE(obj):  # re-read: an Enum's value property may run code
+            v = <object>PyList_GET_ITEM(obj, i)
+            i += 1
+            found = _leaf(v, want)
+            if found < 0:
+                found = _scan(v, want)
+            if found:
+                return found
+        return 0
+    if isinstance(obj, tuple):
+        for i in range(PyTuple_GET_SIZE(obj)):
+            v = <object>PyTuple_GET_ITEM(obj, i)
+            found = _leaf(v, want)
+            if found < 0:
+                found = _scan(v, want)
+            if found:
+                return found
+        return 0
+    if isinstance(obj, float):
+        return 0 if isfinite(<double>obj) else want & _NON_FINITE
+    if type(obj) is _Fragment:
+        return want & _FRAGMENT
+    if isinstance(obj, _Enum):
+        return _scan(obj.value, want)
+    return 0
+
+
+cdef object _scrub(object obj, int depth):
+    # A copy of a traced program's value that orjson can write faithfully: text with lone
+    # surrogates escaped, Fragments as their text, Enum members as their values.
+    if depth > 300:
+        return _stringify(obj)
+    if isinstance(obj, str):
+        return _safe_text(obj)
+    if isinstance(obj, dict):
+        return {(_safe_text(k) if isinstance(k, str) else k): _scrub(v, depth + 1)
+                for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        for v in obj:
-            if _has_non_finite(v):
-                return True
-    return False
+        return [_scrub(v, depth + 1) for v in obj]
+    if type(obj) is _Fragment:  # its text: dumps writes a Fragment's bytes as they are
+        return _safe_text(_dumps(obj).decode("utf-8", "backslashreplace"))
+    if isinstance(obj, _Enum):
+        return _scrub(obj.value, depth + 1)
+    return obj
+
+
+cdef object _encode_lenient(object obj):
+    # Never raises (an Exception): the value comes from the traced program.
+    try:
+        raw = _dumps(obj, default=_stringify, option=_JSON_OPTS)
+        if not _scan(obj, _FRAGMENT):
+            return raw
+    except Exception:
+        pass
+    try:
+        return _dumps(_scrub(obj, 0), default=_stringify, option=_JSON_OPTS)
+    except Exception:
+        pass
+    try:
+        return _dumps(_stringify(obj))
+    except Exception:
+        return b'"<unencodable value>"'
 
 
 @cython.final
@@ -154,12 +260,9 @@ cdef int _redaction_failed(exc) except -1:
     global _redaction_failures
     _redaction_failures += 1
     if _redaction_failures == 1:
-        try:
-            warnings.warn(f"nemoflow: redaction raised {type(exc).__name__}: {exc}; the payload "
-                          f"was replaced by {_REDACTION_FAILED!r} (further failures are only "
-                          "counted in nemoflow.diagnostics())", RuntimeWarning, stacklevel=2)
-        except Exception:  # warnings turned into errors must not reach the traced code
-            pass
+        _warn_quietly(f"nemoflow: redaction raised {type(exc).__name__}: {exc}; the payload "
+                      f"was replaced by {_REDACTION_FAILED!r} (further failures are only "
+                      "counted in nemoflow.diagnostics())")
     return 0
 
 
@@ -181,6 +284,7 @@ cdef str _redact_text(str text):
 
 cdef object _encode(object obj, bint lenient):
     cdef bytes raw
+    cdef int found
     if obj is None:
         return None
     if type(obj) is Encoded:
@@ -188,16 +292,17 @@ cdef object _encode(object obj, bint lenient):
     if _redactor is not None:
         obj = _redact(obj, lenient)
     if lenient:
-        try:
-            return _dumps(obj, default=_stringify, option=_JSON_OPTS)
-        except (TypeError, ValueError):
-            return _dumps(_stringify(obj))
+        return _encode_lenient(obj)
     try:
         raw = _dumps(obj, default=_reject, option=_JSON_OPTS)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"Failed to convert to JSON: {exc}") from None
-    if nf_has_null(PyBytes_AS_STRING(raw), <size_t>PyBytes_GET_SIZE(raw)) and _has_non_finite(obj):
+    found = _scan(obj, _NON_FINITE | _FRAGMENT)
+    if found == _NON_FINITE:
         raise ValueError("Failed to convert to JSON: NaN and Infinity are not JSON values")
+    if found == _FRAGMENT:
+        raise ValueError("Failed to convert to JSON: an orjson.Fragment would be written "
+                         "unchecked; pass the decoded value")
     return raw
 
 
@@ -234,8 +339,17 @@ cdef int64_t _timestamp_ns(object ts) except? -1:
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise ValueError("timestamp must be timezone-aware (naive datetime given)")
     delta = ts - _EPOCH
-    return (<int64_t>delta.days * 86400 + <int64_t>delta.seconds) * 1000000000 \
-        + <int64_t>delta.microseconds * 1000
+    ns = (delta.days * 86400 + delta.seconds) * 1000000000 + delta.microseconds * 1000
+    if not _MIN_NS <= ns <= _MAX_NS:
+        raise ValueError(_RANGE_ERROR.format(ts))
+    return <int64_t>ns
+
+
+# Nanoseconds since the epoch are int64 on the wire and in records: 1677-09-21 to 2262-04-11.
+cdef object _MIN_NS = -(1 << 63)
+cdef object _MAX_NS = (1 << 63) - 1
+cdef str _RANGE_ERROR = ("timestamp {} is outside the range nemoflow can write "
+                         "(1677-09-21T00:12:43.145225+00:00 to 2262-04-11T23:47:16.854775+00:00)")
 
 
 def timestamp_ns(ts):
@@ -423,6 +537,7 @@ def bind(frame):
     """Make ``frame`` current in this context; returns the token for ``unbind``."""
     if not isinstance(frame, ScopeHandle):
         raise TypeError(f"expected a ScopeHandle, got {type(frame).__name__}")
+    _check_made(<ScopeHandle>frame)
     return PyContextVar_Set(_current, frame)
 
 
@@ -763,16 +878,29 @@ cdef class Subscriber:
                 self._stat.errors += 1
                 if not self._warned:
                     self._warned = True
-                    warnings.warn(
+                    _warn_quietly(
                         f"nemoflow: subscriber {self.name!r} raised {type(exc).__name__}: "
-                        f"{exc}; further errors are counted in nemoflow.diagnostics()",
-                        RuntimeWarning, stacklevel=2)
+                        f"{_describe(exc)}; further errors are counted in "
+                        "nemoflow.diagnostics()")
         finally:
             self._depth -= 1
             if self._depth == 0:
                 nf_store_relaxed(&self._owner, 0)
                 PyThread_release_lock(self._lock)
         return 0
+
+
+def _warn_quietly(text):
+    # Under warnings.simplefilter("error") (pytest -W error) warn() raises: that must not
+    # reach the traced code, which did nothing wrong. The text goes to stderr instead; the
+    # failure itself is counted in diagnostics() either way.
+    try:
+        warnings.warn(text, RuntimeWarning, stacklevel=3)
+    except Exception:
+        try:
+            sys.stderr.write(f"{text}\n")
+        except Exception:
+            pass
 
 
 cdef list _all_subscribers():
@@ -803,6 +931,7 @@ def set_subscribers(subs):
 cdef int _check_active(frame) except -1:
     if not isinstance(frame, ScopeHandle):
         raise TypeError(f"expected a ScopeHandle, got {type(frame).__name__}")
+    _check_made(<ScopeHandle>frame)
     if (<ScopeHandle>frame)._closed:
         raise NotFoundError(f"not found: scope {(<ScopeHandle>frame)._uuid()} not found")
     return 0
@@ -1138,9 +1267,9 @@ cdef class LineSink:
         self._k.failures_unreported = 0
         if not self._reported:
             self._reported = True
-            warnings.warn(f"nemoflow: exporter {self.name!r} could not write: "
+            _warn_quietly(f"nemoflow: exporter {self.name!r} could not write: "
                           f"{exc if exc is not None else os.strerror(self._k.err)}; further "
-                          "errors are counted in nemoflow.diagnostics()", RuntimeWarning)
+                          "errors are counted in nemoflow.diagnostics()")
 
     def _reopen_now(self, rotate=False):
         # The old descriptor is closed and forgotten first: if no new file can be opened the
@@ -1258,8 +1387,8 @@ def consumer_failed(consumer, exc):
         st = _stat_for(f"exporter:{name}")
     st.errors += 1
     if st.errors == 1:
-        warnings.warn(f"nemoflow: exporter {name!r} raised {type(exc).__name__}: {exc}; further "
-                      "errors are counted in nemoflow.diagnostics()", RuntimeWarning)
+        _warn_quietly(f"nemoflow: exporter {name!r} raised {type(exc).__name__}: {exc}; "
+                      "further errors are counted in nemoflow.diagnostics()")
 
 
 cdef int _python_phase(nf_record *batch, Py_ssize_t n) except -1:
@@ -1486,14 +1615,19 @@ def shutdown(timeout=5.0):
     return flushed and not thread.is_alive()
 
 
+# 2**20 records of 128 bytes: 128 MiB per recording thread, allocated when its ring is made.
+_MAX_RING = 1 << 20
+
+
 def configure(ring_size=None, overflow=None):
-    """Pipeline settings: ``ring_size`` (records per thread, a power of two, for rings made
-    from now on) and ``overflow`` ("block", the lossless default, or "drop")."""
+    """Pipeline settings: ``ring_size`` (records per thread, a power of two from 16 to 2**20,
+    for rings made from now on) and ``overflow`` ("block", the lossless default, or "drop")."""
     global _drop_when_full
     if ring_size is not None:
         if (not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
-                or ring_size & (ring_size - 1)):
-            raise ValueError("ring_size must be a power of two >= 16")
+                or ring_size > _MAX_RING or ring_size & (ring_size - 1)):
+            raise ValueError(f"ring_size must be a power of two from 16 to {_MAX_RING}, "
+                             f"not {ring_size!r}")
         pthread_mutex_lock(&nf_pipe.mutex)
         nf_pipe.capacity = <uint64_t>ring_size
         pthread_mutex_unlock(&nf_pipe.mutex)
@@ -1544,12 +1678,15 @@ def _pipeline_stats():
 # ---------------------------------------------------------------------------------------------
 # Scope lifecycle.
 
-cdef inline int _check_name(name) except -1:
-    if type(name) is not str and not isinstance(name, str):
-        raise TypeError(f"name must be str, not {type(name).__name__}")
+cdef inline str _check_name(name):
+    # The plain str of a str subclass (a StrEnum member, say): that is what is recorded.
+    if type(name) is not str:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be str, not {type(name).__name__}")
+        name = PyUnicode_FromObject(name)
     if not PyUnicode_IS_COMPACT_ASCII(name):
         _check_text(name)
-    return 0
+    return <str>name
 
 
 cdef int _check_text(str text) except -1:
@@ -1568,8 +1705,19 @@ cdef inline int _check_scope_type(scope_type) except -1:
 
 
 cdef inline int _check_parent(handle) except -1:
-    if handle is not None and not isinstance(handle, ScopeHandle):
-        raise TypeError(f"handle must be a ScopeHandle or None, not {type(handle).__name__}")
+    if handle is not None:
+        if not isinstance(handle, ScopeHandle):
+            raise TypeError(f"handle must be a ScopeHandle or None, not {type(handle).__name__}")
+        _check_made(<ScopeHandle>handle)
+    return 0
+
+
+cdef inline int _check_made(ScopeHandle h) except -1:
+    # Every frame the core makes has a uuid (v7: never all zero); one made by calling
+    # ``ScopeHandle.__new__`` has none and would be written with a null uuid.
+    if h._hi == 0 and h._lo == 0:
+        raise TypeError("this handle was not created by nemoflow (handles come from "
+                        "scope.push, scope.scope, tools.call and llm.call)")
     return 0
 
 
@@ -1583,41 +1731,80 @@ cdef int _attr_value(attributes, int kind=_KIND_SCOPE) except? -1:
             or (isinstance(attributes, _ATTR_CLASSES) and not isinstance(attributes, expected))):
         raise TypeError(f"attributes must be {expected.__name__}, "
                         f"not {type(attributes).__name__}")
+    if attributes < 0 or attributes & ~(<int>_ATTR_MASKS[kind]):
+        raise ValueError(f"attributes {int(attributes)} has bits {expected.__name__} does not "
+                         f"define (valid: 0 to {_ATTR_MASKS[kind]})")
     return <int>attributes
 
 
 cdef tuple _ATTR_CLASSES = (ScopeAttributes, ToolAttributes, LLMAttributes)
+# The bits each kind defines; anything else would be dropped from the line without a word.
+cdef tuple _ATTR_MASKS = tuple([sum([bit for bit, _ in ATTRIBUTE_NAMES[c]]) for c in _ATTR_CLASS])
 
 
-cdef ScopeHandle _start(str name, object scope_type, ScopeHandle parent, int attrs,
-                        object data_raw, object meta_raw, object input_raw, int64_t ts,
-                        int kind, object profile, type cls):
+cdef int _check_kind(kind) except -1:
+    if type(kind) is not int or not (_KIND_SCOPE <= kind <= 2):
+        raise ValueError(f"kind must be KIND_SCOPE, KIND_TOOL or KIND_LLM, not {kind!r}")
+    return 0
+
+
+# Opening and closing a scope change state (frame, binding, record) first and run user code
+# (synchronous subscribers, and the warnings machinery behind them) last: whatever that code
+# raises (KeyboardInterrupt, say) finds the stack as consistent as after a completed call.
+
+cdef ScopeHandle _open(str name, object scope_type, ScopeHandle parent, int attrs,
+                       object data_raw, object meta_raw, object input_raw, int64_t ts,
+                       int kind, object profile, type cls):
+    # The frame and its start record; the start event is delivered by _announce.
     cdef ScopeHandle top = _top()
-    cdef ScopeEvent ev
     if parent is None:
         parent = top
     cdef ScopeHandle frame = _new_frame(cls, kind, name, scope_type, attrs, parent, top,
                                         data_raw, meta_raw, profile, ts)
-    if _enabled:
-        _deliver(_scope_event(frame, False, ts, input_raw, None, _STATUS_NONE, None), top)
     if _recording:
         _record_scope(NF_REC_START, frame, ts, input_raw, None, _STATUS_NONE, None)
     return frame
 
 
+cdef inline int _announce(ScopeHandle frame, object input_raw) except -1:
+    if _enabled:
+        _deliver(_scope_event(frame, False, frame._start_ns, input_raw, None, _STATUS_NONE,
+                              None), frame._prev)
+    return 0
+
+
+cdef inline int _unbind(object token, ScopeHandle frame) except -1:
+    try:
+        PyContextVar_Reset(_current, token)
+    except ValueError:  # exited in another context than entered: restore by value
+        PyContextVar_Set(_current, frame._prev)
+    return 0
+
+
 def start(name, scope_type, parent, attributes, data, metadata, input, timestamp,
-          int kind=_KIND_SCOPE, profile=None, type cls=ScopeHandle):
+          kind=_KIND_SCOPE, profile=None, type cls=ScopeHandle):
     """Open a scope (emit its start event) without binding it; returns the frame."""
-    _check_name(name)
+    name = _check_name(name)
     _check_scope_type(scope_type)
     _check_parent(parent)
+    _check_kind(kind)
+    if profile is not None and type(profile) is not bytes:
+        raise TypeError(f"profile must be encoded JSON bytes, not {type(profile).__name__}")
     cdef int attrs = _attr_value(attributes, kind)
     cdef int64_t ts = nf_now_ns() if timestamp is None else _timestamp_ns(timestamp)
     data_raw = _encode(data, False)
     meta_raw = _encode(metadata, False)
     input_raw = _encode(input, False)
-    return _start(name, scope_type, parent, attrs, data_raw, meta_raw, input_raw, ts, kind,
-                  profile, cls)
+    cdef ScopeHandle frame = _open(name, scope_type, parent, attrs, data_raw, meta_raw,
+                                   input_raw, ts, kind, profile, cls)
+    try:
+        _announce(frame, input_raw)
+    except BaseException as exc:
+        # Interrupted in a subscriber (KeyboardInterrupt): the caller never gets the handle,
+        # so the call is ended here rather than left open forever.
+        _end(frame, None, None, _auto_end_ts(frame), _STATUS_ERROR, _describe(exc), None)
+        raise
+    return frame
 
 
 cdef inline int64_t _auto_end_ts(ScopeHandle frame) noexcept:
@@ -1633,17 +1820,20 @@ cdef inline int64_t _auto_end_ts(ScopeHandle frame) noexcept:
 
 cdef int _end(ScopeHandle frame, object out_raw, object meta_raw, int64_t ts, int status,
               object desc, ScopeHandle top) except -1:
-    cdef ScopeEvent ev
     frame._closed = True
     # (A plain store: concurrent child ends may race here; the GIL serializes them today.)
     if frame._parent is not None and ts > frame._parent._child_end:
         frame._parent._child_end = ts
-    if _enabled:
-        _deliver(_scope_event(frame, True, ts, out_raw, meta_raw, status, desc),
-                 frame if top is None else top)
     if _recording:
         _record_scope(NF_REC_END, frame, ts, out_raw, meta_raw, status, desc)
-    if frame._has_locals:
+    if _enabled:
+        try:
+            _deliver(_scope_event(frame, True, ts, out_raw, meta_raw, status, desc),
+                     frame if top is None else top)
+        finally:
+            if frame._has_locals:
+                _drop_locals(frame)
+    elif frame._has_locals:
         _drop_locals(frame)
     return 0
 
@@ -1655,6 +1845,9 @@ def end(ScopeHandle frame, output, metadata, timestamp, int status=_STATUS_NONE,
     ``profile`` (encoded JSON bytes) replaces the category_profile for the end event (a streamed
     LLM call's ``time_to_first_chunk``); the start event keeps the one given at start.
     """
+    _check_made(frame)
+    if not (_STATUS_NONE <= status <= _STATUS_ERROR):
+        raise ValueError(f"status must be STATUS_NONE, STATUS_OK or STATUS_ERROR, not {status}")
     cdef int64_t ts = _auto_end_ts(frame) if timestamp is None else _timestamp_ns(timestamp)
     out_raw = _encode(output, False)
     meta_raw = _encode(metadata, False)
@@ -1669,7 +1862,7 @@ def end(ScopeHandle frame, output, metadata, timestamp, int status=_STATUS_NONE,
 def push(name, scope_type, *, handle=None, attributes=None, data=None, metadata=None,
          input=None, timestamp=None):
     """Open a scope on the current stack and make it current; returns its handle."""
-    _check_name(name)
+    name = _check_name(name)
     _check_scope_type(scope_type)
     _check_parent(handle)
     cdef int attrs = _attr_value(attributes)
@@ -1677,9 +1870,10 @@ def push(name, scope_type, *, handle=None, attributes=None, data=None, metadata=
     data_raw = _encode(data, False)
     meta_raw = _encode(metadata, False)
     input_raw = _encode(input, False)
-    cdef ScopeHandle frame = _start(name, scope_type, handle, attrs, data_raw, meta_raw,
-                                    input_raw, ts, _KIND_SCOPE, None, ScopeHandle)
+    cdef ScopeHandle frame = _open(name, scope_type, handle, attrs, data_raw, meta_raw,
+                                   input_raw, ts, _KIND_SCOPE, None, ScopeHandle)
     PyContextVar_Set(_current, frame)
+    _announce(frame, input_raw)
     return frame
 
 
@@ -1705,6 +1899,7 @@ def pop(handle, *, output=None, metadata=None, timestamp=None):
     if not isinstance(handle, ScopeHandle):
         raise TypeError(f"handle must be a ScopeHandle, not {type(handle).__name__}")
     cdef ScopeHandle h = <ScopeHandle>handle
+    _check_made(h)
     out_raw = _encode(output, False)
     meta_raw = _encode(metadata, False)
     cdef int64_t ts = _auto_end_ts(h) if timestamp is None else _timestamp_ns(timestamp)
@@ -1713,8 +1908,8 @@ def pop(handle, *, output=None, metadata=None, timestamp=None):
     # atomic exchange on _closed here.)
     _check_poppable(h)
     h._closed = True
-    _end(h, out_raw, meta_raw, ts, _STATUS_NONE, None, None)
     PyContextVar_Set(_current, h._prev)
+    _end(h, out_raw, meta_raw, ts, _STATUS_NONE, None, None)
 
 
 cdef object _check_schema(data_schema):
@@ -1729,13 +1924,12 @@ cdef object _check_schema(data_schema):
 def event(name, *, handle=None, data=None, metadata=None, data_schema=None, timestamp=None,
           category=None, category_profile=None):
     """Emit a mark under ``handle`` (default: the current scope)."""
-    _check_name(name)
+    name = _check_name(name)
     _check_parent(handle)
     if category is not None:
         if not isinstance(category, str):
             raise TypeError(f"category must be str or None, not {type(category).__name__}")
-        if not PyUnicode_IS_COMPACT_ASCII(category):
-            _check_text(category)
+        category = _check_name(category)
     cdef int64_t ts = nf_now_ns() if timestamp is None else _timestamp_ns(timestamp)
     data_raw = _encode(data, False)
     meta_raw = _encode(metadata, False)
@@ -1748,6 +1942,9 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     cdef MarkEvent ev
     cdef ScopeHandle parent = top if handle is None else <ScopeHandle>handle
     nf_uuid7(ts, &hi, &lo)
+    if _recording:  # written before any subscriber runs (and can raise)
+        _record_mark(hi, lo, parent, name, ts, data_raw, meta_raw, schema_raw, category,
+                     profile_raw)
     if _enabled:
         ev = MarkEvent.__new__(MarkEvent)
         ev._hi = hi
@@ -1762,9 +1959,6 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
         ev._category = category
         ev._profile = profile_raw
         _deliver(ev, top)
-    if _recording:
-        _record_mark(hi, lo, parent, name, ts, data_raw, meta_raw, schema_raw, category,
-                     profile_raw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1805,23 +1999,20 @@ def enabled():
     return _enabled or _recording
 
 
-cdef int _end_abandoned(ScopeHandle frame) except -1:
+cdef list _abandoned(ScopeHandle frame):
     # Scopes pushed inside a block and still open when it exits would never get an end event:
-    # end them (innermost first) with an ERROR status that says why.
+    # they are ended (innermost first) with an ERROR status that says why.
     cdef ScopeHandle f = _peek()
     if f is frame or f is None:
-        return 0
+        return None  # the usual case: nothing allocated
     cdef list open_ = []
     while f is not None and f is not frame:
         if not f._closed:
             open_.append(f)
         f = f._prev
     if f is None:  # the block's scope is not on this stack: nothing of ours to close
-        return 0
-    for f in open_:
-        _end(f, None, None, _auto_end_ts(f), _STATUS_ERROR,
-             "abandoned: still open when its enclosing scope ended", None)
-    return 0
+        return None
+    return open_
 
 
 # Not tracked by the cyclic GC: a ScopeContext holds str, bytes, the ScopeType member, frames
@@ -1840,7 +2031,7 @@ cdef class ScopeContext:
     cdef int _setup(self, name, scope_type, handle, attributes, data, metadata, input,
                     timestamp, end_timestamp, bint lenient) except -1:
         # Validate and encode everything before anything is emitted.
-        _check_name(name)
+        name = _check_name(name)
         _check_scope_type(scope_type)
         _check_parent(handle)
         self._name = name
@@ -1862,12 +2053,18 @@ cdef class ScopeContext:
         if self._active:
             raise RuntimeError("this scope block is already in use; create one per with-statement")
         cdef int64_t ts = self._start_ts if self._has_start_ts else nf_now_ns()
-        cdef ScopeHandle frame = _start(self._name, self._scope_type, self._parent,
-                                        self._attrs, self._data, self._meta, self._input, ts,
-                                        _KIND_SCOPE, None, ScopeHandle)
+        cdef ScopeHandle frame = _open(self._name, self._scope_type, self._parent,
+                                       self._attrs, self._data, self._meta, self._input, ts,
+                                       _KIND_SCOPE, None, ScopeHandle)
         self._frame = frame
         self._token = PyContextVar_Set(_current, frame)
         self._active = True
+        try:
+            _announce(frame, self._input)
+        except BaseException as exc:
+            # __exit__ will not run for a failed __enter__: end the scope here
+            self._exit(exc, None)
+            raise
         return frame
 
     def __enter__(self):
@@ -1877,21 +2074,32 @@ cdef class ScopeContext:
         cdef ScopeHandle frame = self._frame
         cdef int64_t ts
         self._active = False
-        try:
-            _end_abandoned(frame)
-            if not frame._closed:
-                ts = self._end_ts if self._has_end_ts else _auto_end_ts(frame)
+        cdef list abandoned = _abandoned(frame)
+        token, self._token = self._token, None
+        _unbind(token, frame)
+        # Every end is written even if a subscriber interrupts one; the first error is raised.
+        pending = None
+        if abandoned is not None:
+            for f in abandoned:
+                try:
+                    _end(f, None, None, _auto_end_ts(f), _STATUS_ERROR,
+                         "abandoned: still open when its enclosing scope ended", None)
+                except BaseException as e:
+                    if pending is None:
+                        pending = e
+        if not frame._closed:
+            ts = self._end_ts if self._has_end_ts else _auto_end_ts(frame)
+            try:
                 if exc is None:
-                    _end(frame, _lenient(output) if (_enabled or _recording) else None, None, ts, _STATUS_OK,
-                         None, None)
+                    _end(frame, _lenient(output) if (_enabled or _recording) else None, None,
+                         ts, _STATUS_OK, None, None)
                 else:
                     _end(frame, None, None, ts, _STATUS_ERROR, _describe(exc), None)
-        finally:
-            try:
-                PyContextVar_Reset(_current, self._token)
-            except ValueError:  # exited in another context than entered: restore by value
-                PyContextVar_Set(_current, frame._prev)
-            self._token = None
+            except BaseException as e:
+                if pending is None:
+                    pending = e
+        if pending is not None:
+            raise pending
         return 0
 
     def __exit__(self, exc_type, exc, tb):
@@ -2017,7 +2225,7 @@ cdef class TracedFunction:
     """A traced sync function: one scope per call, input and output captured when consumed."""
 
     def __init__(self, fn, name, scope_type, int attributes, metadata, capture, bint keep_output):
-        _check_name(name)
+        name = _check_name(name)
         _check_scope_type(scope_type)
         self._fn = fn
         self._name = name
@@ -2034,23 +2242,20 @@ cdef class TracedFunction:
                 inp = _encode(self._capture(args, kwargs), True)
             except Exception:  # capture must not break the traced call
                 inp = None
-        cdef ScopeHandle frame = _start(self._name, self._scope_type, None, self._attrs, None,
-                                        self._meta, inp, nf_now_ns(), _KIND_SCOPE, None,
-                                        ScopeHandle)
+        cdef ScopeHandle frame = _open(self._name, self._scope_type, None, self._attrs, None,
+                                       self._meta, inp, nf_now_ns(), _KIND_SCOPE, None,
+                                       ScopeHandle)
         token = PyContextVar_Set(_current, frame)
         try:
+            _announce(frame, inp)
             result = self._fn(*args, **kwargs)
         except BaseException as exc:
+            _unbind(token, frame)
             _end(frame, None, None, _auto_end_ts(frame), _STATUS_ERROR, _describe(exc), None)
             raise
-        else:
-            _end(frame, _lenient(result) if ((_enabled or _recording) and self._keep_output) else None, None,
-                 _auto_end_ts(frame), _STATUS_OK, None, None)
-        finally:
-            try:
-                PyContextVar_Reset(_current, token)
-            except ValueError:  # the function switched contexts under us: restore by value
-                PyContextVar_Set(_current, frame._prev)
+        _unbind(token, frame)
+        _end(frame, _lenient(result) if ((_enabled or _recording) and self._keep_output) else None, None,
+             _auto_end_ts(frame), _STATUS_OK, None, None)
         return result
 
     def __get__(self, obj, objtype):

@@ -17,6 +17,7 @@ import collections
 import contextlib
 import contextvars
 import datetime as _dt
+import enum
 import errno
 import functools
 import math
@@ -34,6 +35,7 @@ import orjson
 
 from ._types import (
     ATOF_VERSION,
+    ATTRIBUTE_NAMES,
     CATEGORIES,
     AlreadyExistsError,
     InvalidArgumentError,
@@ -63,20 +65,96 @@ def _reject(obj):
 
 def _stringify(obj):
     try:
-        return str(obj)
+        return _safe_text(str(obj))
     except Exception:
         return f"<unprintable {type(obj).__name__}>"
 
 
-def _has_non_finite(obj) -> bool:
-    # orjson writes NaN and +-Infinity as null; JSON has no such values, so they are rejected.
-    if type(obj) is float or isinstance(obj, float):
-        return not math.isfinite(obj)
+def _safe_text(text):
+    # A lone surrogate (what os.listdir gives for a name that is not UTF-8) cannot be written
+    # as UTF-8: keep the text, escape that character.
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_NON_FINITE, _FRAGMENT = 1, 2
+_SIMPLE = frozenset((str, int, bool, type(None)))
+
+
+def _scan(obj, want):
+    # What orjson would write that is not the value given: NaN and +-Infinity (written as
+    # null) and orjson.Fragment (its bytes written unchecked), anywhere orjson looks, an Enum's
+    # value included. Returns the first of ``want`` found, or 0. Runs after orjson accepted
+    # ``obj``, so its nesting is bounded by orjson's depth limit.
+    t = type(obj)
+    if t in _SIMPLE:
+        return 0
+    if t is dict:
+        obj = obj.values()
+    elif t is not list and t is not tuple:
+        # items are read as orjson reads them, never through an overridden __iter__
+        if isinstance(obj, dict):
+            obj = dict.values(obj)
+        elif isinstance(obj, list):
+            obj = list.__iter__(obj)
+        elif isinstance(obj, tuple):
+            obj = tuple.__iter__(obj)
+        else:
+            if isinstance(obj, float):
+                return 0 if math.isfinite(obj) else want & _NON_FINITE
+            if t is orjson.Fragment:
+                return want & _FRAGMENT
+            if isinstance(obj, enum.Enum):
+                return _scan(obj.value, want)
+            return 0
+    for v in obj:
+        if type(v) not in _SIMPLE:
+            found = _scan(v, want)
+            if found:
+                return found
+    return 0
+
+
+def _scrub(obj, depth=0):
+    # A copy of a traced program's value that orjson can write faithfully: text with lone
+    # surrogates escaped, Fragments as their text, Enum members as their values.
+    if depth > 300:
+        return _stringify(obj)
+    if isinstance(obj, str):
+        return _safe_text(obj)
     if isinstance(obj, dict):
-        return any(_has_non_finite(v) for v in obj.values())
+        return {(_safe_text(k) if isinstance(k, str) else k): _scrub(v, depth + 1)
+                for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return any(_has_non_finite(v) for v in obj)
-    return False
+        return [_scrub(v, depth + 1) for v in obj]
+    if type(obj) is orjson.Fragment:  # its text: dumps writes a Fragment's bytes as they are
+        return _safe_text(orjson.dumps(obj).decode("utf-8", "backslashreplace"))
+    if isinstance(obj, enum.Enum):
+        return _scrub(obj.value, depth + 1)
+    return obj
+
+
+def _encode_lenient(obj):
+    # Never raises (an Exception): the value comes from the traced program.
+    try:
+        raw = orjson.dumps(obj, default=_stringify, option=_JSON_OPTS)
+        if not _scan(obj, _FRAGMENT):
+            return raw
+    except Exception:
+        pass
+    try:
+        return orjson.dumps(_scrub(obj), default=_stringify, option=_JSON_OPTS)
+    except Exception:
+        pass
+    try:
+        return orjson.dumps(_stringify(obj))
+    except Exception:
+        return b'"<unencodable value>"'
 
 
 class Encoded:
@@ -107,11 +185,9 @@ def _redaction_failed(exc) -> None:
     global _redaction_failures
     _redaction_failures += 1
     if _redaction_failures == 1:
-        # warnings turned into errors must not reach the traced code
-        with contextlib.suppress(Exception):
-            warnings.warn(f"nemoflow: redaction raised {type(exc).__name__}: {exc}; the payload "
-                          f"was replaced by {_REDACTION_FAILED!r} (further failures are only "
-                          "counted in nemoflow.diagnostics())", RuntimeWarning, stacklevel=3)
+        _warn_quietly(f"nemoflow: redaction raised {type(exc).__name__}: {exc}; the payload "
+                      f"was replaced by {_REDACTION_FAILED!r} (further failures are only "
+                      "counted in nemoflow.diagnostics())")
 
 
 def _redact(obj, lenient):
@@ -143,16 +219,17 @@ def encode(obj, lenient=False):
     if _redactor is not None:
         obj = _redact(obj, lenient)
     if lenient:
-        try:
-            return orjson.dumps(obj, default=_stringify, option=_JSON_OPTS)
-        except (TypeError, ValueError):
-            return orjson.dumps(_stringify(obj))
+        return _encode_lenient(obj)
     try:
         raw = orjson.dumps(obj, default=_reject, option=_JSON_OPTS)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"Failed to convert to JSON: {exc}") from None
-    if b"null" in raw and _has_non_finite(obj):
+    found = _scan(obj, _NON_FINITE | _FRAGMENT)
+    if found == _NON_FINITE:
         raise ValueError("Failed to convert to JSON: NaN and Infinity are not JSON values")
+    if found == _FRAGMENT:
+        raise ValueError("Failed to convert to JSON: an orjson.Fragment would be written "
+                         "unchecked; pass the decoded value")
     return raw
 
 
@@ -177,7 +254,16 @@ def timestamp_ns(ts) -> int:
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise ValueError("timestamp must be timezone-aware (naive datetime given)")
     delta = ts - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    ns = (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    if not _MIN_NS <= ns <= _MAX_NS:
+        raise ValueError(_RANGE_ERROR.format(ts))
+    return ns
+
+
+# Nanoseconds since the epoch are int64 on the wire and in records: 1677-09-21 to 2262-04-11.
+_MIN_NS, _MAX_NS = -(1 << 63), (1 << 63) - 1
+_RANGE_ERROR = ("timestamp {} is outside the range nemoflow can write "
+                "(1677-09-21T00:12:43.145225+00:00 to 2262-04-11T23:47:16.854775+00:00)")
 
 
 def format_timestamp(ns: int) -> str:
@@ -338,6 +424,7 @@ def bind(frame):
     """Make ``frame`` current in this context; returns the token for ``unbind``."""
     if not isinstance(frame, ScopeHandle):
         raise TypeError(f"expected a ScopeHandle, got {type(frame).__name__}")
+    _check_made(frame)
     return _current.set(frame)
 
 
@@ -593,10 +680,20 @@ class Subscriber:
                 self._stat[1] += 1
                 if not self._warned:
                     self._warned = True
-                    warnings.warn(
-                        f"nemoflow: subscriber {self.name!r} raised {type(exc).__name__}: {exc}; "
-                        "further errors are counted in nemoflow.diagnostics()",
-                        RuntimeWarning, stacklevel=2)
+                    _warn_quietly(
+                        f"nemoflow: subscriber {self.name!r} raised {type(exc).__name__}: "
+                        f"{describe(exc)}; further errors are counted in nemoflow.diagnostics()")
+
+
+def _warn_quietly(text):
+    # Under warnings.simplefilter("error") (pytest -W error) warn() raises: that must not
+    # reach the traced code, which did nothing wrong. The text goes to stderr instead; the
+    # failure itself is counted in diagnostics() either way.
+    try:
+        warnings.warn(text, RuntimeWarning, stacklevel=3)
+    except Exception:
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"{text}\n")
 
 
 def _all_subscribers():
@@ -623,6 +720,7 @@ def set_subscribers(subs: tuple) -> None:
 def _check_active(frame):
     if not isinstance(frame, ScopeHandle):
         raise TypeError(f"expected a ScopeHandle, got {type(frame).__name__}")
+    _check_made(frame)
     if frame._closed:
         raise NotFoundError(f"not found: scope {frame._uuid} not found")
 
@@ -932,9 +1030,9 @@ class LineSink:
             self._errno = getattr(exc, "errno", None) or errno.EIO
         if not self._reported:
             self._reported = True
-            warnings.warn(f"nemoflow: exporter {self.name!r} could not write: "
+            _warn_quietly(f"nemoflow: exporter {self.name!r} could not write: "
                           f"{exc if exc is not None else os.strerror(self._errno)}; further "
-                          "errors are counted in nemoflow.diagnostics()", RuntimeWarning)
+                          "errors are counted in nemoflow.diagnostics()")
 
 
 def _write_lines(fd, data):
@@ -975,8 +1073,8 @@ def consumer_failed(consumer, exc):
         st = _stats.setdefault(f"exporter:{name}", [0, 0])
     st[1] += 1
     if st[1] == 1:
-        warnings.warn(f"nemoflow: exporter {name!r} raised {type(exc).__name__}: {exc}; further "
-                      "errors are counted in nemoflow.diagnostics()", RuntimeWarning)
+        _warn_quietly(f"nemoflow: exporter {name!r} raised {type(exc).__name__}: {exc}; "
+                      "further errors are counted in nemoflow.diagnostics()")
 
 
 def _deliver_batch(batch):
@@ -1129,14 +1227,19 @@ def shutdown(timeout=5.0):
     return flushed and not thread.is_alive()
 
 
+# The compiled core's limit (2**20 records of 128 bytes: 128 MiB per recording thread).
+_MAX_RING = 1 << 20
+
+
 def configure(ring_size=None, overflow=None):
-    """Pipeline settings: ``ring_size`` (records per thread, a power of two, for rings made
-    from now on) and ``overflow`` ("block", the lossless default, or "drop")."""
+    """Pipeline settings: ``ring_size`` (records per thread, a power of two from 16 to 2**20,
+    for rings made from now on) and ``overflow`` ("block", the lossless default, or "drop")."""
     global _drop_when_full
     if ring_size is not None:
         if (not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
-                or ring_size & (ring_size - 1)):
-            raise ValueError("ring_size must be a power of two >= 16")
+                or ring_size > _MAX_RING or ring_size & (ring_size - 1)):
+            raise ValueError(f"ring_size must be a power of two from 16 to {_MAX_RING}, "
+                             f"not {ring_size!r}")
         with _pipe_lock:
             _pipe["capacity"] = ring_size
     if overflow is not None:
@@ -1186,9 +1289,13 @@ def _pipeline_stats():
 # Scope lifecycle.
 
 def _check_name(name):
-    if not isinstance(name, str):
-        raise TypeError(f"name must be str, not {type(name).__name__}")
+    # The plain str of a str subclass (a StrEnum member, say): that is what is recorded.
+    if type(name) is not str:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be str, not {type(name).__name__}")
+        name = str.__str__(name)
     _check_text(name)
+    return name
 
 
 def _check_text(text):
@@ -1201,8 +1308,18 @@ def _check_text(text):
 
 
 def _check_parent(handle):
-    if handle is not None and not isinstance(handle, ScopeHandle):
-        raise TypeError(f"handle must be a ScopeHandle or None, not {type(handle).__name__}")
+    if handle is not None:
+        if not isinstance(handle, ScopeHandle):
+            raise TypeError(f"handle must be a ScopeHandle or None, not {type(handle).__name__}")
+        _check_made(handle)
+
+
+def _check_made(handle):
+    # Every frame the core makes has a uuid; one made by calling ``ScopeHandle.__new__`` has
+    # none and would be written with a null uuid.
+    if not hasattr(handle, "_uuid"):
+        raise TypeError("this handle was not created by nemoflow (handles come from "
+                        "scope.push, scope.scope, tools.call and llm.call)")
 
 
 def _attr_value(attributes, kind=KIND_SCOPE) -> int:
@@ -1215,44 +1332,80 @@ def _attr_value(attributes, kind=KIND_SCOPE) -> int:
             or (isinstance(attributes, _ATTR_CLASS) and not isinstance(attributes, expected))):
         raise TypeError(f"attributes must be {expected.__name__}, "
                         f"not {type(attributes).__name__}")
+    if attributes < 0 or attributes & ~_ATTR_MASKS[kind]:
+        raise ValueError(f"attributes {int(attributes)} has bits {expected.__name__} does not "
+                         f"define (valid: 0 to {_ATTR_MASKS[kind]})")
     return int(attributes)
+
+
+# The bits each kind defines; anything else would be dropped from the line without a word.
+_ATTR_MASKS = tuple(sum(bit for bit, _ in ATTRIBUTE_NAMES[c]) for c in _ATTR_CLASS)
+
+
+def _check_kind(kind):
+    if type(kind) is not int or not KIND_SCOPE <= kind <= KIND_LLM:
+        raise ValueError(f"kind must be KIND_SCOPE, KIND_TOOL or KIND_LLM, not {kind!r}")
 
 
 def start(name, scope_type, parent, attributes, data, metadata, input, timestamp,
           kind=KIND_SCOPE, profile=None, cls=ScopeHandle):
     """Open a scope (emit its start event) without binding it; returns the frame."""
-    _check_name(name)
+    frame, input_raw = _open_checked(name, scope_type, parent, attributes, data, metadata,
+                                     input, timestamp, kind, profile, cls)
+    try:
+        _announce(frame, input_raw)
+    except BaseException as exc:
+        # Interrupted in a subscriber (KeyboardInterrupt): the caller never gets the handle,
+        # so the call is ended here rather than left open forever.
+        _end_encoded(frame, None, None, _auto_end(frame), STATUS_ERROR, describe(exc), None)
+        raise
+    return frame
+
+
+def _open_checked(name, scope_type, parent, attributes, data, metadata, input, timestamp,
+                  kind=KIND_SCOPE, profile=None, cls=ScopeHandle):
+    name = _check_name(name)
     if type(scope_type) is not ScopeType:
         raise TypeError(f"scope_type must be a ScopeType, not {type(scope_type).__name__}")
     _check_parent(parent)
+    _check_kind(kind)
+    if profile is not None and type(profile) is not bytes:
+        raise TypeError(f"profile must be encoded JSON bytes, not {type(profile).__name__}")
     attrs = _attr_value(attributes, kind)
     ts = now_ns() if timestamp is None else timestamp_ns(timestamp)
-    return _start_encoded(name, scope_type, parent, attrs, encode(data), encode(metadata),
-                          encode(input), ts, kind, profile, cls)
+    data_raw, meta_raw, input_raw = encode(data), encode(metadata), encode(input)
+    return _open(name, scope_type, parent, attrs, data_raw, meta_raw, input_raw, ts, kind,
+                 profile, cls), input_raw
 
 
-def _start_encoded(name, scope_type, parent, attrs, data_raw, meta_raw, input_raw, ts, kind,
-                   profile, cls):
+# Opening and closing a scope change state (frame, binding, record) first and run user code
+# (synchronous subscribers, and the warnings machinery behind them) last: whatever that code
+# raises (KeyboardInterrupt, say) finds the stack as consistent as after a completed call.
+
+def _open(name, scope_type, parent, attrs, data_raw, meta_raw, input_raw, ts, kind, profile,
+          cls):
+    # The frame and its start record; the start event is delivered by _announce.
     top = current()
     if parent is None:
         parent = top
     frame = _new_frame(cls, kind, name, scope_type, attrs, parent, top, data_raw, meta_raw,
                        profile, ts)
-    if _enabled:
-        ev = object.__new__(ScopeEvent)
-        ev._frame = frame
-        ev._is_end = False
-        ev._ts = ts
-        ev._data = input_raw
-        ev._end_meta = None
-        ev._profile = profile
-        ev._status = STATUS_NONE
-        ev._desc = None
-        ev._meta_cache = None
-        _deliver(ev, top)
     if _recording:
         _record(_scope_event(frame, False, ts, input_raw, None, STATUS_NONE, None))
     return frame
+
+
+def _announce(frame, input_raw):
+    if _enabled:
+        _deliver(_scope_event(frame, False, frame._start_ns, input_raw, None, STATUS_NONE,
+                              None), frame._prev)
+
+
+def _unbind(token, frame):
+    try:
+        _current.reset(token)
+    except ValueError:  # exited in another context than entered: restore by value
+        _current.set(frame._prev)
 
 
 def end(frame, output, metadata, timestamp, status=STATUS_NONE, desc=None, top=None,
@@ -1262,10 +1415,13 @@ def end(frame, output, metadata, timestamp, status=STATUS_NONE, desc=None, top=N
     ``profile`` (encoded JSON bytes) replaces the category_profile for the end event (a streamed
     LLM call's ``time_to_first_chunk``); the start event keeps the one given at start.
     """
-    if profile is not None:
-        if type(profile) is not bytes:
-            raise TypeError(f"profile must be encoded JSON bytes, not {type(profile).__name__}")
-        frame._profile = profile
+    if not isinstance(frame, ScopeHandle):
+        raise TypeError(f"expected a ScopeHandle, got {type(frame).__name__}")
+    _check_made(frame)
+    if type(status) is not int or not STATUS_NONE <= status <= STATUS_ERROR:
+        raise ValueError(f"status must be STATUS_NONE, STATUS_OK or STATUS_ERROR, not {status}")
+    if profile is not None and type(profile) is not bytes:
+        raise TypeError(f"profile must be encoded JSON bytes, not {type(profile).__name__}")
     if timestamp is None:
         # max(now, start + 1 µs): an automatically stamped end is strictly after its start.
         ts = _auto_end(frame)
@@ -1273,6 +1429,8 @@ def end(frame, output, metadata, timestamp, status=STATUS_NONE, desc=None, top=N
         ts = timestamp_ns(timestamp)
     out_raw = encode(output)
     meta_raw = encode(metadata)
+    if profile is not None:
+        frame._profile = profile
     _end_encoded(frame, out_raw, meta_raw, ts, status, desc, top)
 
 
@@ -1301,20 +1459,26 @@ def _end_encoded(frame, out_raw, meta_raw, ts, status, desc, top):
     parent = frame._parent
     if parent is not None and ts > parent._child_end:
         parent._child_end = ts
-    if _enabled:
-        _deliver(_scope_event(frame, True, ts, out_raw, meta_raw, status, desc),
-                 frame if top is None else top)
     if _recording:
         _record(_scope_event(frame, True, ts, out_raw, meta_raw, status, desc))
-    if frame._locals:
+    if _enabled:
+        try:
+            _deliver(_scope_event(frame, True, ts, out_raw, meta_raw, status, desc),
+                     frame if top is None else top)
+        finally:
+            if frame._locals:
+                _drop_locals(frame)
+    elif frame._locals:
         _drop_locals(frame)
 
 
 def push(name, scope_type, *, handle=None, attributes=None, data=None, metadata=None,
          input=None, timestamp=None):
     """Open a scope on the current stack and make it current; returns its handle."""
-    frame = start(name, scope_type, handle, attributes, data, metadata, input, timestamp)
+    frame, input_raw = _open_checked(name, scope_type, handle, attributes, data, metadata,
+                                     input, timestamp)
     _current.set(frame)
+    _announce(frame, input_raw)
     return frame
 
 
@@ -1339,6 +1503,7 @@ def pop(handle, *, output=None, metadata=None, timestamp=None):
     """Close the scope on top of the current stack (strict LIFO) and emit its end event."""
     if not isinstance(handle, ScopeHandle):
         raise TypeError(f"handle must be a ScopeHandle, not {type(handle).__name__}")
+    _check_made(handle)
     out_raw = encode(output)
     meta_raw = encode(metadata)
     if timestamp is None:
@@ -1348,8 +1513,8 @@ def pop(handle, *, output=None, metadata=None, timestamp=None):
     with _pop_lock:  # check and close in one step: one handle is never ended twice
         _check_poppable(handle)
         handle._closed = True
-    _end_encoded(handle, out_raw, meta_raw, ts, STATUS_NONE, None, None)
     _current.set(handle._prev)
+    _end_encoded(handle, out_raw, meta_raw, ts, STATUS_NONE, None, None)
 
 
 _pop_lock = threading.Lock()
@@ -1367,12 +1532,12 @@ def _check_schema(data_schema):
 def event(name, *, handle=None, data=None, metadata=None, data_schema=None, timestamp=None,
           category=None, category_profile=None):
     """Emit a mark under ``handle`` (default: the current scope)."""
-    _check_name(name)
+    name = _check_name(name)
     _check_parent(handle)
     if category is not None:
         if not isinstance(category, str):
             raise TypeError(f"category must be str or None, not {type(category).__name__}")
-        _check_text(category)
+        category = _check_name(category)
     ts = now_ns() if timestamp is None else timestamp_ns(timestamp)
     data_raw = encode(data)
     meta_raw = encode(metadata)
@@ -1391,10 +1556,10 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     ev._schema = schema_raw
     ev._category = category
     ev._profile = profile_raw
+    if _recording:  # written before any subscriber runs (and can raise)
+        _record(ev)
     if _enabled:
         _deliver(ev, top)
-    if _recording:
-        _record(ev)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1431,22 +1596,20 @@ def enabled() -> bool:
     return _enabled or _recording
 
 
-def _end_abandoned(frame):
+def _abandoned(frame):
     # Scopes pushed inside a block and still open when it exits would never get an end event:
-    # end them (innermost first) with an ERROR status that says why.
+    # they are ended (innermost first) with an ERROR status that says why.
     f = _current.get(None)
     if f is frame or f is None:
-        return
+        return ()
     open_ = []
     while f is not None and f is not frame:
         if not f._closed:
             open_.append(f)
         f = f._prev
     if f is None:  # the block's scope is not on this stack: nothing of ours to close
-        return
-    for f in open_:
-        _end_encoded(f, None, None, _auto_end(f), STATUS_ERROR,
-                     "abandoned: still open when its enclosing scope ended", None)
+        return ()
+    return open_
 
 
 class ScopeContext:
@@ -1463,7 +1626,7 @@ class ScopeContext:
     def _setup(self, name, scope_type, handle, attributes, data, metadata, input, timestamp,
                end_timestamp, lenient):
         # Validate and encode everything before anything is emitted.
-        _check_name(name)
+        name = _check_name(name)
         if type(scope_type) is not ScopeType:
             raise TypeError(f"scope_type must be a ScopeType, not {type(scope_type).__name__}")
         _check_parent(handle)
@@ -1484,12 +1647,17 @@ class ScopeContext:
         if self._active:
             raise RuntimeError("this scope block is already in use; create one per with-statement")
         ts = now_ns() if self._start_ts is None else self._start_ts
-        frame = _start_encoded(self._name, self._scope_type, self._parent, self._attrs,
-                               self._data, self._meta, self._input, ts, KIND_SCOPE, None,
-                               ScopeHandle)
+        frame = _open(self._name, self._scope_type, self._parent, self._attrs, self._data,
+                      self._meta, self._input, ts, KIND_SCOPE, None, ScopeHandle)
         self._frame = frame
         self._token = _current.set(frame)
         self._active = True
+        try:
+            _announce(frame, self._input)
+        except BaseException as exc:
+            # __exit__ will not run for a failed __enter__: end the scope here
+            self._exit(exc, None)
+            raise
         return frame
 
     def __enter__(self):
@@ -1498,24 +1666,31 @@ class ScopeContext:
     def _exit(self, exc, output):
         frame = self._frame
         self._active = False
-        try:
-            _end_abandoned(frame)
-            if not frame._closed:
-                if self._end_ts is not None:
-                    ts = self._end_ts
-                else:
-                    ts = _auto_end(frame)
+        abandoned = _abandoned(frame)
+        token, self._token = self._token, None
+        _unbind(token, frame)
+        # Every end is written even if a subscriber interrupts one; the first error is raised.
+        pending = None
+        for f in abandoned:
+            try:
+                _end_encoded(f, None, None, _auto_end(f), STATUS_ERROR,
+                             "abandoned: still open when its enclosing scope ended", None)
+            except BaseException as e:
+                if pending is None:
+                    pending = e
+        if not frame._closed:
+            ts = self._end_ts if self._end_ts is not None else _auto_end(frame)
+            try:
                 if exc is None:
                     out = _lenient(output) if (_enabled or _recording) else None
                     _end_encoded(frame, out, None, ts, STATUS_OK, None, None)
                 else:
                     _end_encoded(frame, None, None, ts, STATUS_ERROR, describe(exc), None)
-        finally:
-            try:
-                _current.reset(self._token)
-            except ValueError:  # exited in another context than entered: restore by value
-                _current.set(frame._prev)
-            self._token = None
+            except BaseException as e:
+                if pending is None:
+                    pending = e
+        if pending is not None:
+            raise pending
 
     def __exit__(self, exc_type, exc, tb):
         self._exit(exc, None)
@@ -1645,7 +1820,7 @@ class TracedFunction:
                  "__dict__", "__weakref__")
 
     def __init__(self, fn, name, scope_type, attributes, metadata, capture, keep_output):
-        _check_name(name)
+        name = _check_name(name)
         if type(scope_type) is not ScopeType:
             raise TypeError(f"scope_type must be a ScopeType, not {type(scope_type).__name__}")
         self._fn = fn
@@ -1663,24 +1838,21 @@ class TracedFunction:
                 inp = encode(self._capture(args, kwargs), True)
             except Exception:  # capture must not break the traced call
                 inp = None
-        frame = _start_encoded(self._name, self._scope_type, None, self._attrs, None,
-                               self._meta, inp, now_ns(), KIND_SCOPE, None, ScopeHandle)
+        frame = _open(self._name, self._scope_type, None, self._attrs, None, self._meta, inp,
+                      now_ns(), KIND_SCOPE, None, ScopeHandle)
         token = _current.set(frame)
         try:
+            _announce(frame, inp)
             result = self._fn(*args, **kwargs)
         except BaseException as exc:
+            _unbind(token, frame)
             _end_encoded(frame, None, None, _auto_end(frame), STATUS_ERROR,
                          describe(exc), None)
             raise
-        else:
-            keep = (_enabled or _recording) and self._keep_output
-            _end_encoded(frame, _lenient(result) if keep else None, None, _auto_end(frame),
-                         STATUS_OK, None, None)
-        finally:
-            try:
-                _current.reset(token)
-            except ValueError:  # the function switched contexts under us: restore by value
-                _current.set(frame._prev)
+        _unbind(token, frame)
+        keep = (_enabled or _recording) and self._keep_output
+        _end_encoded(frame, _lenient(result) if keep else None, None, _auto_end(frame),
+                     STATUS_OK, None, None)
         return result
 
     def __get__(self, obj, objtype=None):

@@ -35,9 +35,21 @@ from .redaction import public_headers
 _OK, _ERROR = _core.STATUS_OK, _core.STATUS_ERROR
 
 
-def error_metadata(exc) -> dict:
+def error_metadata(exc):
+    """The end metadata of a call that raised ``exc`` (encoded: a class name is never refused)."""
     cls = type(exc).__name__
-    return {"error.type": cls, "exception.type": cls}
+    return _core.Encoded(_core.encode({"error.type": cls, "exception.type": cls}, True))
+
+
+def result_metadata(end_metadata, result):
+    """The end metadata ``end_metadata`` finds in a call's result; never raises, since the
+    result comes from the traced program."""
+    if end_metadata is None:
+        return None
+    try:
+        return payload(end_metadata(result), True)
+    except Exception:
+        return None
 
 
 def profile(**fields) -> bytes:
@@ -110,7 +122,7 @@ async def execute_and_end(frame, snap, family, response_family, func, name, arg,
         raise
     event_result = await event_payload(snap.chain(response_family), result, call_response,
                                        settle)
-    meta = end_metadata(result) if end_metadata is not None else None
+    meta = result_metadata(end_metadata, result)
     _core.end(frame, event_result, meta, None, _OK)
     return result
 
@@ -206,7 +218,7 @@ async def call_and_end(frame, func, arg, settle, end_metadata=None):
     except BaseException as exc:
         end_with_error(frame, exc)
         raise
-    meta = end_metadata(result) if end_metadata is not None else None
+    meta = result_metadata(end_metadata, result)
     _core.end(frame, payload(result, True), meta, None, _OK)
     return result
 
@@ -628,14 +640,18 @@ async def stream(call, func, as_async, settle):
             output = call.result_now()
         except Exception:  # fail closed
             output = None
-        _core.end(frame, output, None, None, _OK, None, None, call.end_profile())
-        await close_stream(it)
+        try:  # (a subscriber interrupting the end event must not leave the source open)
+            _core.end(frame, output, None, None, _OK, None, None, call.end_profile())
+        finally:
+            await close_stream(it)
         raise
     except BaseException as exc:
-        end_with_error(frame, exc, call.end_profile())
         # An exception thrown in at ``yield item`` (``throw``/``athrow``) leaves the source
         # suspended; close it now rather than when the cycle through the traceback is collected.
-        await close_stream(it)
+        try:
+            end_with_error(frame, exc, call.end_profile())
+        finally:
+            await close_stream(it)
         raise
     try:
         output = await call.result()

@@ -76,7 +76,10 @@ def validate(events: list) -> list:
 
 def summary(events: list) -> str:
     """A readable tree of the scopes (with durations and status) and marks of a trace."""
-    starts, ends, children, roots = {}, {}, {}, []
+    starts: dict = {}
+    ends: dict = {}
+    children: dict = {}
+    roots: list = []
     for ev in events:
         if ev["kind"] == "scope" and ev["scope_category"] == "start":
             starts[ev["uuid"]] = ev
@@ -104,12 +107,11 @@ def summary(events: list) -> str:
     lines.append(f"{len(events)} events: {n_scopes} scopes, {n_marks} marks, {errors} errors, "
                  f"{traces} trace(s)")
 
-    def walk(ev, depth):
+    def describe(ev, depth):
         pad = "  " * depth
         if ev["kind"] == "mark":
             data = "" if ev["data"] is None else " " + orjson.dumps(ev["data"]).decode()
-            lines.append(f"{pad}• {ev['name']}{data}")
-            return
+            return f"{pad}• {ev['name']}{data}"
         end = ends.get(ev["uuid"])
         if end is None:
             took, status = "   (open)", ""
@@ -119,9 +121,17 @@ def summary(events: list) -> str:
             status = meta.get("otel.status_code", "")
             if status == "ERROR":
                 status += f": {meta.get('otel.status_description', '')}"
-        lines.append(f"{pad}{ev['name']} [{ev['category']}] {took} {status}".rstrip())
-        for child in children.get(ev["uuid"], []):
-            walk(child, depth + 1)
+        return f"{pad}{ev['name']} [{ev['category']}] {took} {status}".rstrip()
+
+    def walk(root):
+        # Depth first with an explicit stack: a trace may nest deeper than Python recurses.
+        stack = [(root, 1)]
+        while stack:
+            ev, depth = stack.pop()
+            lines.append(describe(ev, depth))
+            if ev["kind"] != "mark":
+                kids = children.get(ev["uuid"], ())
+                stack.extend((child, depth + 1) for child in reversed(kids))
 
     # The file is in emission order per thread: order siblings by their start instead.
     def started(ev):
@@ -131,7 +141,7 @@ def summary(events: list) -> str:
     for kids in children.values():
         kids.sort(key=started)
     for ev in roots:
-        walk(ev, 1)
+        walk(ev)
     return "\n".join(lines)
 
 

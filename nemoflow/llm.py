@@ -12,7 +12,7 @@ from ._backend import core as _core
 from ._managed import LLMRequest
 from ._middleware import Snapshot, drive, settle_async, settle_sync
 from ._types import ScopeType
-from .tools import claim_end
+from .tools import claim_end, end_claimed
 
 __all__ = ["LLMRequest", "call", "call_end", "execute", "stream_execute"]
 
@@ -34,7 +34,7 @@ def call_end(handle, response, *, data=None, metadata=None, timestamp=None) -> N
     """
     _core.encode(data)
     claim_end(handle, _core.LLMHandle)
-    _core.end(handle, response, metadata, timestamp)
+    end_claimed(handle, response, metadata, timestamp)
 
 
 async def execute(name, request, func, *, handle=None, attributes=None, data=None,

@@ -51,7 +51,18 @@ def call_end(handle, result, *, data=None, metadata=None, timestamp=None) -> Non
     """
     _core.encode(data)
     claim_end(handle, _core.ToolHandle)
-    _core.end(handle, result, metadata, timestamp)
+    end_claimed(handle, result, metadata, timestamp)
+
+
+def end_claimed(handle, result, metadata, timestamp) -> None:
+    """End a call claimed by ``claim_end``; if an argument is refused (nothing was emitted), the
+    claim is given back so that the call can still be ended."""
+    try:
+        _core.end(handle, result, metadata, timestamp)
+    except (TypeError, ValueError):
+        with _end_lock:
+            _ended.discard(handle)
+        raise
 
 
 async def execute(name, args, func, *, handle=None, attributes=None, data=None, metadata=None,

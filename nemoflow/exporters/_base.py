@@ -5,7 +5,6 @@ the pipeline while it holds at least one), ``export(events)`` on the delivery th
 from __future__ import annotations
 
 import threading
-import warnings
 
 from .._backend import core as _core
 from .._types import NemoFlowError
@@ -93,5 +92,5 @@ class Exporter:
             first = kind not in self._reported
             self._reported.add(kind)
         if first:
-            warnings.warn(f"nemoflow: exporter {self.name!r}: {message}; further occurrences "
-                          "are counted in nemoflow.diagnostics()", RuntimeWarning)
+            _core._warn_quietly(f"nemoflow: exporter {self.name!r}: {message}; further "
+                                "occurrences are counted in nemoflow.diagnostics()")

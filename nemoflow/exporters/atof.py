@@ -17,7 +17,6 @@ import errno
 import os
 import stat
 import time
-import warnings
 import weakref
 
 from .._backend import core as _core
@@ -132,8 +131,8 @@ class AtofExporter:
                 # the file stays and takes the lines past max_bytes: late, but nothing is lost
                 if not self._rotation_warned:
                     self._rotation_warned = True
-                    warnings.warn(f"nemoflow: could not rotate {path}: {exc}; writing on past "
-                                  "max_bytes", RuntimeWarning)
+                    _core._warn_quietly(f"nemoflow: could not rotate {path}: {exc}; writing "
+                                        "on past max_bytes")
                 return open_existing(path, truncate=False, expect=self._file)
         elif st is not None:
             raise UnsafeFileError(errno.EEXIST, "nemoflow: the file was replaced by one nemoflow "

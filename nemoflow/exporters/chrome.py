@@ -55,7 +55,6 @@ import math
 import os
 import sys
 import threading
-import warnings
 import weakref
 
 import orjson
@@ -302,8 +301,8 @@ class ChromeTraceExporter:
             try:
                 self._write()
             except OSError as exc:  # counted in stats(); deregistering itself succeeded
-                warnings.warn(f"nemoflow: could not write the Chrome trace {self._path}: {exc}",
-                              RuntimeWarning)
+                _core._warn_quietly(f"nemoflow: could not write the Chrome trace {self._path}: "
+                                    f"{exc}")
         return True
 
     def force_flush(self) -> None:
@@ -668,8 +667,8 @@ def _write_all_at_exit():
         try:
             exporter.shutdown()
         except Exception as exc:  # exit must go on; say what was lost
-            warnings.warn(f"nemoflow: could not write the Chrome trace {exporter.path}: {exc}",
-                          RuntimeWarning)
+            _core._warn_quietly(f"nemoflow: could not write the Chrome trace {exporter.path}: "
+                                f"{exc}")
 
 
 def _after_fork_in_child():
