@@ -127,7 +127,6 @@ class AtofExporter:
             return
         for name in list(self._names):
             self.deregister(name)
-        _core.flush()
         self._closed = True
         try:
             os.close(self._sink.fd)

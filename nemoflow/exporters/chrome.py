@@ -640,6 +640,7 @@ class ChromeTraceExporter:
 # Process lifecycle: the file is written at exit; a forked child starts its own.
 
 def _write_all_at_exit():
+    _core._exit_begin()  # the exit timeout covers this hook and the core's
     for exporter in list(_live):
         try:
             exporter.shutdown()
