@@ -33,8 +33,8 @@ def timeout_from_env() -> float:
 def report_abandoned(n: int, timeout: float) -> None:
     """One line on stderr: warnings at exit may never be shown."""
     try:
-        sys.stderr.write(f"nemoflow: exit stopped waiting after at most {timeout:g} s: {n} events "
-                         "not delivered (exit_timeout / NEMOFLOW_EXIT_TIMEOUT)\n")
+        sys.stderr.write(f"nemoflow: exit gave up on {n} events not delivered to every subscriber "
+                         f"and exporter (exit_timeout={timeout:g} s, NEMOFLOW_EXIT_TIMEOUT)\n")
         sys.stderr.flush()
     except Exception:
         pass
