@@ -126,23 +126,39 @@ def test_flush_from_a_sync_subscriber_while_buffered_emits_returns(nf):
 
 
 DIAGNOSTICS_GC_SCRIPT = """
-import gc, os, sys, tempfile, nemoflow as nf
+import gc, os, tempfile, threading, nemoflow as nf
 directory = tempfile.mkdtemp()
-nf.subscribers.register("b", lambda ev: None, buffered=True)   # the pipeline has rings
-nf.mark("start")
+nf.configure(ring_size=16)
+nf.subscribers.register("b", lambda ev: None, buffered=True)
+hold = threading.Event()
+def emitter():
+    nf.mark("t")
+    hold.wait(30)                      # its ring stays listed
+# many rings: more dicts than the interpreter keeps for reuse, so building them allocates
+threads = [threading.Thread(target=emitter, daemon=True) for _ in range(150)]
+for t in threads:
+    t.start()
+nf.mark("main")
 nf.subscribers.flush(timeout=10)
-class Cycle:
-    def __init__(self):
-        self.me = self
-        self.exporter = nf.AtofExporter(nf.AtofExporterConfig(directory, "x.jsonl"))
-    def __del__(self):
-        nf.diagnostics()           # finalizers may use the pipeline too
-gc.collect()
-gc.set_threshold(1, 1, 1)          # every allocation may collect now
-for _ in range(50):
-    Cycle()
+# An AtofExporter is a reference cycle (its sink rotates through a bound method): only the
+# collector frees it, and freeing its sink takes the pipeline's lock.
+exporters = [nf.AtofExporter(nf.AtofExporterConfig(directory, f"x{i}.jsonl")) for i in range(100)]
+busy = []
+def during_collection(phase, info):
+    if phase == "stop" and not busy:
+        busy.append(1)
+        try:
+            if exporters:
+                exporters.pop()         # garbage for the next collection
+            nf.diagnostics()            # Python code reading the pipeline, inside a collection
+        finally:
+            busy.pop()
+gc.callbacks.append(during_collection)
+gc.set_threshold(1, 1, 1)              # every other allocation collects
+for _ in range(30):
     nf.diagnostics()
 gc.set_threshold(700, 10, 10)
+gc.callbacks.remove(during_collection)
 print("ok")
 os._exit(0)
 """
@@ -150,8 +166,8 @@ os._exit(0)
 
 def test_diagnostics_while_the_collector_frees_an_exporter(nf):
     # diagnostics() builds its dicts after releasing the pipeline lock: a collection run by
-    # those allocations may free an exporter (its sink takes the same lock) or call diagnostics().
-    proc, _ = run(nf, DIAGNOSTICS_GC_SCRIPT, timeout=30)
+    # those allocations may free an exporter (its sink takes the same lock) or run Python code.
+    proc, _ = run(nf, DIAGNOSTICS_GC_SCRIPT, timeout=15)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
