@@ -99,6 +99,7 @@ cdef extern from "nemoflow_ring.h" nogil:
     int nf_pipe_someone_waits() noexcept
     nf_ring *nf_ring_get() noexcept
     int nf_ring_full(nf_ring *ring) noexcept
+    int nf_ring_grow(nf_ring *ring) noexcept
     void nf_ring_publish(nf_ring *ring, const nf_record *rec) noexcept
     void nf_ring_wait_begin(nf_ring *ring) noexcept
     int nf_ring_wait_slice(nf_ring *ring, int64_t slice_ns) noexcept

@@ -1006,9 +1006,14 @@ cdef nf_ring *_ring_with_room() except? NULL:
         _lost_no_memory += 1
         return NULL
     if nf_ring_full(ring):
-        # The delivery thread cannot wait for itself: an event emitted by one of its own
-        # consumers into a full ring is dropped (and counted).
-        if _drop_when_full or PyThread_get_thread_ident() == _delivery_ident:
+        # The delivery thread cannot wait for itself: its own ring grows instead, and past
+        # that limit an event emitted by one of its consumers is dropped (and counted).
+        if PyThread_get_thread_ident() == _delivery_ident:
+            if nf_ring_grow(ring) == 0:
+                return ring
+            ring.dropped += 1
+            return NULL
+        if _drop_when_full:
             ring.dropped += 1
             return NULL
         _wait_for_room(ring)

@@ -526,7 +526,12 @@ class Subscriber:
         try:
             if self._deferred is not None and threading.get_ident() == _delivery_ident:
                 _drain_deferred(self)
-            return self._call(event)
+            self._stat[0] += 1
+            try:
+                self.callback(event)
+            except BaseException as exc:  # isolate: the emitter and other subscribers go on
+                return self._failed(exc)
+            return None
         finally:
             lock.release()
 
@@ -534,16 +539,20 @@ class Subscriber:
         self._stat[0] += 1
         try:
             self.callback(event)
-        except BaseException as exc:  # isolate: the emitter and other subscribers go on
-            self._stat[1] += 1
-            if not self._warned:
-                self._warned = True
-                warnings.warn(
-                    f"nemoflow: subscriber {self.name!r} raised {type(exc).__name__}: {exc}; "
-                    "further errors are counted in nemoflow.diagnostics()",
-                    RuntimeWarning, stacklevel=3)
-            if not isinstance(exc, Exception) and threading.get_ident() != _delivery_ident:
-                return exc
+        except BaseException as exc:
+            return self._failed(exc)
+        return None
+
+    def _failed(self, exc):
+        self._stat[1] += 1
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"nemoflow: subscriber {self.name!r} raised {type(exc).__name__}: {exc}; "
+                "further errors are counted in nemoflow.diagnostics()",
+                RuntimeWarning, stacklevel=3)
+        if not isinstance(exc, Exception) and threading.get_ident() != _delivery_ident:
+            return exc
         return None
 
 
@@ -554,6 +563,7 @@ class Subscriber:
 _deferred_subs = []
 _n_deferred = 0
 _SLICE = 0.05  # waits wake this often: signals, and cycles to give way to
+_OWN_RING_GROWTH = 8  # the delivery thread's own ring grows up to this times ring_size
 
 
 def _someone_waits():
@@ -803,24 +813,19 @@ def _record(ev):
         _start_delivery()
     ring = _ring()
     if ring.head - ring.tail >= ring.capacity:
-        # The delivery thread cannot wait for itself: an event emitted by one of its own
-        # consumers into a full ring is dropped (and counted).
-        if _drop_when_full or threading.get_ident() == _delivery_ident:
+        # The delivery thread cannot wait for itself: its own ring grows instead, and past
+        # that limit an event emitted by one of its consumers is dropped (and counted).
+        if threading.get_ident() == _delivery_ident:
+            if ring.capacity < _pipe["capacity"] * _OWN_RING_GROWTH:
+                ring.capacity *= 2
+            else:
+                ring.dropped += 1
+                return
+        elif _drop_when_full:
             ring.dropped += 1
             return
-        with _pipe_lock:
-            ring.waits += 1
-            _pipe["waiting"] += 1
-            try:
-                while ring.head - ring.tail >= ring.capacity:
-                    _pipe["wake"] = True
-                    _work.notify()
-                    _progress.wait(_SLICE)  # in slices: Ctrl-C raises here promptly
-            except BaseException:
-                ring.dropped += 1  # the record that was waiting is lost
-                raise
-            finally:
-                _pipe["waiting"] -= 1
+        else:
+            _wait_for_room(ring)
     ring.items.append(ev)
     ring.head += 1
     used = ring.head - ring.tail
@@ -832,6 +837,22 @@ def _record(ev):
         with _pipe_lock:
             _pipe["wake"] = True
             _work.notify()
+
+
+def _wait_for_room(ring):
+    with _pipe_lock:
+        ring.waits += 1
+        _pipe["waiting"] += 1
+        try:
+            while ring.head - ring.tail >= ring.capacity:
+                _pipe["wake"] = True
+                _work.notify()
+                _progress.wait(_SLICE)  # in slices: Ctrl-C raises here promptly
+        except BaseException:
+            ring.dropped += 1  # the record that was waiting is lost
+            raise
+        finally:
+            _pipe["waiting"] -= 1
 
 
 class LineSink:

@@ -431,3 +431,54 @@ def test_ctrl_c_interrupts_a_wait_promptly(nf, where):
     calls, emitted, dropped = map(int, second.split())
     assert calls == emitted                           # every event that was recorded arrived
     assert dropped == (1 if where == "room" else 0)   # the interrupted one is counted
+
+
+# ---------------------------------------------------------------------------------------------
+# The delivery thread never waits for room in its own ring.
+
+def test_events_a_buffered_subscriber_emits_grow_its_ring(nf):
+    nf.configure(ring_size=16)
+    try:
+        got = []
+
+        def emits(ev):
+            if ev.name == "burst":
+                for i in range(100):
+                    nf.mark("echo", data=i)
+
+        nf.subscribers.register("emits", emits, buffered=True)
+        nf.subscribers.register("keeps", got.append, buffered=True)
+        dropped = nf.diagnostics()["pipeline"]["dropped"]
+        nf.mark("burst")
+        nf.subscribers.flush(timeout=10)
+        nf.subscribers.flush(timeout=10)  # the echoes were emitted during the first one
+        assert [ev.data for ev in got if ev.name == "echo"] == list(range(100))
+        assert nf.diagnostics()["pipeline"]["dropped"] == dropped
+    finally:
+        nf.configure(ring_size=8192)
+
+
+BURST_SCRIPT = """
+import nemoflow as nf
+nf.configure(ring_size=16)
+got = []
+def emits(ev):
+    if ev.name == "burst":
+        for i in range(1000):
+            nf.mark("echo", data=i)
+nf.subscribers.register("emits", emits, buffered=True)
+nf.subscribers.register("keeps", got.append, buffered=True)
+nf.mark("burst")
+nf.subscribers.flush(timeout=10)
+nf.subscribers.flush(timeout=10)
+echoes = [ev.data for ev in got if ev.name == "echo"]
+assert echoes == list(range(len(echoes))), echoes
+print(len(echoes), nf.diagnostics()["pipeline"]["dropped"])
+"""
+
+
+def test_past_its_growth_limit_the_delivery_threads_ring_drops_and_counts(nf):
+    proc, _ = run(nf, BURST_SCRIPT)
+    assert proc.returncode == 0, proc.stderr
+    kept, dropped = map(int, proc.stdout.split())
+    assert 16 <= kept < 1000 and kept + dropped == 1000   # 8 x ring_size at most, the rest counted

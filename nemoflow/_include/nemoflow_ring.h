@@ -296,6 +296,27 @@ static inline int nf_pipe_someone_waits(void) {
            __atomic_load_n(&nf_pipe.stopping, __ATOMIC_RELAXED);
 }
 
+/* The delivery thread's own ring, full while the delivery thread itself emits (from a buffered
+ * callback): it cannot wait for itself, so the ring grows, up to NF_OWN_RING_GROWTH times the
+ * configured size. Only the delivery thread reads or writes its slots, and not now. 0, or -1
+ * when it may not grow (or is out of memory). */
+#define NF_OWN_RING_GROWTH 8
+static int nf_ring_grow(nf_ring *ring) {
+    uint64_t cap = ring->mask + 1;
+    if (cap >= __atomic_load_n(&nf_pipe.capacity, __ATOMIC_RELAXED) * NF_OWN_RING_GROWTH)
+        return -1;
+    nf_record *slots = (nf_record *)PyMem_RawCalloc((size_t)(2 * cap), sizeof(nf_record));
+    if (slots == NULL) return -1;
+    for (uint64_t i = ring->tail; i != ring->head; i++) slots[i & (2 * cap - 1)] = ring->slots[i & ring->mask];
+    nf_record *old = ring->slots;
+    pthread_mutex_lock(&nf_pipe.mutex);
+    ring->slots = slots;
+    ring->mask = 2 * cap - 1;
+    pthread_mutex_unlock(&nf_pipe.mutex);
+    PyMem_RawFree(old);
+    return 0;
+}
+
 /* Copy up to max records out of ring into out; the slots are free again on return. */
 static uint64_t nf_ring_take(nf_ring *ring, nf_record *out, uint64_t max) {
     uint64_t t = ring->tail;
