@@ -308,14 +308,23 @@ def work(directory, n):
     exporter.register("child")
     for i in range(n):
         nf.mark("child", data=i)
+
+
+def chrome_work(directory, n):
+    from nemoflow.exporters import ChromeTraceExporter
+    exporter = ChromeTraceExporter(os.path.join(directory, f"child-{os.getpid()}.json"))
+    exporter.register("child")
+    for i in range(n):
+        with nf.trace("step"):
+            pass
 """
 
 MP_SCRIPT = """
 import multiprocessing, sys
 import lifecycle_child
-directory, method = sys.argv[1], sys.argv[2]
+directory, method, target = sys.argv[1], sys.argv[2], getattr(lifecycle_child, sys.argv[3])
 ctx = multiprocessing.get_context(method)
-procs = [ctx.Process(target=lifecycle_child.work, args=(directory, 3000)) for _ in range(2)]
+procs = [ctx.Process(target=target, args=(directory, 3000)) for _ in range(2)]
 for p in procs:
     p.start()
 for p in procs:
@@ -331,7 +340,7 @@ def test_multiprocessing_children_deliver_everything(nf, tmp_path, method):
     (tmp_path / "lifecycle_child.py").write_text(CHILD_MODULE)
     out = tmp_path / "out"
     out.mkdir()
-    proc, _ = run(nf, MP_SCRIPT, out, method, timeout=60,
+    proc, _ = run(nf, MP_SCRIPT, out, method, "work", timeout=60,
                   PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
     files = sorted(out.iterdir())
@@ -339,6 +348,22 @@ def test_multiprocessing_children_deliver_everything(nf, tmp_path, method):
     for path in files:
         with open(path) as f:
             assert [json.loads(line)["data"] for line in f] == list(range(3000)), path
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_multiprocessing_fork_children_write_their_chrome_trace(nf, tmp_path):
+    (tmp_path / "lifecycle_child.py").write_text(CHILD_MODULE)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc, _ = run(nf, MP_SCRIPT, out, "fork", "chrome_work", timeout=60,
+                  PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    files = sorted(out.iterdir())
+    assert len(files) == 2
+    for path in files:
+        with open(path, "rb") as f:
+            events = json.loads(f.read())["traceEvents"]
+        assert sum(1 for e in events if e.get("name") == "step") == 3000, path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ import weakref
 
 import orjson
 
+from .. import _exit
 from .._backend import core as _core
 from ._names import claim, release
 
@@ -652,10 +653,12 @@ def _write_all_at_exit():
 def _after_fork_in_child():
     for exporter in list(_live):
         exporter._forked()
+    _exit.watch_children(_write_all_at_exit)
 
 
 atexit.register(_write_all_at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)
+_exit.watch_children(_write_all_at_exit)  # multiprocessing children skip atexit
 
 
 # --------------------------------------------------------------------------------------------
