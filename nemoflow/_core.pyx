@@ -1604,8 +1604,9 @@ def configure(ring_size=None, overflow=None, exit_timeout=None):
 def _after_fork_in_child():
     # The C fork handler already forgot the parent's rings; start a delivery thread of our own
     # before the next record (threads do not survive fork).
-    global _need_thread, _delivery, _delivery_ident, _registry_lock
+    global _need_thread, _delivery, _delivery_ident, _registry_lock, _exit_deadline
     _delivery = None
+    _exit_deadline = None  # the child's exit has a clock of its own
     _delivery_ident = 0
     _need_thread = _recording
     _registry_lock = threading.RLock()  # another thread may have held it at fork

@@ -809,8 +809,8 @@ def _ring():
 
 
 def _record(ev):
-    if _delivery is None or _delivery.pid != _pid:
-        _start_delivery()
+    if (_delivery is None or _delivery.pid != _pid) and _exit_deadline is None:
+        _start_delivery()  # not once exit began: what daemon threads emit then is not waited for
     ring = _ring()
     if ring.head - ring.tail >= ring.capacity:
         # The delivery thread cannot wait for itself: its own ring grows instead, and past
@@ -1161,6 +1161,7 @@ def _after_fork_in_child():
     # Only the forking thread exists in the child: new locks, no rings of the parent's (the
     # parent delivers what they held), a delivery thread of our own before the next record.
     global _pid, _pipe_lock, _work, _progress, _delivery, _delivery_ident, _registry_lock
+    global _exit_deadline
     _pid = os.getpid()
     _pipe_lock = threading.RLock()
     _work = threading.Condition(_pipe_lock)
@@ -1168,6 +1169,7 @@ def _after_fork_in_child():
     _pipe.update(rings=[], flush_requests=0, wake=False, waiting=0, stopping=False)
     _delivery = None
     _delivery_ident = 0
+    _exit_deadline = None  # the child's exit has a clock of its own
     _registry_lock = threading.RLock()
     for sub in _all_subscribers():
         sub._lock = threading.RLock()
