@@ -307,7 +307,8 @@ static int nf_ring_grow(nf_ring *ring) {
         return -1;
     nf_record *slots = (nf_record *)PyMem_RawCalloc((size_t)(2 * cap), sizeof(nf_record));
     if (slots == NULL) return -1;
-    for (uint64_t i = ring->tail; i != ring->head; i++) slots[i & (2 * cap - 1)] = ring->slots[i & ring->mask];
+    for (uint64_t i = ring->tail; i != ring->head; i++)
+        slots[i & (2 * cap - 1)] = ring->slots[i & ring->mask];
     nf_record *old = ring->slots;
     pthread_mutex_lock(&nf_pipe.mutex);
     ring->slots = slots;
@@ -331,7 +332,6 @@ static uint64_t nf_ring_take(nf_ring *ring, nf_record *out, uint64_t max) {
 }
 
 /* ---- the delivery thread's side ------------------------------------------------------------ */
-
 
 /* Unless busy, wait until there is work (a flush, a producer past its threshold, or tick_ns
  * elapsed), then
@@ -413,7 +413,7 @@ static void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n, nf
     }
 }
 
-/* Ask the delivery thread to stop once everything is delivered. */
+/* Ask the delivery thread to stop after its next pass (the caller flushed first). */
 static void nf_pipe_stop(void) {
     pthread_mutex_lock(&nf_pipe.mutex);
     nf_pipe.stopping = 1;
