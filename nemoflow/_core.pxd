@@ -92,12 +92,20 @@ cdef extern from "nemoflow_ring.h" nogil:
                         int n_sinks) noexcept
     void nf_pipe_stop() noexcept
     void nf_pipe_restart() noexcept
-    int nf_pipe_idle() noexcept
-    int nf_pipe_flush(int64_t timeout_ns) noexcept
+    ctypedef struct nf_flush:
+        pass
+    int nf_pipe_flush_begin(nf_flush *f) noexcept
+    int nf_pipe_flush_wait(nf_flush *f, int64_t slice_ns) noexcept
+    void nf_pipe_flush_end(nf_flush *f) noexcept
+    uint64_t nf_pipe_pending() noexcept
+    int nf_pipe_someone_waits() noexcept
     nf_ring *nf_ring_get() noexcept
     int nf_ring_full(nf_ring *ring) noexcept
+    int nf_ring_grow(nf_ring *ring) noexcept
     void nf_ring_publish(nf_ring *ring, const nf_record *rec) noexcept
-    void nf_ring_wait_for_room(nf_ring *ring) noexcept
+    void nf_ring_wait_begin(nf_ring *ring) noexcept
+    int nf_ring_wait_slice(nf_ring *ring, int64_t slice_ns) noexcept
+    void nf_ring_wait_end() noexcept
     uint64_t nf_ring_take(nf_ring *ring, nf_record *out, uint64_t max) noexcept
 
     ctypedef struct nf_buf:
@@ -202,8 +210,10 @@ cdef class Subscriber:
     cdef int _depth
     cdef _Stat _stat
     cdef bint _warned
+    cdef list _deferred          # the delivery thread's calls that gave way (see deliver)
 
-    cdef int deliver(self, object event) except -1
+    cdef object deliver(self, object event)
+    cdef object _call(self, object event)
 
 
 cdef class ScopeContext:

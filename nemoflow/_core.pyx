@@ -26,6 +26,7 @@ from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8, PyUnic
 from libc.errno cimport EBADF
 from libc.math cimport isfinite
 from libc.string cimport memcpy
+from cpython.exc cimport PyErr_CheckSignals
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_COMPACT_ASCII(object o)
@@ -40,12 +41,15 @@ import enum
 import os
 import sys
 import threading
+import time
 import functools
 import types
 import warnings
 import weakref
 
 import orjson
+
+from nemoflow import _exit
 
 from nemoflow._types import (
     ATOF_VERSION,
@@ -66,6 +70,7 @@ cdef extern from "pythread.h":
     PyThread_type_lock PyThread_allocate_lock()
     void PyThread_free_lock(PyThread_type_lock)
     int PyThread_acquire_lock(PyThread_type_lock, int) nogil
+    int PyThread_acquire_lock_timed(PyThread_type_lock, long long, int) nogil
     void PyThread_release_lock(PyThread_type_lock) nogil
     unsigned long PyThread_get_thread_ident()
     int WAIT_LOCK
@@ -857,37 +862,133 @@ cdef class Subscriber:
             raise MemoryError()
         self._owner = 0
         self._depth = 0
+        self._deferred = None
 
-    cdef int deliver(self, object event) except -1:
+    cdef object deliver(self, object event):
+        # None, or a BaseException that is not an Exception (KeyboardInterrupt, SystemExit)
+        # raised by the callback on a traced thread: _deliver re-raises it once every other
+        # subscriber had the event.
         cdef unsigned long me = PyThread_get_thread_ident()
+        cdef object failure = None
         # Re-entrant: a subscriber that emits an event from its callback on the same thread
         # does not deadlock. ``_owner`` is only ever equal to ``me`` if this thread set it.
         if nf_load_relaxed(&self._owner) == me:
             self._depth += 1
         else:
             if not PyThread_acquire_lock(self._lock, NOWAIT_LOCK):
-                with nogil:
-                    PyThread_acquire_lock(self._lock, WAIT_LOCK)
+                if me == _delivery_ident:
+                    if not _acquire_on_delivery(self._lock):
+                        _defer(self, event)
+                        return None
+                else:
+                    with nogil:
+                        PyThread_acquire_lock(self._lock, WAIT_LOCK)
             nf_store_relaxed(&self._owner, me)
             self._depth = 1
         try:
-            self._stat.calls += 1
-            try:
-                self.callback(event)
-            except Exception as exc:  # isolate: the emitter and other subscribers go on
-                self._stat.errors += 1
-                if not self._warned:
-                    self._warned = True
-                    _warn_quietly(
-                        f"nemoflow: subscriber {self.name!r} raised {type(exc).__name__}: "
-                        f"{_describe(exc)}; further errors are counted in "
-                        "nemoflow.diagnostics()")
+            if self._deferred is not None and me == _delivery_ident:
+                _drain_deferred(self)
+            failure = self._call(event)
         finally:
             self._depth -= 1
             if self._depth == 0:
                 nf_store_relaxed(&self._owner, 0)
                 PyThread_release_lock(self._lock)
-        return 0
+        return failure
+
+    cdef object _call(self, object event):
+        self._stat.calls += 1
+        try:
+            self.callback(event)
+        except BaseException as exc:  # isolate: the emitter and other subscribers go on
+            self._stat.errors += 1
+            if not self._warned:
+                self._warned = True
+                _warn_quietly(
+                    f"nemoflow: subscriber {self.name!r} raised {type(exc).__name__}: "
+                    f"{_describe(exc)}; further errors are counted in "
+                    "nemoflow.diagnostics()")
+            if not isinstance(exc, Exception) and PyThread_get_thread_ident() != _delivery_ident:
+                return exc
+        return None
+
+
+# Calls the delivery thread could not make because the subscriber's lock was held while
+# another thread waited on the delivery thread (for ring room or a flush): waiting for that lock
+# would close a cycle. They are made later, in order, from the delivery thread. Touched by the
+# delivery thread only.
+cdef list _deferred_subs = []
+cdef Py_ssize_t _n_deferred = 0
+cdef enum:
+    _SLICE_US = 50000              # waits wake this often: signals, and cycles to give way to
+cdef int64_t _SLICE_NS = 50000000
+
+
+cdef bint _acquire_on_delivery(PyThread_type_lock lock) except -1:
+    # The delivery thread waits for a subscriber's lock only while nobody waits on it.
+    cdef int got = 0
+    while True:
+        if nf_pipe_someone_waits():
+            return False
+        with nogil:
+            got = PyThread_acquire_lock_timed(lock, _SLICE_US, 0)
+        if got == 1:
+            return True
+
+
+cdef int _defer(Subscriber sub, object event) except -1:
+    global _n_deferred
+    if sub._deferred is None:
+        sub._deferred = []
+        _deferred_subs.append(sub)
+    sub._deferred.append(event)
+    _n_deferred += 1
+    return 0
+
+
+cdef int _drain_deferred(Subscriber sub) except -1:
+    # With the subscriber's lock held, on the delivery thread: the deferred calls come first.
+    global _n_deferred
+    pending = sub._deferred
+    sub._deferred = None
+    try:
+        _deferred_subs.remove(sub)
+    except ValueError:
+        pass
+    for ev in pending:
+        _n_deferred -= 1
+        sub._call(ev)
+    return 0
+
+
+cdef int _retry_deferred() except -1:
+    cdef Subscriber sub
+    cdef unsigned long me = PyThread_get_thread_ident()
+    for s in list(_deferred_subs):
+        sub = <Subscriber>s
+        if sub._deferred is None:
+            continue
+        if not PyThread_acquire_lock(sub._lock, NOWAIT_LOCK):
+            if not _acquire_on_delivery(sub._lock):
+                continue
+        nf_store_relaxed(&sub._owner, me)
+        sub._depth = 1
+        try:
+            _drain_deferred(sub)
+        finally:
+            sub._depth = 0
+            nf_store_relaxed(&sub._owner, 0)
+            PyThread_release_lock(sub._lock)
+    return 0
+
+
+cdef int _forget_deferred() except -1:
+    global _n_deferred, _deferred_subs
+    for s in _deferred_subs:
+        (<Subscriber>s)._deferred = None
+    _deferred_subs = []
+    _n_deferred = 0
+    return 0
 
 
 def _warn_quietly(text):
@@ -997,8 +1098,11 @@ cdef int _deliver(object event, ScopeHandle top) except -1:
     cdef ScopeHandle f
     cdef list chain
     cdef Py_ssize_t i
+    cdef object failure = None, first = None
     for s in _subscribers:
-        (<Subscriber>s).deliver(event)
+        failure = (<Subscriber>s).deliver(event)
+        if failure is not None and first is None:
+            first = failure
     if _n_local:
         chain = []
         f = top
@@ -1010,7 +1114,11 @@ cdef int _deliver(object event, ScopeHandle top) except -1:
             f = f._prev
         for i in range(len(chain) - 1, -1, -1):
             for s in <tuple>chain[i]:
-                (<Subscriber>s).deliver(event)
+                failure = (<Subscriber>s).deliver(event)
+                if failure is not None and first is None:
+                    first = failure
+    if first is not None:
+        raise first
     return 0
 
 
@@ -1028,6 +1136,10 @@ cdef unsigned long _delivery_ident = 0
 cdef long long _lost_no_memory = 0
 cdef int64_t _TICK_NS = 20000000   # idle delivery interval: 20 ms
 cdef int _n_consumers = 0        # len(_consumers), readable without the GIL
+cdef double _exit_timeout = _exit.timeout_from_env()  # the whole of exit waits at most this
+cdef object _exit_deadline = None  # time.monotonic() by which exit stops waiting, once exiting
+cdef long long _abandoned_at_exit = 0
+cdef long long _abandoned_at_detach = 0
 cdef enum:
     _BATCH = 4096
     _PENDING_REFS = 65536
@@ -1070,14 +1182,38 @@ cdef nf_ring *_ring_with_room() except? NULL:
         _lost_no_memory += 1
         return NULL
     if nf_ring_full(ring):
-        # The delivery thread cannot wait for itself: an event emitted by one of its own
-        # consumers into a full ring is dropped (and counted).
-        if _drop_when_full or PyThread_get_thread_ident() == _delivery_ident:
+        # The delivery thread cannot wait for itself: its own ring grows instead, and past
+        # that limit an event emitted by one of its consumers is dropped (and counted).
+        if PyThread_get_thread_ident() == _delivery_ident:
+            if nf_ring_grow(ring) == 0:
+                return ring
             ring.dropped += 1
             return NULL
-        with nogil:
-            nf_ring_wait_for_room(ring)
+        if _drop_when_full:
+            ring.dropped += 1
+            return NULL
+        _wait_for_room(ring)
     return ring
+
+
+cdef int _wait_for_room(nf_ring *ring) except -1:
+    # In slices, running signal handlers in between: Ctrl-C raises here promptly. The record
+    # that was waiting is then lost, and counted as dropped.
+    cdef int room = 0
+    nf_ring_wait_begin(ring)
+    try:
+        while True:
+            with nogil:
+                room = nf_ring_wait_slice(ring, _SLICE_NS)
+            if room:
+                return 0
+            try:
+                PyErr_CheckSignals()
+            except BaseException:
+                ring.dropped += 1
+                raise
+    finally:
+        nf_ring_wait_end()
 
 
 cdef int _record_scope(int rtype, ScopeHandle frame, int64_t ts, object data, object extra,
@@ -1374,7 +1510,7 @@ cdef int _consume(object consumer, list events) except -1:
         return 0
     try:
         consumer.export(list(events))  # its own list: one exporter cannot change another's
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit too: the other consumers still get the batch
         consumer_failed(consumer, exc)
     return 0
 
@@ -1413,6 +1549,10 @@ cdef int _merge_phase(nf_record *batch, Py_ssize_t n) except -1:
             r.merged = _own(_merge_metadata(_borrow(r.meta), _borrow(r.extra), r.status,
                                             _borrow(r.text)))
     return 0
+
+
+cdef int _retry_phase(nf_record *batch, Py_ssize_t n) except -1:
+    return _retry_deferred()
 
 
 cdef int _release_refs(void **refs, Py_ssize_t n) except -1:
@@ -1489,6 +1629,10 @@ def _delivery_main():
                     if _n_consumers:
                         with gil:
                             _guarded(_python_phase, batch, total)
+                if _n_deferred:
+                    with gil:
+                        _guarded(_retry_phase, batch, 0)
+                if total:
                     # Collect the batch's references; release them with the GIL in bulk.
                     for i in range(total):
                         for j in range(NF_RECORD_REFS):
@@ -1505,7 +1649,9 @@ def _delivery_main():
                         _release_refs(refs, n_refs)
                     n_refs = 0
                 nf_pipe_finish(rings, counts, <size_t>nrings, sinks, n_sinks)
-                if stopping and total == 0 and nf_pipe_idle():
+                # Stopping comes after a flush: what was emitted before it is delivered. What
+                # threads still emit (daemon threads at exit) is counted, not waited for.
+                if stopping:
                     break
         if failed:
             raise MemoryError("nemoflow: the delivery thread ran out of memory")
@@ -1574,9 +1720,11 @@ def attach(consumer):
 
 
 def detach(consumer):
-    """Stop feeding ``consumer``; what was emitted before is still delivered to it first."""
+    """Stop feeding ``consumer``; what was emitted before is still delivered to it first (for
+    at most the exit timeout: past it, what it did not get is counted and reported)."""
     global _sinks, _consumers
-    flush()
+    deadline = time.monotonic() + _exit_timeout
+    delivered = flush(_exit_timeout)
     with _registry_lock:
         if isinstance(consumer, LineSink) and consumer in _sinks:
             nf_sink_detach((<LineSink>consumer)._k)
@@ -1584,6 +1732,22 @@ def detach(consumer):
         _sinks = tuple([c for c in _sinks if c is not consumer])
         _consumers = tuple([c for c in _consumers if c is not consumer])
         _refresh_recording()
+    if delivered:
+        # a batch taken before the detach may still be on its way to the consumer
+        delivered = flush(max(0.0, deadline - time.monotonic()))
+    if not delivered:
+        _gave_up_detaching(consumer)
+
+
+cdef int _gave_up_detaching(consumer) except -1:
+    global _abandoned_at_detach
+    cdef long long n = <long long>nf_pipe_pending()
+    _abandoned_at_detach += n
+    if _exit_deadline is None:  # at exit, the exit report says it
+        warnings.warn(f"nemoflow: {getattr(consumer, 'name', type(consumer).__name__)!r} was "
+                      f"detached after waiting {_exit_timeout:g} s for the delivery thread; up to "
+                      f"{n} events were not delivered to it", RuntimeWarning, stacklevel=3)
+    return 0
 
 
 def flush(timeout=None):
@@ -1592,13 +1756,39 @@ def flush(timeout=None):
         return True
     if _need_thread:
         _start_delivery()
-    cdef int64_t t = -1 if timeout is None else <int64_t>(float(timeout) * 1e9)
-    cdef int result
-    with nogil:
-        result = nf_pipe_flush(t)
-    if result < 0:
+    cdef double deadline = -1.0
+    if timeout is not None:
+        deadline = time.monotonic() + float(timeout)
+    if _exit_deadline is not None and (deadline < 0 or deadline > _exit_deadline):
+        deadline = _exit_deadline
+    return _wait_flush(deadline)
+
+
+cdef bint _wait_flush(double deadline) except -1:
+    # deadline: time.monotonic(), or < 0 for none. Waits in slices and runs signal handlers in
+    # between, so Ctrl-C raises here promptly.
+    cdef nf_flush f
+    cdef int done = 0
+    cdef int64_t slice_ns
+    cdef double left
+    if nf_pipe_flush_begin(&f) < 0:
         raise MemoryError()
-    return result == 0
+    try:
+        while True:
+            slice_ns = _SLICE_NS
+            if deadline >= 0:
+                left = deadline - time.monotonic()
+                if left < 0.05:
+                    slice_ns = <int64_t>(left * 1e9) if left > 0 else 0
+            with nogil:
+                done = nf_pipe_flush_wait(&f, slice_ns)
+            if done:
+                return True
+            if deadline >= 0 and time.monotonic() >= deadline:
+                return False
+            PyErr_CheckSignals()
+    finally:
+        nf_pipe_flush_end(&f)
 
 
 def shutdown(timeout=5.0):
@@ -1607,9 +1797,12 @@ def shutdown(timeout=5.0):
     thread = _delivery
     if thread is None:
         return True
-    flushed = flush(timeout)
+    deadline = time.monotonic() + float(timeout)
+    if _exit_deadline is not None and deadline > _exit_deadline:
+        deadline = _exit_deadline
+    flushed = flush(max(0.0, deadline - time.monotonic()))
     nf_pipe_stop()
-    thread.join(timeout)
+    thread.join(max(0.0, deadline - time.monotonic()))
     with _registry_lock:
         _delivery = None
     return flushed and not thread.is_alive()
@@ -1619,59 +1812,131 @@ def shutdown(timeout=5.0):
 _MAX_RING = 1 << 20
 
 
-def configure(ring_size=None, overflow=None):
+def _exit_begin():
+    """Start the exit clock (once): every wait from now on ends by the exit deadline."""
+    global _exit_deadline
+    if _exit_deadline is None:
+        _exit_deadline = time.monotonic() + _exit_timeout
+    return _exit_deadline
+
+
+cdef int _report_abandoned() except -1:
+    # Once exit stopped waiting: count what it leaves behind and say so on stderr.
+    global _abandoned_at_exit
+    cdef long long n = <long long>nf_pipe_pending() + _n_deferred
+    if n > 0:
+        _abandoned_at_exit += n
+        _exit.report_abandoned(n, _exit_timeout)
+    return 0
+
+
+def _at_child_exit():
+    # The end of a multiprocessing child, which leaves through os._exit: atexit will not run.
+    _exit_begin()
+    if _delivery is not None:
+        flush()
+        _report_abandoned()
+
+
+def configure(ring_size=None, overflow=None, exit_timeout=None):
     """Pipeline settings: ``ring_size`` (records per thread, a power of two from 16 to 2**20,
-    for rings made from now on) and ``overflow`` ("block", the lossless default, or "drop")."""
-    global _drop_when_full
+    for rings made from now on), ``overflow`` ("block", the lossless default, or "drop") and
+    ``exit_timeout`` (seconds exit waits for delivery, in all)."""
+    global _drop_when_full, _exit_timeout
+    # Every value is checked before any is applied: a refused call changes nothing.
+    if ring_size is not None and (
+            not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
+            or ring_size > _MAX_RING or ring_size & (ring_size - 1)):
+        raise ValueError(f"ring_size must be a power of two from 16 to {_MAX_RING}, "
+                         f"not {ring_size!r}")
+    if overflow is not None and overflow not in ("block", "drop"):
+        raise ValueError('overflow must be "block" or "drop"')
+    if exit_timeout is not None:
+        exit_timeout = _exit.check_timeout(exit_timeout)
+        _exit_timeout = exit_timeout
     if ring_size is not None:
-        if (not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
-                or ring_size > _MAX_RING or ring_size & (ring_size - 1)):
-            raise ValueError(f"ring_size must be a power of two from 16 to {_MAX_RING}, "
-                             f"not {ring_size!r}")
         pthread_mutex_lock(&nf_pipe.mutex)
         nf_pipe.capacity = <uint64_t>ring_size
         pthread_mutex_unlock(&nf_pipe.mutex)
     if overflow is not None:
-        if overflow not in ("block", "drop"):
-            raise ValueError('overflow must be "block" or "drop"')
         _drop_when_full = overflow == "drop"
 
 
 def _after_fork_in_child():
     # The C fork handler already forgot the parent's rings; start a delivery thread of our own
     # before the next record (threads do not survive fork).
-    global _need_thread, _delivery, _delivery_ident, _registry_lock
+    global _need_thread, _delivery, _delivery_ident, _registry_lock, _exit_deadline
     _delivery = None
+    _exit_deadline = None  # the child's exit has a clock of its own
     _delivery_ident = 0
     _need_thread = _recording
     _registry_lock = threading.RLock()  # another thread may have held it at fork
     for sub in _all_subscribers():
         (<Subscriber>sub)._reinit_after_fork()
+    _forget_deferred()  # the parent's delivery thread makes those calls
+    _exit.watch_children(_at_child_exit)
+
+
+cdef struct _RingStat:
+    unsigned long thread
+    uint64_t capacity, pending, high_water, dropped, waits
+    int closed
 
 
 def _pipeline_stats():
+    # Copied into C memory under the mutex, turned into Python objects after: allocating them
+    # can run the garbage collector, whose finalizers may need the same mutex.
     cdef nf_ring *r
-    rings = []
-    pthread_mutex_lock(&nf_pipe.mutex)
-    try:
+    cdef _RingStat *copy = NULL
+    cdef size_t n = 0, cap = 0, i
+    cdef uint64_t dropped, waits, high, freed, capacity
+    while True:
+        pthread_mutex_lock(&nf_pipe.mutex)
+        n = 0
         r = nf_pipe.rings
         while r != NULL:
-            rings.append({"thread": r.thread_ident, "capacity": r.mask + 1,
-                          "pending": r.head - r.delivered, "high_water": r.high_water,
-                          "dropped": r.dropped, "waits": r.waits, "closed": bool(r.closed)})
+            n += 1
             r = r.next
-        dropped = nf_pipe.dropped_freed
-        waits = nf_pipe.waits_freed
-        high = nf_pipe.high_water_freed
-        freed = nf_pipe.rings_freed
-        capacity = nf_pipe.capacity
-    finally:
+        if n <= cap:
+            break
         pthread_mutex_unlock(&nf_pipe.mutex)
-    dropped += sum(x["dropped"] for x in rings) + _lost_no_memory
-    waits += sum(x["waits"] for x in rings)
+        PyMem_RawFree(copy)
+        cap = n + 16
+        copy = <_RingStat *>PyMem_RawMalloc(cap * sizeof(_RingStat))
+        if copy == NULL:
+            raise MemoryError()
+    i = 0
+    r = nf_pipe.rings
+    while r != NULL:
+        copy[i].thread = r.thread_ident
+        copy[i].capacity = r.mask + 1
+        copy[i].pending = r.head - r.delivered
+        copy[i].high_water = r.high_water
+        copy[i].dropped = r.dropped
+        copy[i].waits = r.waits
+        copy[i].closed = r.closed
+        i += 1
+        r = r.next
+    dropped = nf_pipe.dropped_freed
+    waits = nf_pipe.waits_freed
+    high = nf_pipe.high_water_freed
+    freed = nf_pipe.rings_freed
+    capacity = nf_pipe.capacity
+    pthread_mutex_unlock(&nf_pipe.mutex)
+    try:
+        rings = [{"thread": copy[i].thread, "capacity": copy[i].capacity,
+                  "pending": copy[i].pending, "high_water": copy[i].high_water,
+                  "dropped": copy[i].dropped, "waits": copy[i].waits,
+                  "closed": bool(copy[i].closed)} for i in range(n)]
+    finally:
+        PyMem_RawFree(copy)
     return {"recording": _recording, "overflow": "drop" if _drop_when_full else "block",
-            "ring_size": capacity, "dropped": dropped, "waits": waits, "rings": rings,
-            "rings_freed": freed, "high_water_freed": high}
+            "ring_size": capacity,
+            "dropped": dropped + sum([x["dropped"] for x in rings]) + _lost_no_memory,
+            "waits": waits + sum([x["waits"] for x in rings]), "rings": rings,
+            "rings_freed": freed, "high_water_freed": high, "deferred": _n_deferred,
+            "exit_timeout": _exit_timeout, "abandoned_at_detach": _abandoned_at_detach,
+            "abandoned_at_exit": _abandoned_at_exit}
 
 
 
@@ -2308,8 +2573,9 @@ def _forget_registrations():
             if f is not None:
                 (<ScopeHandle>f)._has_locals = False
         _scope_locals.clear()
-    flush()
+    flush(_exit_timeout)
     with _registry_lock:
+        _forget_deferred()
         for sink in _sinks:
             nf_sink_detach((<LineSink>sink)._k)
         _sink_objects.clear()
@@ -2331,9 +2597,15 @@ def _at_exit():
     # by this module are not cleared by interpreter teardown, and a callback's globals (an open
     # file of __main__, say) must be finalized normally. atexit handlers registered after
     # nemoflow was imported run before this one, so what they emit is still delivered.
-    shutdown()
+    # All of it is bounded by the exit timeout, counted from the first exit hook of nemoflow
+    # (exporters' hooks run before this one); what it gives up on is reported on stderr.
+    _exit_begin()
+    if _delivery is not None:
+        shutdown(_exit_timeout)
+        _report_abandoned()
     _forget_registrations()
 
 
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 atexit.register(_at_exit)
+_exit.watch_children(_at_child_exit)

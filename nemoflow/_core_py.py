@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from . import _exit
 from ._types import (
     ATOF_VERSION,
     ATTRIBUTE_NAMES,
@@ -658,7 +659,7 @@ _stats: dict[str, list] = {}  # subscriber name -> [calls, errors]
 class Subscriber:
     """A registered callback with its own lock and error accounting."""
 
-    __slots__ = ("name", "callback", "_lock", "_stat", "_warned")
+    __slots__ = ("name", "callback", "_lock", "_stat", "_warned", "_deferred")
 
     def __init__(self, name, callback):
         if not isinstance(name, str):
@@ -670,19 +671,113 @@ class Subscriber:
         self._lock = threading.RLock()
         self._stat = _stats.setdefault(name, [0, 0])
         self._warned = False
+        self._deferred = None  # the delivery thread's calls that gave way (see deliver)
 
     def deliver(self, event):
-        with self._lock:
+        """None, or a BaseException that is not an Exception (KeyboardInterrupt, SystemExit)
+        raised by the callback on a traced thread: _deliver re-raises it once every other
+        subscriber had the event."""
+        lock = self._lock
+        if not lock.acquire(False):
+            if threading.get_ident() == _delivery_ident:
+                if not _acquire_on_delivery(lock):
+                    _defer(self, event)
+                    return None
+            else:
+                lock.acquire()
+        try:
+            if self._deferred is not None and threading.get_ident() == _delivery_ident:
+                _drain_deferred(self)
             self._stat[0] += 1
             try:
                 self.callback(event)
-            except Exception as exc:  # isolate: the emitter and other subscribers go on
-                self._stat[1] += 1
-                if not self._warned:
-                    self._warned = True
-                    _warn_quietly(
-                        f"nemoflow: subscriber {self.name!r} raised {type(exc).__name__}: "
-                        f"{describe(exc)}; further errors are counted in nemoflow.diagnostics()")
+            except BaseException as exc:  # isolate: the emitter and other subscribers go on
+                return self._failed(exc)
+            return None
+        finally:
+            lock.release()
+
+    def _call(self, event):
+        self._stat[0] += 1
+        try:
+            self.callback(event)
+        except BaseException as exc:
+            return self._failed(exc)
+        return None
+
+    def _failed(self, exc):
+        self._stat[1] += 1
+        if not self._warned:
+            self._warned = True
+            _warn_quietly(
+                f"nemoflow: subscriber {self.name!r} raised {type(exc).__name__}: "
+                f"{describe(exc)}; further errors are counted in nemoflow.diagnostics()")
+        if not isinstance(exc, Exception) and threading.get_ident() != _delivery_ident:
+            return exc
+        return None
+
+
+# Calls the delivery thread could not make because the subscriber's lock was held while
+# another thread waited on the delivery thread (for ring room or a flush): waiting for that lock
+# would close a cycle. They are made later, in order, from the delivery thread. Touched by the
+# delivery thread only.
+_deferred_subs = []
+_n_deferred = 0
+_SLICE = 0.05  # waits wake this often: signals, and cycles to give way to
+_OWN_RING_GROWTH = 8  # the delivery thread's own ring grows up to this times ring_size
+
+
+def _someone_waits():
+    return _pipe["waiting"] > 0 or _pipe["flush_requests"] > 0 or _pipe["stopping"]
+
+
+def _acquire_on_delivery(lock):
+    # The delivery thread waits for a subscriber's lock only while nobody waits on it.
+    while True:
+        if _someone_waits():
+            return False
+        if lock.acquire(timeout=_SLICE):
+            return True
+
+
+def _defer(sub, event):
+    global _n_deferred
+    if sub._deferred is None:
+        sub._deferred = []
+        _deferred_subs.append(sub)
+    sub._deferred.append(event)
+    _n_deferred += 1
+
+
+def _drain_deferred(sub):
+    # With the subscriber's lock held, on the delivery thread: the deferred calls come first.
+    global _n_deferred
+    pending, sub._deferred = sub._deferred, None
+    if sub in _deferred_subs:
+        _deferred_subs.remove(sub)
+    for ev in pending:
+        _n_deferred -= 1
+        sub._call(ev)
+
+
+def _retry_deferred():
+    for sub in list(_deferred_subs):
+        if sub._deferred is None:
+            continue
+        if not sub._lock.acquire(False) and not _acquire_on_delivery(sub._lock):
+            continue
+        try:
+            _drain_deferred(sub)
+        finally:
+            sub._lock.release()
+
+
+def _forget_deferred():
+    global _n_deferred, _deferred_subs
+    for sub in _deferred_subs:
+        sub._deferred = None
+    _deferred_subs = []
+    _n_deferred = 0
 
 
 def _warn_quietly(text):
@@ -795,8 +890,11 @@ def _drop_locals(frame):
 
 
 def _deliver(event, top):
+    first = None
     for sub in _subscribers:
-        sub.deliver(event)
+        failure = sub.deliver(event)
+        if failure is not None and first is None:
+            first = failure
     if _n_local:
         chain = []
         f = top
@@ -808,7 +906,11 @@ def _deliver(event, top):
             f = f._prev
         for locals_ in reversed(chain):
             for sub in locals_:
-                sub.deliver(event)
+                failure = sub.deliver(event)
+                if failure is not None and first is None:
+                    first = failure
+    if first is not None:
+        raise first
 
 
 # --------------------------------------------------------------------------------------------
@@ -825,8 +927,14 @@ _delivery_ident = 0
 _pid = os.getpid()
 _TICK = 0.02
 _BATCH = 4096
+_exit_timeout = _exit.timeout_from_env()  # the whole of exit waits at most this
+_exit_deadline = None  # time.monotonic() by which exit stops waiting, once exiting
+_abandoned_at_exit = 0
+_abandoned_at_detach = 0
 
-_pipe_lock = threading.Lock()
+# Re-entrant: the garbage collector may run a finalizer that emits (a traced generator
+# collected unfinished) on a thread that holds it.
+_pipe_lock = threading.RLock()
 _work = threading.Condition(_pipe_lock)
 _progress = threading.Condition(_pipe_lock)
 _pipe = {"rings": [], "capacity": 8192, "next_id": 1, "flush_requests": 0, "wake": False,
@@ -876,23 +984,23 @@ def _ring():
 
 
 def _record(ev):
-    if _delivery is None or _delivery.pid != _pid:
-        _start_delivery()
+    if (_delivery is None or _delivery.pid != _pid) and _exit_deadline is None:
+        _start_delivery()  # not once exit began: what daemon threads emit then is not waited for
     ring = _ring()
     if ring.head - ring.tail >= ring.capacity:
-        # The delivery thread cannot wait for itself: an event emitted by one of its own
-        # consumers into a full ring is dropped (and counted).
-        if _drop_when_full or threading.get_ident() == _delivery_ident:
+        # The delivery thread cannot wait for itself: its own ring grows instead, and past
+        # that limit an event emitted by one of its consumers is dropped (and counted).
+        if threading.get_ident() == _delivery_ident:
+            if ring.capacity < _pipe["capacity"] * _OWN_RING_GROWTH:
+                ring.capacity *= 2
+            else:
+                ring.dropped += 1
+                return
+        elif _drop_when_full:
             ring.dropped += 1
             return
-        with _pipe_lock:
-            ring.waits += 1
-            _pipe["waiting"] += 1
-            while ring.head - ring.tail >= ring.capacity:
-                _pipe["wake"] = True
-                _work.notify()
-                _progress.wait()
-            _pipe["waiting"] -= 1
+        else:
+            _wait_for_room(ring)
     ring.items.append(ev)
     ring.head += 1
     used = ring.head - ring.tail
@@ -904,6 +1012,22 @@ def _record(ev):
         with _pipe_lock:
             _pipe["wake"] = True
             _work.notify()
+
+
+def _wait_for_room(ring):
+    with _pipe_lock:
+        ring.waits += 1
+        _pipe["waiting"] += 1
+        try:
+            while ring.head - ring.tail >= ring.capacity:
+                _pipe["wake"] = True
+                _work.notify()
+                _progress.wait(_SLICE)  # in slices: Ctrl-C raises here promptly
+        except BaseException:
+            ring.dropped += 1  # the record that was waiting is lost
+            raise
+        finally:
+            _pipe["waiting"] -= 1
 
 
 class LineSink:
@@ -1090,7 +1214,7 @@ def _deliver_batch(batch):
         else:
             try:
                 consumer.export(list(batch))
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: the other consumers still get it
                 consumer_failed(consumer, exc)
 
 
@@ -1126,22 +1250,25 @@ def _delivery_main():
                 _deliver_batch(batch)
             except BaseException as exc:  # the thread must survive whatever a batch does
                 consumer_failed(_PipelineName, exc)
+        if _n_deferred:
+            try:
+                _retry_deferred()
+            except BaseException as exc:
+                consumer_failed(_PipelineName, exc)
         with _pipe_lock:
             for ring, n in zip(rings, counts):
                 ring.delivered += n
-            kept = []
-            for ring in _pipe["rings"]:
-                if ring.closed and ring.delivered == ring.head:
-                    _pipe["freed"] += 1
-                    _pipe["dropped_freed"] += ring.dropped
-                    _pipe["waits_freed"] += ring.waits
-                    _pipe["high_freed"] = max(_pipe["high_freed"], ring.high_water)
-                else:
-                    kept.append(ring)
-            _pipe["rings"] = kept
+            live = _pipe["rings"]
+            for ring in [r for r in live if r.closed and r.delivered == r.head]:
+                live.remove(ring)  # in place: a ring added meanwhile (re-entrant) stays
+                _pipe["freed"] += 1
+                _pipe["dropped_freed"] += ring.dropped
+                _pipe["waits_freed"] += ring.waits
+                _pipe["high_freed"] = max(_pipe["high_freed"], ring.high_water)
             _progress.notify_all()
-            idle = all(r.delivered == r.head for r in kept)
-        if stopping and not batch and idle:
+        # Stopping comes after a flush: what was emitted before it is delivered. What threads
+        # still emit (daemon threads at exit) is counted, not waited for.
+        if stopping:
             return
 
 
@@ -1178,13 +1305,36 @@ def attach(consumer):
 
 
 def detach(consumer):
-    """Stop feeding ``consumer``; what was emitted before is still delivered to it first."""
+    """Stop feeding ``consumer``; what was emitted before is still delivered to it first (for
+    at most the exit timeout: past it, what it did not get is counted and reported)."""
     global _sinks, _consumers
-    flush()
+    deadline = time.monotonic() + _exit_timeout
+    delivered = flush(_exit_timeout)
     with _registry_lock:
         _sinks = tuple(c for c in _sinks if c is not consumer)
         _consumers = tuple(c for c in _consumers if c is not consumer)
         _refresh_recording()
+    if delivered:
+        # a batch taken before the detach may still be on its way to the consumer
+        delivered = flush(max(0.0, deadline - time.monotonic()))
+    if not delivered:
+        _gave_up_detaching(consumer)
+
+
+def _gave_up_detaching(consumer):
+    global _abandoned_at_detach
+    n = _pending()
+    _abandoned_at_detach += n
+    if _exit_deadline is None:  # at exit, the exit report says it
+        warnings.warn(f"nemoflow: {getattr(consumer, 'name', type(consumer).__name__)!r} was "
+                      f"detached after waiting {_exit_timeout:g} s for the delivery thread; up to "
+                      f"{n} events were not delivered to it", RuntimeWarning, stacklevel=3)
+
+
+def _pending():
+    with _pipe_lock:
+        rings = list(_pipe["rings"])
+    return sum(r.head - r.delivered for r in rings)
 
 
 def flush(timeout=None):
@@ -1194,6 +1344,8 @@ def flush(timeout=None):
     if _delivery.pid != _pid:
         _start_delivery()
     deadline = None if timeout is None else time.monotonic() + float(timeout)
+    if _exit_deadline is not None and (deadline is None or deadline > _exit_deadline):
+        deadline = _exit_deadline
     with _pipe_lock:
         targets = [(ring, ring.head) for ring in _pipe["rings"]]
         _pipe["flush_requests"] += 1
@@ -1203,10 +1355,10 @@ def flush(timeout=None):
                 live = _pipe["rings"]
                 if all(ring not in live or ring.delivered >= head for ring, head in targets):
                     return True
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
+                left = _SLICE if deadline is None else min(deadline - time.monotonic(), _SLICE)
+                if left <= 0:
                     return False
-                _progress.wait(left)
+                _progress.wait(left)  # in slices: Ctrl-C raises here promptly
         finally:
             _pipe["flush_requests"] -= 1
 
@@ -1217,11 +1369,14 @@ def shutdown(timeout=5.0):
     thread = _delivery
     if thread is None or thread.pid != _pid:
         return True
-    flushed = flush(timeout)
+    deadline = time.monotonic() + float(timeout)
+    if _exit_deadline is not None and deadline > _exit_deadline:
+        deadline = _exit_deadline
+    flushed = flush(max(0.0, deadline - time.monotonic()))
     with _pipe_lock:
         _pipe["stopping"] = True
         _work.notify()
-    thread.join(timeout)
+    thread.join(max(0.0, deadline - time.monotonic()))
     with _registry_lock:
         _delivery = None
     return flushed and not thread.is_alive()
@@ -1231,20 +1386,51 @@ def shutdown(timeout=5.0):
 _MAX_RING = 1 << 20
 
 
-def configure(ring_size=None, overflow=None):
+def _exit_begin():
+    """Start the exit clock (once): every wait from now on ends by the exit deadline."""
+    global _exit_deadline
+    if _exit_deadline is None:
+        _exit_deadline = time.monotonic() + _exit_timeout
+    return _exit_deadline
+
+
+def _report_abandoned():
+    # Once exit stopped waiting: count what it leaves behind and say so on stderr.
+    global _abandoned_at_exit
+    n = _pending() + _n_deferred
+    if n > 0:
+        _abandoned_at_exit += n
+        _exit.report_abandoned(n, _exit_timeout)
+
+
+def _at_child_exit():
+    # The end of a multiprocessing child, which leaves through os._exit: atexit will not run.
+    _exit_begin()
+    if _delivery is not None and _delivery.pid == _pid:
+        flush()
+        _report_abandoned()
+
+
+def configure(ring_size=None, overflow=None, exit_timeout=None):
     """Pipeline settings: ``ring_size`` (records per thread, a power of two from 16 to 2**20,
-    for rings made from now on) and ``overflow`` ("block", the lossless default, or "drop")."""
-    global _drop_when_full
+    for rings made from now on), ``overflow`` ("block", the lossless default, or "drop") and
+    ``exit_timeout`` (seconds exit waits for delivery, in all)."""
+    global _drop_when_full, _exit_timeout
+    # Every value is checked before any is applied: a refused call changes nothing.
+    if ring_size is not None and (
+            not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
+            or ring_size > _MAX_RING or ring_size & (ring_size - 1)):
+        raise ValueError(f"ring_size must be a power of two from 16 to {_MAX_RING}, "
+                         f"not {ring_size!r}")
+    if overflow is not None and overflow not in ("block", "drop"):
+        raise ValueError('overflow must be "block" or "drop"')
+    if exit_timeout is not None:
+        exit_timeout = _exit.check_timeout(exit_timeout)
+        _exit_timeout = exit_timeout
     if ring_size is not None:
-        if (not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
-                or ring_size > _MAX_RING or ring_size & (ring_size - 1)):
-            raise ValueError(f"ring_size must be a power of two from 16 to {_MAX_RING}, "
-                             f"not {ring_size!r}")
         with _pipe_lock:
             _pipe["capacity"] = ring_size
     if overflow is not None:
-        if overflow not in ("block", "drop"):
-            raise ValueError('overflow must be "block" or "drop"')
         _drop_when_full = overflow == "drop"
 
 
@@ -1258,30 +1444,38 @@ def _after_fork_in_child():
     # Only the forking thread exists in the child: new locks, no rings of the parent's (the
     # parent delivers what they held), a delivery thread of our own before the next record.
     global _pid, _pipe_lock, _work, _progress, _delivery, _delivery_ident, _registry_lock
+    global _exit_deadline
     _pid = os.getpid()
-    _pipe_lock = threading.Lock()
+    _pipe_lock = threading.RLock()
     _work = threading.Condition(_pipe_lock)
     _progress = threading.Condition(_pipe_lock)
     _pipe.update(rings=[], flush_requests=0, wake=False, waiting=0, stopping=False)
     _delivery = None
     _delivery_ident = 0
+    _exit_deadline = None  # the child's exit has a clock of its own
     _registry_lock = threading.RLock()
     for sub in _all_subscribers():
         sub._lock = threading.RLock()
+    _forget_deferred()  # the parent's delivery thread makes those calls
+    _exit.watch_children(_at_child_exit)
 
 
 def _pipeline_stats():
+    # Only references are taken under the lock; the dicts are built after it.
     with _pipe_lock:
-        rings = [{"thread": r.thread_ident, "capacity": r.capacity,
-                  "pending": r.head - r.delivered, "high_water": r.high_water,
-                  "dropped": r.dropped, "waits": r.waits, "closed": r.closed}
-                 for r in _pipe["rings"]]
-        dropped = _pipe["dropped_freed"] + sum(x["dropped"] for x in rings)
-        waits = _pipe["waits_freed"] + sum(x["waits"] for x in rings)
-        return {"recording": _recording, "overflow": "drop" if _drop_when_full else "block",
-                "ring_size": _pipe["capacity"], "dropped": dropped, "waits": waits,
-                "rings": rings,
-                "rings_freed": _pipe["freed"], "high_water_freed": _pipe["high_freed"]}
+        live = list(_pipe["rings"])
+        totals = (_pipe["dropped_freed"], _pipe["waits_freed"], _pipe["capacity"],
+                  _pipe["freed"], _pipe["high_freed"])
+    rings = [{"thread": r.thread_ident, "capacity": r.capacity, "pending": r.head - r.delivered,
+              "high_water": r.high_water, "dropped": r.dropped, "waits": r.waits,
+              "closed": r.closed} for r in live]
+    dropped, waits, capacity, freed, high = totals
+    return {"recording": _recording, "overflow": "drop" if _drop_when_full else "block",
+            "ring_size": capacity, "dropped": dropped + sum(x["dropped"] for x in rings),
+            "waits": waits + sum(x["waits"] for x in rings), "rings": rings,
+            "rings_freed": freed, "high_water_freed": high, "deferred": _n_deferred,
+            "exit_timeout": _exit_timeout, "abandoned_at_detach": _abandoned_at_detach,
+            "abandoned_at_exit": _abandoned_at_exit}
 
 
 
@@ -1900,8 +2094,9 @@ def _forget_registrations() -> None:
                 f._locals = None
         _scope_locals.clear()
         _refresh_enabled()
-    flush()
+    flush(_exit_timeout)
     with _registry_lock:
+        _forget_deferred()
         _sinks = ()
         _consumers = ()
         _drop_when_full = False
@@ -1938,9 +2133,15 @@ def _at_exit():
     # by this module are not cleared by interpreter teardown, and a callback's globals (an open
     # file of __main__, say) must be finalized normally. atexit handlers registered after
     # nemoflow was imported run before this one, so what they emit is still delivered.
-    shutdown()
+    # All of it is bounded by the exit timeout, counted from the first exit hook of nemoflow
+    # (exporters' hooks run before this one); what it gives up on is reported on stderr.
+    _exit_begin()
+    if _delivery is not None:
+        shutdown(_exit_timeout)
+        _report_abandoned()
     _forget_registrations()
 
 
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 atexit.register(_at_exit)
+_exit.watch_children(_at_child_exit)

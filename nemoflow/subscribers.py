@@ -39,7 +39,9 @@ def register(name: str, callback, *, buffered: bool = False) -> None:
 def deregister(name: str) -> bool:
     """Remove a subscriber; ``False`` if none is registered under ``name``.
 
-    A buffered subscriber still receives what was emitted before the call.
+    A buffered subscriber still receives what was emitted before the call (waiting at most
+    the exit timeout, ``nemoflow.configure(exit_timeout=...)``; past it, what it did not get
+    is counted and a warning says so).
     """
     with _lock:
         entry = _by_name.pop(name, None)

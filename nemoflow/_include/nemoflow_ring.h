@@ -252,18 +252,74 @@ static inline void nf_ring_publish(nf_ring *ring, const nf_record *rec) {
     }
 }
 
-/* Wait (the caller released the GIL) until the ring has room for one record. */
-static void nf_ring_wait_for_room(nf_ring *ring) {
+static void nf_deadline(struct timespec *ts, int64_t ns_from_now) {
+    clock_gettime(CLOCK_REALTIME, ts);
+    int64_t ns = ts->tv_nsec + ns_from_now % 1000000000LL;
+    ts->tv_sec += (time_t)(ns_from_now / 1000000000LL + ns / 1000000000LL);
+    ts->tv_nsec = (long)(ns % 1000000000LL);
+}
+
+/* Waiting for room, in slices (the caller released the GIL): between two slices it takes the
+ * GIL back to run signal handlers, so Ctrl-C is not held up by a full ring. */
+static void nf_ring_wait_begin(nf_ring *ring) {
     pthread_mutex_lock(&nf_pipe.mutex);
     ring->waits++;
     nf_pipe.waiting_producers++;
-    while (nf_ring_full(ring)) {
+    pthread_mutex_unlock(&nf_pipe.mutex);
+}
+
+/* 1 once the ring has room, 0 when slice_ns elapsed first. */
+static int nf_ring_wait_slice(nf_ring *ring, int64_t slice_ns) {
+    struct timespec deadline;
+    int room;
+    pthread_mutex_lock(&nf_pipe.mutex);
+    room = !nf_ring_full(ring);
+    if (!room) {
         nf_pipe.wake = 1;
         pthread_cond_signal(&nf_pipe.work);
-        pthread_cond_wait(&nf_pipe.progress, &nf_pipe.mutex);
+        nf_deadline(&deadline, slice_ns);
+        pthread_cond_timedwait(&nf_pipe.progress, &nf_pipe.mutex, &deadline);
+        room = !nf_ring_full(ring);
     }
+    pthread_mutex_unlock(&nf_pipe.mutex);
+    return room;
+}
+
+static void nf_ring_wait_end(void) {
+    pthread_mutex_lock(&nf_pipe.mutex);
     nf_pipe.waiting_producers--;
     pthread_mutex_unlock(&nf_pipe.mutex);
+}
+
+/* Whether a thread waits on the delivery thread (for room or a flush) or exit asked it to stop:
+ * the delivery thread then gives way rather than wait for a subscriber's lock, which one of
+ * those threads may hold. A relaxed read: at worst one more slice. */
+static inline int nf_pipe_someone_waits(void) {
+    return __atomic_load_n(&nf_pipe.waiting_producers, __ATOMIC_RELAXED) > 0 ||
+           __atomic_load_n(&nf_pipe.flush_requests, __ATOMIC_RELAXED) > 0 ||
+           __atomic_load_n(&nf_pipe.stopping, __ATOMIC_RELAXED);
+}
+
+/* The delivery thread's own ring, full while the delivery thread itself emits (from a buffered
+ * callback): it cannot wait for itself, so the ring grows, up to NF_OWN_RING_GROWTH times the
+ * configured size. Only the delivery thread reads or writes its slots, and not now. 0, or -1
+ * when it may not grow (or is out of memory). */
+#define NF_OWN_RING_GROWTH 8
+static int nf_ring_grow(nf_ring *ring) {
+    uint64_t cap = ring->mask + 1;
+    if (cap >= __atomic_load_n(&nf_pipe.capacity, __ATOMIC_RELAXED) * NF_OWN_RING_GROWTH)
+        return -1;
+    nf_record *slots = (nf_record *)PyMem_RawCalloc((size_t)(2 * cap), sizeof(nf_record));
+    if (slots == NULL) return -1;
+    for (uint64_t i = ring->tail; i != ring->head; i++)
+        slots[i & (2 * cap - 1)] = ring->slots[i & ring->mask];
+    nf_record *old = ring->slots;
+    pthread_mutex_lock(&nf_pipe.mutex);
+    ring->slots = slots;
+    ring->mask = 2 * cap - 1;
+    pthread_mutex_unlock(&nf_pipe.mutex);
+    PyMem_RawFree(old);
+    return 0;
 }
 
 /* Copy up to max records out of ring into out; the slots are free again on return. */
@@ -280,13 +336,6 @@ static uint64_t nf_ring_take(nf_ring *ring, nf_record *out, uint64_t max) {
 }
 
 /* ---- the delivery thread's side ------------------------------------------------------------ */
-
-static void nf_deadline(struct timespec *ts, int64_t ns_from_now) {
-    clock_gettime(CLOCK_REALTIME, ts);
-    int64_t ns = ts->tv_nsec + ns_from_now % 1000000000LL;
-    ts->tv_sec += (time_t)(ns_from_now / 1000000000LL + ns / 1000000000LL);
-    ts->tv_nsec = (long)(ns % 1000000000LL);
-}
 
 /* Unless busy, wait until there is work (a flush, a producer past its threshold, or tick_ns
  * elapsed), then
@@ -305,14 +354,16 @@ static Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, i
     *stopping = nf_pipe.stopping;
     size_t n = 0;
     for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next) n++;
-    if (n > *cap) {
+    while (n > *cap) {
+        /* grown with the mutex released: nothing that may take the GIL runs under it */
+        pthread_mutex_unlock(&nf_pipe.mutex);
         nf_ring **grown = (nf_ring **)PyMem_RawRealloc(*rings, (n + 16) * sizeof(nf_ring *));
-        if (grown == NULL) {
-            pthread_mutex_unlock(&nf_pipe.mutex);
-            return -1;
-        }
+        if (grown == NULL) return -1;
         *rings = grown;
         *cap = n + 16;
+        pthread_mutex_lock(&nf_pipe.mutex);
+        n = 0;
+        for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next) n++;
     }
     n = 0;
     for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next) (*rings)[n++] = r;
@@ -337,6 +388,7 @@ static int nf_pipe_sinks(nf_sink **sinks) {
 /* Count what was delivered, free the rings of exited threads once drained, wake waiters. */
 static void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n, nf_sink **sinks,
                            int n_sinks) {
+    nf_ring *gone = NULL;
     pthread_mutex_lock(&nf_pipe.mutex);
     for (int i = 0; i < n_sinks; i++) nf_sink_release_locked(sinks[i]);
     for (size_t i = 0; i < n; i++) rings[i]->delivered += counts[i];
@@ -349,17 +401,23 @@ static void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n, nf
             nf_pipe.dropped_freed += r->dropped;
             nf_pipe.waits_freed += r->waits;
             if (r->high_water > nf_pipe.high_water_freed) nf_pipe.high_water_freed = r->high_water;
-            PyMem_RawFree(r->slots);
-            free(r);
+            r->next = gone;
+            gone = r;
         } else {
             link = &r->next;
         }
     }
     pthread_cond_broadcast(&nf_pipe.progress);
     pthread_mutex_unlock(&nf_pipe.mutex);
+    while (gone != NULL) {
+        nf_ring *r = gone;
+        gone = r->next;
+        PyMem_RawFree(r->slots);
+        free(r);
+    }
 }
 
-/* Ask the delivery thread to stop once everything is delivered. */
+/* Ask the delivery thread to stop after its next pass (the caller flushed first). */
 static void nf_pipe_stop(void) {
     pthread_mutex_lock(&nf_pipe.mutex);
     nf_pipe.stopping = 1;
@@ -373,62 +431,85 @@ static void nf_pipe_restart(void) {
     pthread_mutex_unlock(&nf_pipe.mutex);
 }
 
-/* Whether every ring is drained and delivered (the delivery thread may exit). */
-static int nf_pipe_idle(void) {
-    int idle = 1;
+/* Records not completely delivered yet, in every ring (what exit gives up on). */
+static uint64_t nf_pipe_pending(void) {
+    uint64_t n = 0;
     pthread_mutex_lock(&nf_pipe.mutex);
     for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next)
-        if (r->delivered != __atomic_load_n(&r->head, __ATOMIC_ACQUIRE)) idle = 0;
+        n += __atomic_load_n(&r->head, __ATOMIC_ACQUIRE) - r->delivered;
     pthread_mutex_unlock(&nf_pipe.mutex);
-    return idle;
+    return n;
 }
 
-/* The flush barrier: wait until every record published before the call is delivered.
- * Returns 0, 1 on timeout (timeout_ns < 0: none), -1 when out of memory. */
-static int nf_pipe_flush(int64_t timeout_ns) {
+/* The flush barrier: every record published before nf_pipe_flush_begin is delivered. The
+ * caller waits in slices (nf_pipe_flush_wait) so that it can run signal handlers in between,
+ * and always ends with nf_pipe_flush_end. */
+typedef struct {
+    uint64_t *targets;             /* ring id, head at the start: pairs */
+    size_t n;
+} nf_flush;
+
+/* 0, or -1 when out of memory. */
+static int nf_pipe_flush_begin(nf_flush *f) {
+    size_t cap = 0;
+    f->targets = NULL;
+    f->n = 0;
     pthread_mutex_lock(&nf_pipe.mutex);
-    size_t n = 0;
-    for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next) n++;
-    uint64_t *targets = (uint64_t *)PyMem_RawMalloc((2 * n + 1) * sizeof(uint64_t));
-    if (targets == NULL) {
+    for (;;) {
+        size_t n = 0;
+        for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next) n++;
+        if (n <= cap) break;
+        /* allocated with the mutex released: nothing that may take the GIL runs under it */
         pthread_mutex_unlock(&nf_pipe.mutex);
-        return -1;
+        PyMem_RawFree(f->targets);
+        cap = n + 16;
+        f->targets = (uint64_t *)PyMem_RawMalloc(2 * cap * sizeof(uint64_t));
+        if (f->targets == NULL) return -1;
+        pthread_mutex_lock(&nf_pipe.mutex);
     }
-    n = 0;
     for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next) {
-        targets[2 * n] = r->id;
-        targets[2 * n + 1] = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
-        n++;
+        f->targets[2 * f->n] = r->id;
+        f->targets[2 * f->n + 1] = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
+        f->n++;
     }
     nf_pipe.flush_requests++;
     pthread_cond_signal(&nf_pipe.work);
-    struct timespec deadline;
-    if (timeout_ns >= 0) nf_deadline(&deadline, timeout_ns);
-    int result = 0;
-    for (;;) {
-        int done = 1;
-        for (size_t i = 0; i < n && done; i++) {
-            for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next) {
-                if (r->id == targets[2 * i]) {
-                    if (r->delivered < targets[2 * i + 1]) done = 0;
-                    break;
-                }
-            }  /* a ring no longer listed was drained and freed */
-        }
-        if (done) break;
-        if (timeout_ns >= 0) {
-            if (pthread_cond_timedwait(&nf_pipe.progress, &nf_pipe.mutex, &deadline) == ETIMEDOUT) {
-                result = 1;
+    pthread_mutex_unlock(&nf_pipe.mutex);
+    return 0;
+}
+
+static int nf_flush_done_locked(const nf_flush *f) {
+    for (size_t i = 0; i < f->n; i++) {
+        for (nf_ring *r = nf_pipe.rings; r != NULL; r = r->next) {
+            if (r->id == f->targets[2 * i]) {
+                if (r->delivered < f->targets[2 * i + 1]) return 0;
                 break;
             }
-        } else {
-            pthread_cond_wait(&nf_pipe.progress, &nf_pipe.mutex);
-        }
+        }  /* a ring no longer listed was drained and freed */
     }
+    return 1;
+}
+
+/* 1 once the flush is complete, 0 when slice_ns elapsed first. */
+static int nf_pipe_flush_wait(nf_flush *f, int64_t slice_ns) {
+    struct timespec deadline;
+    pthread_mutex_lock(&nf_pipe.mutex);
+    int done = nf_flush_done_locked(f);
+    if (!done) {
+        nf_deadline(&deadline, slice_ns);
+        pthread_cond_timedwait(&nf_pipe.progress, &nf_pipe.mutex, &deadline);
+        done = nf_flush_done_locked(f);
+    }
+    pthread_mutex_unlock(&nf_pipe.mutex);
+    return done;
+}
+
+static void nf_pipe_flush_end(nf_flush *f) {
+    pthread_mutex_lock(&nf_pipe.mutex);
     nf_pipe.flush_requests--;
     pthread_mutex_unlock(&nf_pipe.mutex);
-    PyMem_RawFree(targets);
-    return result;
+    PyMem_RawFree(f->targets);
+    f->targets = NULL;
 }
 
 /* ---- line buffer ------------------------------------------------------------------------ */

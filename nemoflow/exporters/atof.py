@@ -209,7 +209,6 @@ class AtofExporter:
             return
         for name in list(self._names):
             self.deregister(name)
-        _core.flush()
         self._closed = True
         _rotating.discard(self)
         self._sink.close()

@@ -59,6 +59,7 @@ import weakref
 
 import orjson
 
+from .. import _exit
 from .._backend import core as _core
 from ._files import DIR_MODE, FILE_MODE, check_mode, create, make_dirs, refuse_unsafe
 from ._names import claim, release
@@ -663,6 +664,7 @@ class ChromeTraceExporter:
 # Process lifecycle: the file is written at exit; a forked child starts its own.
 
 def _write_all_at_exit():
+    _core._exit_begin()  # the exit timeout covers this hook and the core's
     for exporter in list(_live):
         try:
             exporter.shutdown()
@@ -674,10 +676,12 @@ def _write_all_at_exit():
 def _after_fork_in_child():
     for exporter in list(_live):
         exporter._forked()
+    _exit.watch_children(_write_all_at_exit)
 
 
 atexit.register(_write_all_at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)
+_exit.watch_children(_write_all_at_exit)  # multiprocessing children skip atexit
 
 
 # --------------------------------------------------------------------------------------------
