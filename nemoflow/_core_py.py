@@ -721,7 +721,7 @@ class Subscriber:
 # another thread waited on the delivery thread (for ring room or a flush): waiting for that lock
 # would close a cycle. They are made later, in order, from the delivery thread. Touched by the
 # delivery thread only.
-_deferred_subs = []
+_deferred_subs: list = []
 _n_deferred = 0
 _SLICE = 0.05  # waits wake this often: signals, and cycles to give way to
 _OWN_RING_GROWTH = 8  # the delivery thread's own ring grows up to this times ring_size
@@ -761,7 +761,7 @@ def _drain_deferred(sub):
 
 
 def _retry_deferred():
-    for sub in list(_deferred_subs):
+    for sub in list(_deferred_subs):  # noqa: PERF101 - draining removes from the list
         if sub._deferred is None:
             continue
         if not sub._lock.acquire(False) and not _acquire_on_delivery(sub._lock):
