@@ -58,6 +58,10 @@ def _emit(nf, tag: str, pairs: int) -> int:
     return n
 
 
+def _events_for(pairs: int) -> int:
+    return 2 * pairs + (pairs + 9) // 10  # what _emit(pairs) emits
+
+
 def _task_events() -> int:
     return TASKS * DEPTH * 2
 
@@ -145,13 +149,13 @@ def _round(nf, directory: str, rnd: int, pairs: int) -> dict:
             finally:
                 os._exit(code)
         pids.append(pid)
-        expected[pid] = 2 * child_pairs + child_pairs // 10
+        expected[pid] = _events_for(child_pairs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
         proc = multiprocessing.get_context("fork").Process(
             target=_child, args=(nf, f"r{rnd}.mp", child_pairs))
         proc.start()
-    expected[proc.pid] = 2 * child_pairs + child_pairs // 10
+    expected[proc.pid] = _events_for(child_pairs)
 
     for t in threads:
         t.join(120)
