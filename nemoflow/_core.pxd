@@ -200,6 +200,7 @@ cdef class LineSink:
 cdef class _Stat:
     cdef public long long calls
     cdef public long long errors
+    cdef long long live          # Subscriber objects counting into it (see _stat_for)
 
 
 cdef class Subscriber:

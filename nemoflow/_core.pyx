@@ -801,6 +801,9 @@ cdef tuple _subscribers = ()     # global, in registration order
 cdef Py_ssize_t _n_local = 0     # live scope-local registrations across all frames
 cdef bint _enabled = False       # anything at all to deliver to?
 cdef dict _stats = {}            # subscriber name -> _Stat
+cdef _Stat _retired = _Stat()    # counts of subscribers whose own entry was folded away
+cdef long long _n_retired = 0
+cdef Py_ssize_t _STATS_KEPT = 1024
 # id(frame) -> [weakref to the frame, tuple of scope-local Subscribers]. Weak: a scope that can
 # no longer be popped (nothing references its frame) takes its registrations with it.
 cdef dict _scope_locals = {}
@@ -824,11 +827,32 @@ cdef class _Stat:
 
 
 cdef _Stat _stat_for(str name):
+    # With _registry_lock held. Counters stay by name after a subscriber is gone (a name
+    # registered again counts on); past _STATS_KEPT names, the oldest ones no subscriber uses
+    # any more are folded into one "retired" entry, so subscribers registered under ever-new
+    # names cannot grow this dict without bound.
     cdef _Stat st = _stats.get(name)
     if st is None:
+        if len(_stats) >= _STATS_KEPT:
+            _retire_stats()
         st = _Stat()
         _stats[name] = st
     return st
+
+
+cdef int _retire_stats() except -1:
+    global _n_retired
+    cdef _Stat st
+    for name, stat in list(_stats.items()):
+        if len(_stats) < _STATS_KEPT // 2:
+            break
+        st = <_Stat>stat
+        if st.live == 0 and not name.startswith("exporter:"):
+            _retired.calls += st.calls
+            _retired.errors += st.errors
+            _n_retired += 1
+            del _stats[name]
+    return 0
 
 
 @cython.final
@@ -849,8 +873,11 @@ cdef class Subscriber:
         self.callback = callback
         with _registry_lock:
             self._stat = _stat_for(name)
+            self._stat.live += 1
 
     def __dealloc__(self):
+        if self._stat is not None:
+            self._stat.live -= 1  # GIL held: no lock needed (see DESIGN's free-threading notes)
         if self._lock != NULL:
             PyThread_free_lock(self._lock)
 
@@ -2556,18 +2583,22 @@ def diagnostics():
             if st is not None:
                 stats["errors"] = stats.get("errors", 0) + st.errors
             exporters[name] = stats
-    return {"backend": BACKEND, "subscribers": subs, "exporters": exporters,
-            "pipeline": _pipeline_stats(),
+        retired = {"subscribers": _n_retired, "calls": _retired.calls,
+                   "errors": _retired.errors}
+    return {"backend": BACKEND, "subscribers": subs, "retired_subscribers": retired,
+            "exporters": exporters, "pipeline": _pipeline_stats(),
             "redaction": {"enabled": _redactor is not None, "failures": _redaction_failures}}
 
 
 def _forget_registrations():
     """Forget subscribers, exporters, counters and registrations (tests, and at exit)."""
-    global _subscribers, _n_local, _sinks, _consumers, _drop_when_full
+    global _subscribers, _n_local, _sinks, _consumers, _drop_when_full, _retired, _n_retired
     with _registry_lock:
         _subscribers = ()
         _n_local = 0
         _stats.clear()
+        _retired = _Stat()
+        _n_retired = 0
         for entry in _scope_locals.values():
             f = entry[0]()
             if f is not None:

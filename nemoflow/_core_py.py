@@ -653,7 +653,30 @@ _registry_lock = threading.RLock()
 _subscribers = ()  # global, in registration order
 _n_local = 0  # live scope-local subscriber registrations, across all frames
 _enabled = False  # anything at all to deliver to?
-_stats: dict[str, list] = {}  # subscriber name -> [calls, errors]
+# subscriber name -> [calls, errors, live Subscriber objects]; see _stat_for
+_stats: dict[str, list] = {}
+_retired = [0, 0, 0]  # calls, errors, subscribers folded away
+_STATS_KEPT = 1024
+
+
+def _stat_for(name):
+    # With _registry_lock held. Counters stay by name after a subscriber is gone (a name
+    # registered again counts on); past _STATS_KEPT names, the oldest ones no subscriber uses
+    # any more are folded into one "retired" entry, so subscribers registered under ever-new
+    # names cannot grow this dict without bound.
+    st = _stats.get(name)
+    if st is None:
+        if len(_stats) >= _STATS_KEPT:
+            for key, old in list(_stats.items()):
+                if len(_stats) < _STATS_KEPT // 2:
+                    break
+                if old[2] == 0 and not key.startswith("exporter:"):
+                    _retired[0] += old[0]
+                    _retired[1] += old[1]
+                    _retired[2] += 1
+                    del _stats[key]
+        st = _stats[name] = [0, 0, 0]
+    return st
 
 
 class Subscriber:
@@ -669,9 +692,16 @@ class Subscriber:
         self.name = name
         self.callback = callback
         self._lock = threading.RLock()
-        self._stat = _stats.setdefault(name, [0, 0])
+        with _registry_lock:
+            self._stat = _stat_for(name)
+            self._stat[2] += 1
         self._warned = False
         self._deferred = None  # the delivery thread's calls that gave way (see deliver)
+
+    def __del__(self):
+        stat = getattr(self, "_stat", None)  # absent when __init__ refused its arguments
+        if stat is not None:
+            stat[2] -= 1
 
     def deliver(self, event):
         """None, or a BaseException that is not an Exception (KeyboardInterrupt, SystemExit)
@@ -1194,7 +1224,7 @@ def consumer_failed(consumer, exc):
     """Count (and report once) an exporter's failure; never raised into traced code."""
     name = getattr(consumer, "name", type(consumer).__name__)
     with _registry_lock:
-        st = _stats.setdefault(f"exporter:{name}", [0, 0])
+        st = _stat_for(f"exporter:{name}")
     st[1] += 1
     if st[1] == 1:
         _warn_quietly(f"nemoflow: exporter {name!r} raised {type(exc).__name__}: {exc}; "
@@ -2076,8 +2106,9 @@ def diagnostics() -> dict:
             if st is not None:
                 stats["errors"] = stats.get("errors", 0) + st[1]
             exporters[name] = stats
-    return {"backend": BACKEND, "subscribers": subs, "exporters": exporters,
-            "pipeline": _pipeline_stats(),
+        retired = {"subscribers": _retired[2], "calls": _retired[0], "errors": _retired[1]}
+    return {"backend": BACKEND, "subscribers": subs, "retired_subscribers": retired,
+            "exporters": exporters, "pipeline": _pipeline_stats(),
             "redaction": {"enabled": _redactor is not None, "failures": _redaction_failures}}
 
 
@@ -2088,6 +2119,7 @@ def _forget_registrations() -> None:
         _subscribers = ()
         _n_local = 0
         _stats.clear()
+        _retired[:] = [0, 0, 0]
         for entry in _scope_locals.values():
             f = entry[0]()
             if f is not None:

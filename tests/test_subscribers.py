@@ -523,3 +523,26 @@ def test_raising_scope_local_is_isolated(nf, events):
     assert [e.name for e in other] == ["m", "s"]
     assert names(events) == [("s", "start"), ("m", None), ("s", "end")]
     assert nf.diagnostics()["subscribers"]["bad-local"]["errors"] == 2
+
+
+def test_counters_of_subscribers_under_ever_new_names_stay_bounded(nf):
+    # A subscriber per request under a unique name must not grow diagnostics() without bound;
+    # what such subscribers counted is kept, folded into one "retired" entry.
+    def bad(event):
+        raise RuntimeError("every call fails")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(3000):
+            nf.subscribers.register(f"request-{i}", bad if i % 2 else (lambda e: None))
+            nf.scope.event("m")
+            nf.subscribers.deregister(f"request-{i}")
+    nf.subscribers.register("live", lambda e: None)
+    diag = nf.diagnostics()
+    assert len(diag["subscribers"]) <= 1024
+    assert "live" in diag["subscribers"] and "request-2999" in diag["subscribers"]
+    retired = diag["retired_subscribers"]
+    kept = [v for k, v in diag["subscribers"].items() if k.startswith("request-")]
+    assert retired["subscribers"] + len(kept) == 3000
+    assert retired["calls"] + sum(v["calls"] for v in kept) == 3000
+    assert retired["errors"] + sum(v["errors"] for v in kept) == 1500  # no error uncounted
