@@ -111,16 +111,17 @@ def check_promote_prefixes(prefixes) -> list:
         if not p.strip():
             raise ValueError("metadata promotion prefix must not be blank")
         if p != p.strip():
-            raise ValueError(f"metadata promotion prefix {p!r} must not have surrounding "
+            raise ValueError(f'metadata promotion prefix "{p}" must not have surrounding '
                              "whitespace")
         if any(c in p for c in "*?[]"):
-            raise ValueError(f"metadata promotion prefix {p!r} must be a literal prefix, "
+            raise ValueError(f'metadata promotion prefix "{p}" must be a literal prefix, '
                              "not a glob")
         if not _PREFIX_RE.match(p):
-            raise ValueError(f"metadata promotion prefix {p!r} must be dot-separated "
-                             "segments of letters, digits, '_' or '-'")
+            raise ValueError(f'metadata promotion prefix "{p}" must contain letter, number, '
+                             "underscore, or hyphen segments separated by single dots, with "
+                             "an optional trailing dot")
         if p in seen:
-            raise ValueError(f"metadata promotion prefix {p!r} is duplicated")
+            raise ValueError(f'metadata promotion prefix "{p}" is duplicated')
         seen.add(p)
     return out
 
