@@ -28,7 +28,7 @@ N = 1000  # operations per round of the per-operation benchmarks (and asyncio ta
 BACKENDS = ("cython", "python", "otel", "nemo-relay")
 REFERENCES = {"otel": "OTel", "nemo-relay": "NeMo Relay"}
 OPS = ("scope pair", "nf.trace span", "push+pop", "mark", "decorated call", "nested depth 3")
-ATTACHED = ("jsonl", "none", "subscriber")
+ATTACHED = ("jsonl", "none", "subscriber", "otlp", "jsonl (otlp run)")
 # Managed calls have their own table: they spend most of their time in the Python middleware
 # layer both cores share, so their twin/compiled ratio is shown there, not counted against the
 # core's twin target.
@@ -52,6 +52,8 @@ TARGETS = {
 # (operation, attached) -> {reference backend: how many times cheaper the compiled core must be}
 REFERENCE_TARGETS = {("scope pair", "jsonl"): {"otel": 40, "nemo-relay": 60}}
 ATTACHED_OVERHEAD_TARGET = 0.15   # JSONL exporter attached vs nothing attached, traced thread
+OTLP_OVERHEAD_TARGET = 0.15       # OTLP subscriber attached vs JSONL attached, same run
+OTLP_SDK_RATIO_TARGET = 5.0       # OTLP end to end, spans/s, times the OpenTelemetry SDK's
 E2E_RATE_TARGET = 2e6             # JSONL end to end, events/s
 E2E_RELAY_RATIO_TARGET = 20.0     # ... and times NeMo Relay's end-to-end rate
 ASYNCIO_RATIO_TARGET = 1.5        # asyncio per-scope cost / single-thread scope pair
@@ -168,6 +170,17 @@ class Report:
                 self.check(2, f"{op}: JSONL attached vs nothing ≤ "
                               f"+{ATTACHED_OVERHEAD_TARGET:.0%}",
                            f"{overhead:+.0%}", overhead <= ATTACHED_OVERHEAD_TARGET)
+        otlp, beside = (self.xcall("scope pair", "cython", "otlp"),
+                        self.xcall("scope pair", "cython", "jsonl (otlp run)"))
+        if otlp is not None or beside is not None:
+            over = otlp / beside - 1 if (otlp and beside) else None
+            add(f"scope pair: OTLP subscriber attached {_fmt(otlp)} ×call, JSONL attached in the "
+                f"same run {_fmt(beside)} ×call: "
+                f"{_fmt(None if over is None else over * 100, '+.0f', '%')}")
+            self.check(2, f"scope pair: OTLP attached vs JSONL attached ≤ "
+                          f"+{OTLP_OVERHEAD_TARGET:.0%}",
+                       _fmt(None if over is None else over * 100, "+.0f", "%"),
+                       None if over is None else over <= OTLP_OVERHEAD_TARGET)
         refs = [(op, ns / self.unit) for (op, be, att), ns in self.median.items() if be == "-"]
         add("")
         add("references: " + ", ".join(f"{op} {x:.1f}" for op, x in sorted(refs)))
@@ -212,6 +225,18 @@ class Report:
         self.check(3, f"JSONL end to end ≥ {E2E_RELAY_RATIO_TARGET:g}× NeMo Relay's rate",
                    _fmt(ratio, ".1f", "×"),
                    None if ratio is None else ratio >= E2E_RELAY_RATIO_TARGET)
+
+        otlp, sdk = rate.get(("OTLP end to end", "cython")), rate.get(("OTLP end to end", "otel"))
+        if otlp is not None:
+            add("OTLP end to end: spans/s received by a loopback collector (events = spans); "
+                "otel = the SDK's BatchSpanProcessor + OTLPSpanExporter")
+            ratio = otlp / sdk if sdk else None
+            self.check(3, f"OTLP end to end ≥ {OTLP_SDK_RATIO_TARGET:g}× the OpenTelemetry SDK's "
+                          "spans/s", _fmt(ratio, ".1f", "×"),
+                       None if ratio is None else ratio >= OTLP_SDK_RATIO_TARGET)
+            info = self.throughput[("OTLP end to end", "cython")]
+            lost = info["lines_expected"] - info["lines_written"]
+            self.check(3, "OTLP end to end: 0 spans lost (lossless)", str(lost), lost == 0)
 
     def asyncio(self):
         add = self.lines.append

@@ -74,6 +74,27 @@ def flatten(prefix: str, payload: Any, out: list, skip: frozenset | set = frozen
         out.append((prefix, value))
 
 
+def _id_bytes(text: str) -> bytes:
+    """The 16 bytes of a uuid string (canonical or bare hex)."""
+    try:
+        raw = bytes.fromhex(text.replace("-", ""))
+    except (ValueError, AttributeError):
+        raw = b""
+    return raw if len(raw) == 16 else _uuid.UUID(text).bytes
+
+
+_GIVEN_ROOT: dict = {}  # event type -> whether its events can carry propagation_root_uuid
+
+
+def _given_root(ev):
+    kind = type(ev)
+    has = _GIVEN_ROOT.get(kind)
+    if has is None:
+        has = _GIVEN_ROOT[kind] = not hasattr(kind, "__slots__") or hasattr(
+            kind, "propagation_root_uuid")
+    return getattr(ev, "propagation_root_uuid", None) if has else None
+
+
 def stack_root(ev, parent_root: tuple | None) -> tuple:
     """The emitting stack's propagation root of an event, as ``(uuid, agent_rooted)``.
 
@@ -82,7 +103,7 @@ def stack_root(ev, parent_root: tuple | None) -> tuple:
     known ancestors, else the stack root, which is the ``parent_uuid`` of the outermost
     known scope.
     """
-    given = getattr(ev, "propagation_root_uuid", None)
+    given = _given_root(ev)
     is_agent = ev.kind == "scope" and ev.category == "agent"
     if isinstance(given, str) and given:
         agent_rooted = (parent_root[1] if parent_root is not None else False) or (
@@ -260,7 +281,7 @@ class _Projection:
     def _trace_id(own: bytes, root) -> bytes:
         if root[1]:
             try:
-                return _uuid.UUID(root[0]).bytes
+                return _id_bytes(root[0])
             except ValueError:
                 return own
         return own
@@ -280,7 +301,7 @@ class _Projection:
         return None
 
     def _start(self, ev) -> None:
-        raw = _uuid.UUID(ev.uuid).bytes
+        raw = _id_bytes(ev.uuid)
         ctx = self._context(ev.parent_uuid)
         root = stack_root(ev, ctx[2] if ctx is not None else None)
         o = _Open()
@@ -347,7 +368,8 @@ class _Projection:
         attrs = o.attrs + end_attrs
         if self.mappings_apply and self.mappings:
             self._apply_mappings(attrs)
-        promoted = self._finish_promotions(attrs, o.promoted, end_promoted, meta)
+        promoted = (self._finish_promotions(attrs, o.promoted, end_promoted, meta)
+                    if o.promoted or end_promoted else None)
         if promoted:
             attrs.extend(promoted)
             self.after_promotions(attrs, ev, o, end_promoted)
@@ -465,7 +487,7 @@ class _Projection:
         if not parent_open:
             attrs.append(("nemo_relay.mark.orphan", True))
         self._mappings_and_promotions(attrs, promoted)
-        raw = _uuid.UUID(ev.uuid).bytes
+        raw = _id_bytes(ev.uuid)
         if ctx is not None:
             trace_id, parent_id = ctx[0], ctx[1]
         else:
@@ -522,6 +544,11 @@ def _model(start, end, request=None, response=None):
                           start_profile=start.category_profile)
 
 
+def _handle_attributes(ev) -> str:
+    names = ev.attributes
+    return _json(list(names)) if names else "[]"
+
+
 def _profile(ev) -> dict:
     p = ev.category_profile
     return p if isinstance(p, dict) else {}
@@ -538,7 +565,7 @@ class FullProjection(_Projection):
         call_id = _profile(ev).get("tool_call_id")
         if isinstance(call_id, str):
             attrs.append(("nemo_relay.tool_call_id", call_id))
-        attrs.append(("nemo_relay.handle_attributes", _json(list(ev.attributes or []))))
+        attrs.append(("nemo_relay.handle_attributes", _handle_attributes(ev)))
         data = ev.data
         flatten("nemo_relay.start.data", data, attrs)
         flatten("nemo_relay.start.metadata", ev.metadata, attrs,
@@ -601,7 +628,7 @@ class OpenInferenceProjection(_Projection):
             self._metadata(metadata, attrs, skip)
         data = ev.data
         if cat != "llm":
-            attrs.append(("nemo_relay.handle_attributes", _json(list(ev.attributes or []))))
+            attrs.append(("nemo_relay.handle_attributes", _handle_attributes(ev)))
             flatten("nemo_relay.start.data", data, attrs)
             flatten("nemo_relay.start.input", data, attrs)
             if cat == "tool":
