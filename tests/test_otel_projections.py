@@ -21,11 +21,10 @@ import warnings
 import pytest
 
 pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
-from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan  # noqa: E402
-
-import otel_program  # noqa: E402
-import otel_replay  # noqa: E402
-from otlp_collector import Collector  # noqa: E402
+import otel_program
+import otel_replay
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+from otlp_collector import Collector
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(HERE, "otel_reference_fixtures.json")) as _f:

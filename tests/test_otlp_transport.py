@@ -6,8 +6,6 @@ exit). Spans come from a minimal projection defined here (one span per scope).""
 from __future__ import annotations
 
 import base64
-import gzip
-import http.server
 import importlib
 import os
 import socket

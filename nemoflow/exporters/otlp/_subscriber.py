@@ -320,7 +320,7 @@ class OpenTelemetrySubscriber(OtlpExporter):
     ``openinference``) to a collector, or as OTLP/JSON lines to a file."""
 
     default_name = "opentelemetry"
-    _config_class = OpenTelemetryConfig
+    _config_class: type[OpenTelemetryConfig] = OpenTelemetryConfig
 
     def __init__(self, config: OpenTelemetryConfig | None = None):
         if config is None:
@@ -337,6 +337,7 @@ class OpenTelemetrySubscriber(OtlpExporter):
             attribute_mappings=config.attribute_mappings,
             promote_metadata_prefixes=config.promote_metadata_prefixes,
             report=self._diagnose)
+        transport: HttpBinaryTransport | OtlpJsonFileTransport
         if config.transport == "http_binary":
             transport = HttpBinaryTransport(config.endpoint, headers=config.resolved_headers(),
                                             compression=config.compression)

@@ -18,11 +18,27 @@ from typing import Any
 import orjson
 
 from ...codecs import normalize as _nz
-from ._model import FLAGS_LOCAL, KIND_CLIENT, KIND_INTERNAL, STATUS_ERROR, STATUS_OK, \
-    STATUS_UNSET, Span, SpanEvent
+from ._model import (
+    FLAGS_LOCAL,
+    KIND_CLIENT,
+    KIND_INTERNAL,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_UNSET,
+    Span,
+    SpanEvent,
+)
 
-__all__ = ["FullProjection", "GenAIProjection", "OpenInferenceProjection", "PROJECTIONS",
-           "check_attribute_mappings", "check_promote_prefixes", "flatten", "stack_root"]
+__all__ = [
+    "PROJECTIONS",
+    "FullProjection",
+    "GenAIProjection",
+    "OpenInferenceProjection",
+    "check_attribute_mappings",
+    "check_promote_prefixes",
+    "flatten",
+    "stack_root",
+]
 
 _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
@@ -184,7 +200,7 @@ def _promotable(value: Any):
     if isinstance(value, list):
         if not value:
             return True, [], None
-        kinds = set()
+        kinds: set[type] = set()
         for item in value:
             if isinstance(item, bool):
                 kinds.add(bool)
@@ -208,9 +224,29 @@ def _reserved(key: str) -> bool:
 
 
 class _Open:
+    """An open span: its context and what the end needs from the start."""
+
     __slots__ = ("trace_id", "span_id", "parent_span_id", "flags", "name", "kind", "start_ns",
                  "attrs", "events", "root", "category", "start", "err_type", "exc_type",
                  "promoted", "trace_root", "gen_name", "provider")
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes | None
+    flags: int
+    name: str
+    kind: int
+    start_ns: int
+    attrs: list
+    events: list
+    root: tuple
+    category: str
+    start: Any
+    err_type: str | None
+    exc_type: str | None
+    promoted: list
+    trace_root: bool
+    gen_name: str
+    provider: str | None
 
 
 class _Projection:
@@ -433,9 +469,7 @@ class _Projection:
 
     def _apply_mappings(self, attrs: list) -> None:
         present = {k for k, _ in attrs}
-        last = {}
-        for key, value in attrs:
-            last[key] = value
+        last = dict(attrs)
         for key, alias in self.mappings:
             if key in last and alias not in present:
                 attrs.append((alias, last[key]))
@@ -736,9 +770,7 @@ def _sources(ev):
     out = []
     if isinstance(profile, dict):
         out.append(({k: v for k, v in profile.items() if k not in _MODELED_PROFILE}, False))
-    for src in (ev.metadata, ev.data):
-        if isinstance(src, dict):
-            out.append((src, True))
+    out.extend((src, True) for src in (ev.metadata, ev.data) if isinstance(src, dict))
     return out
 
 
@@ -1005,9 +1037,8 @@ class GenAIProjection(_Projection):
                              "int")
             if tokens is not None:
                 attrs.append(("gen_ai.usage.input_tokens", tokens))
-        elif cat == "tool":
-            if ev.data is not None:
-                attrs.append(("gen_ai.tool.call.result", _json(ev.data)))
+        elif cat == "tool" and ev.data is not None:
+            attrs.append(("gen_ai.tool.call.result", _json(ev.data)))
         return attrs
 
 
