@@ -391,6 +391,7 @@ class OpenTelemetrySubscriber(OtlpExporter):
         with self._diag_lock:
             for code, (message, n) in self._diagnostics.items():
                 entries.append(OpenTelemetryRuntimeDiagnostic(code, message, n))
+        entries.sort(key=lambda e: e.code)
         return OpenTelemetryRuntimeDiagnostics(entries)
 
 

@@ -185,36 +185,41 @@ def check_attribute_mappings(mappings) -> list:
     return out
 
 
+_BIG = "unsigned integer is larger than OTLP i64"
+_NESTED = "nested arrays and objects are not supported"
+
+
 def _promotable(value: Any):
-    """``(ok, value, reason)`` for a metadata value to promote."""
+    """``(ok, value, reason)`` for a metadata value to promote (reasons as the reference's)."""
     if value is None:
-        return False, None, "null values are not supported"
+        return False, None, "null values are not OTLP attributes"
     if isinstance(value, bool | str | float):
         return True, value, None
     if isinstance(value, int):
         if _I64_MIN <= value <= _I64_MAX:
             return True, value, None
-        return False, None, "integer values outside the signed 64-bit range are not supported"
+        return False, None, _BIG
     if isinstance(value, dict):
         return False, None, "object values are not supported"
     if isinstance(value, list):
-        if not value:
-            return True, [], None
-        kinds: set[type] = set()
+        kinds: set[str] = set()
         for item in value:
             if isinstance(item, bool):
-                kinds.add(bool)
+                kinds.add("bool")
             elif isinstance(item, int):
                 if not _I64_MIN <= item <= _I64_MAX:
-                    return False, None, ("integer values outside the signed 64-bit range are "
-                                         "not supported")
-                kinds.add(int)
-            elif isinstance(item, float | str):
-                kinds.add(type(item))
+                    return False, None, _BIG
+                kinds.add("number")
+            elif isinstance(item, float):
+                kinds.add("number")
+            elif isinstance(item, str):
+                kinds.add("str")
             else:
-                return False, None, "nested array values are not supported"
-        if len(kinds) != 1:
-            return False, None, "mixed array values are not supported"
+                return False, None, _NESTED
+        if len(kinds) > 1:
+            return False, None, "array values must have one primitive type"
+        if any(isinstance(item, float) for item in value):
+            return True, [float(item) for item in value], None  # ints among doubles
         return True, list(value), None
     return False, None, "this value type is not supported"
 
@@ -363,6 +368,8 @@ class _Projection:
         attrs = self.start_attributes(ev, o)
         if self.session_identity and o.trace_root:
             self._session(metadata, root, attrs)
+        if o.promoted:
+            self.after_promotions(attrs, 0, metadata, o.promoted)
         o.attrs = attrs
         self._open[ev.uuid] = o
 
@@ -408,7 +415,7 @@ class _Projection:
                     if o.promoted or end_promoted else None)
         if promoted:
             attrs.extend(promoted)
-            self.after_promotions(attrs, ev, o, end_promoted)
+            self.after_promotions(attrs, len(o.attrs), metadata, o.promoted + end_promoted)
         self._remember(ev.uuid, o.trace_id, o.span_id, o.root)
         return Span(o.trace_id, o.span_id, self.span_name(o), o.start_ns, ev.timestamp_ns,
                     parent_span_id=o.parent_span_id, flags=o.flags, kind=o.kind,
@@ -439,7 +446,7 @@ class _Projection:
             if _reserved(key):
                 self._diag(f"otel.metadata_promotion_value_unsupported.{key}",
                            f'OpenTelemetry metadata attribute "{key}" was not promoted: '
-                           "keys in a reserved namespace are not supported")
+                           "attribute key is reserved by Relay or an OpenTelemetry projection")
                 continue
             ok, typed, reason = _promotable(value)
             if not ok:
@@ -464,8 +471,9 @@ class _Projection:
                 out.append((key, value))
         return out
 
-    def after_promotions(self, attrs, ev, o, end_promoted) -> None:
-        pass
+    def after_promotions(self, attrs, first, metadata, promoted) -> None:
+        """Called when a start (``first`` = 0) or an end (``first`` = where the end's
+        attributes begin) promoted metadata."""
 
     def _apply_mappings(self, attrs: list) -> None:
         present = {k for k, _ in attrs}
@@ -715,19 +723,19 @@ class OpenInferenceProjection(_Projection):
             attrs.extend(_nz.openinference_response_attributes(response))
         return attrs
 
-    def after_promotions(self, attrs, ev, o, end_promoted) -> None:
-        # As the reference: with promotions, ``metadata`` is set again last (its first
-        # occurrence removed), without the promoted keys.
-        metadata = ev.metadata
+    def after_promotions(self, attrs, first, metadata, promoted) -> None:
+        # As the reference: a start or end that promoted metadata moves its ``metadata``
+        # attribute after the promotions, without the promoted keys.
         if not isinstance(metadata, dict):
             return
-        for i, (key, _) in enumerate(attrs):
-            if key == "metadata":
+        for i in range(first, len(attrs)):
+            if attrs[i][0] == "metadata":
                 del attrs[i]
                 break
-        promoted = {k for k, _ in o.promoted} | {k for k, _ in end_promoted}
-        attrs.append(("metadata", _json({k: v for k, v in metadata.items()
-                                         if k not in promoted})))
+        else:
+            return  # this phase wrote no metadata (an LLM start)
+        keys = {k for k, _ in promoted}
+        attrs.append(("metadata", _json({k: v for k, v in metadata.items() if k not in keys})))
 
     def end_model_attributes(self, ev, o) -> list:
         if o.category != "llm":
@@ -971,9 +979,8 @@ class GenAIProjection(_Projection):
         effort = _nz.reasoning_effort(request)
         if effort is not None:
             attrs.append(("gen_ai.request.reasoning.level", effort))
-        output_type = _nz.genai_output_type(request)
-        if output_type is not None and api != "openai_responses":
-            attrs.append(("gen_ai.output.type", output_type))
+        if _nz.genai_output_type(request) == "json":  # the reference never writes "text"
+            attrs.append(("gen_ai.output.type", "json"))
         system = _nz.genai_system_instructions(request)
         if system:
             attrs.append(("gen_ai.system_instructions", _json(system)))
