@@ -13,8 +13,8 @@ replays the events through nemoflow's projections and compares the spans byte fo
 from __future__ import annotations
 
 import gzip
-import importlib.metadata
 import http.server
+import importlib.metadata
 import json
 import os
 import sys
