@@ -199,7 +199,7 @@ def test_completed_span_cache_keeps_4096(nf, projections):
 @pytest.mark.parametrize("code,expected", [("OK", (1, "")), ("ERROR", (2, "bad")),
                                            ("UNSET", (0, "")), ("weird", (0, "")),
                                            (7, (0, "")), (None, (0, ""))])
-def test_status_from_end_metadata(nf, collector, code, expected):
+def test_status_from_end_metadata(nf, collector, code, expected, caplog):
     sub = _subscriber(nf, collector)
     h = nf.scope.push("s", nf.ScopeType.Function)
     meta = {"otel.status_description": "bad"}
@@ -208,6 +208,8 @@ def test_status_from_end_metadata(nf, collector, code, expected):
     nf.scope.pop(h, metadata=meta)
     span = _spans(sub, collector)["s"]
     assert (span.status.code, span.status.message) == expected
+    logged = [r for r in caplog.records if "unknown otel.status_code" in r.getMessage()]
+    assert len(logged) == (1 if code in ("weird", 7) else 0)
 
 
 @pytest.mark.parametrize("otel_type", ["full", "gen_ai", "openinference"])
@@ -399,6 +401,8 @@ def test_unfinished_and_ends_without_start(nf, collector, projections):
     sub = _subscriber(nf, collector)
     h = nf.scope.push("open", nf.ScopeType.Function)
     sub.force_flush(5)
+    stats = nf.diagnostics()["exporters"]["otel"]
+    assert stats["spans_open"] == 1 and stats["spans_unfinished"] == 0
     sub.shutdown(2)
     assert sub.stats()["spans_unfinished"] == 1
     nf.scope.pop(h)

@@ -11,6 +11,7 @@ them, so tools built for its spans read ours unchanged.
 from __future__ import annotations
 
 import collections
+import logging
 import re
 import uuid as _uuid
 from typing import Any
@@ -40,6 +41,7 @@ __all__ = [
     "stack_root",
 ]
 
+_log = logging.getLogger("nemoflow")
 _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
 COMPLETED_CACHE_SIZE = 4096
@@ -277,6 +279,7 @@ class _Projection:
         self.metric_marks = 0
         self.metric_marks_invalid = 0
         self.spans_unfinished = 0
+        self._unknown_status_logged = False
 
     # --- diagnostics ------------------------------------------------------------------------
 
@@ -286,7 +289,7 @@ class _Projection:
 
     def stats(self) -> dict:
         """The projection's counters, shown beside the exporter's."""
-        return {"spans_unfinished": self.spans_unfinished + len(self._open),
+        return {"spans_open": len(self._open), "spans_unfinished": self.spans_unfinished,
                 "ends_without_start": self.ends_without_start,
                 "metric_marks_skipped": self.metric_marks,
                 "metric_marks_invalid": self.metric_marks_invalid}
@@ -388,6 +391,10 @@ class _Projection:
             status = STATUS_ERROR
             desc = meta.get("otel.status_description")
             message = desc if isinstance(desc, str) else ""
+        elif code not in (None, "UNSET") and not self._unknown_status_logged:
+            self._unknown_status_logged = True
+            _log.warning("nemoflow: unknown otel.status_code %r on %r; the span's status is "
+                         "UNSET (reported once)", code, ev.name)
         end_promoted = self._promotions(metadata)
         end_attrs = self.end_attributes(ev, o, end_promoted)
         if status == STATUS_ERROR:
