@@ -203,7 +203,7 @@ def _smoke(request) -> bool:
     return bool(request.config.getoption("benchmark_disable"))
 
 
-def _throughput(benchmark, *, backend, pairs, emit):
+def _throughput(benchmark, *, backend, pairs, emit, op="OTLP end to end"):
     counts = []
 
     def setup():
@@ -212,19 +212,24 @@ def _throughput(benchmark, *, backend, pairs, emit):
     def round_():
         counts.append(emit())
 
-    benchmark.group = "OTLP end to end"
+    benchmark.group = op
     benchmark.pedantic(round_, setup=setup, rounds=E2E_ROUNDS)
-    benchmark.extra_info.update(op="OTLP end to end", backend=backend, attached="otlp",
+    benchmark.extra_info.update(op=op, backend=backend, attached="otlp",
                                 kind="throughput", pairs=pairs, events=pairs,
                                 lines_expected=pairs, lines_written=min(counts),
                                 rounds=len(counts), unit="spans")
     return counts
 
 
-def test_otlp_end_to_end(benchmark, nf, sink, request):
-    """Emit scope pairs, wait until the collector has every span (lossless: none lost)."""
+@pytest.mark.parametrize("otel_type", ["gen_ai", "full"])
+def test_otlp_end_to_end(benchmark, nf, sink, request, otel_type):
+    """Emit scope pairs, wait until the collector has every span (lossless: none lost).
+    ``gen_ai`` spans of plain scopes carry no attributes, as the SDK's spans here; ``full``
+    spans carry six."""
     pairs = 200 if _smoke(request) else E2E_PAIRS
-    sub = _subscriber(nf, sink, scheduled_delay_millis=50)
+    sub = nf.OpenTelemetrySubscriber(nf.OpenTelemetryConfig(otel_type, sink.url,
+                                                            scheduled_delay_millis=50))
+    sub.register("bench-otlp-e2e")
     scope, kind = nf.scope.scope, nf.ScopeType.Function
 
     def emit():
@@ -236,7 +241,8 @@ def test_otlp_end_to_end(benchmark, nf, sink, request):
         return sink.wait_for(pairs)
 
     try:
-        counts = _throughput(benchmark, backend=nf.BACKEND, pairs=pairs, emit=emit)
+        counts = _throughput(benchmark, backend=nf.BACKEND, pairs=pairs, emit=emit,
+                             op=f"OTLP end to end ({otel_type})")
     finally:
         sub.shutdown(10)
     assert counts == [pairs] * len(counts), f"spans received {counts}, expected {pairs}"

@@ -190,7 +190,7 @@ class Report:
         add("")
         add("End to end (emit, then wait until the file is written; events = 2 per scope pair; "
             "an OTel span is one line)")
-        add(f"{'operation':<18}{'backend':<12}{'pairs':>9}{'lines written':>15}"
+        add(f"{'operation':<26}{'backend':<12}{'pairs':>9}{'lines written':>15}"
             f"{'lost':>7}{'ms':>9}{'events/s':>11}{'ns/pair':>9}{'nemoflow/this':>15}")
         rows = sorted(self.throughput.items(),
                       key=lambda kv: (kv[0][0], _order(BACKENDS, kv[0][1])))
@@ -203,7 +203,7 @@ class Report:
             seconds = info["seconds"]
             own = rate.get((op, "cython"))
             vs = f"{own / rate[(op, be)]:.1f}x" if (own and be != "cython") else "-"
-            add(f"{op:<18}{be:<12}{info['pairs']:>9}"
+            add(f"{op:<26}{be:<12}{info['pairs']:>9}"
                 f"{info['lines_written']:>9}/{info['lines_expected']:<5}"
                 f"{info['lines_expected'] - info['lines_written']:>7}"
                 f"{seconds * 1e3:>9.1f}{_rate(rate[(op, be)]):>11}"
@@ -226,17 +226,22 @@ class Report:
                    _fmt(ratio, ".1f", "×"),
                    None if ratio is None else ratio >= E2E_RELAY_RATIO_TARGET)
 
-        otlp, sdk = rate.get(("OTLP end to end", "cython")), rate.get(("OTLP end to end", "otel"))
-        if otlp is not None:
-            add("OTLP end to end: spans/s received by a loopback collector (events = spans); "
-                "otel = the SDK's BatchSpanProcessor + OTLPSpanExporter")
+        sdk = rate.get(("OTLP end to end", "otel"))
+        for kind in ("gen_ai", "full"):
+            op = f"OTLP end to end ({kind})"
+            otlp = rate.get((op, "cython"))
+            if otlp is None:
+                continue
             ratio = otlp / sdk if sdk else None
-            self.check(3, f"OTLP end to end ≥ {OTLP_SDK_RATIO_TARGET:g}× the OpenTelemetry SDK's "
-                          "spans/s", _fmt(ratio, ".1f", "×"),
-                       None if ratio is None else ratio >= OTLP_SDK_RATIO_TARGET)
-            info = self.throughput[("OTLP end to end", "cython")]
+            add(f"{op}: {_rate(otlp)} spans/s, {_fmt(ratio, '.1f', '×')} the OpenTelemetry "
+                "SDK's (BatchSpanProcessor + OTLPSpanExporter, spans without attributes)")
+            if kind == "gen_ai":  # like for like: plain scopes have no gen_ai attributes
+                self.check(3, f"OTLP end to end (gen_ai) ≥ {OTLP_SDK_RATIO_TARGET:g}× the "
+                              "OpenTelemetry SDK's spans/s", _fmt(ratio, ".1f", "×"),
+                           None if ratio is None else ratio >= OTLP_SDK_RATIO_TARGET)
+            info = self.throughput[(op, "cython")]
             lost = info["lines_expected"] - info["lines_written"]
-            self.check(3, "OTLP end to end: 0 spans lost (lossless)", str(lost), lost == 0)
+            self.check(3, f"{op}: 0 spans lost (lossless)", str(lost), lost == 0)
 
     def asyncio(self):
         add = self.lines.append

@@ -274,7 +274,10 @@ class _Projection:
         self.prefixes = tuple(check_promote_prefixes(promote_metadata_prefixes))
         self._report = report
         self._open: dict = {}
-        self._done: collections.OrderedDict = collections.OrderedDict()
+        # Completed span contexts, oldest first out: a dict for lookup and a ring of its keys
+        # (a uuid completes once, so the ring's order is the completion order).
+        self._done: dict = {}
+        self._done_order: collections.deque = collections.deque()
         self.ends_without_start = 0
         self.metric_marks = 0
         self.metric_marks_invalid = 0
@@ -316,10 +319,12 @@ class _Projection:
 
     def _remember(self, uuid: str, trace_id: bytes, span_id: bytes, root) -> None:
         done = self._done
+        if uuid not in done:
+            order = self._done_order
+            order.append(uuid)
+            if len(order) > COMPLETED_CACHE_SIZE:
+                del done[order.popleft()]
         done[uuid] = (trace_id, span_id, root)
-        done.move_to_end(uuid)
-        if len(done) > COMPLETED_CACHE_SIZE:
-            done.popitem(last=False)
 
     @staticmethod
     def _trace_id(own: bytes, root) -> bytes:
@@ -366,9 +371,10 @@ class _Projection:
         o.start = ev
         o.name = ev.name
         o.provider = None
-        metadata = ev.metadata
-        o.promoted = self._promotions(metadata)
-        attrs = self.start_attributes(ev, o)
+        # The start metadata is decoded only when something here reads it.
+        metadata = ev.metadata if (self.prefixes or self.session_identity) else None
+        o.promoted = self._promotions(metadata) if self.prefixes else []
+        attrs = self.start_attributes(ev, o, metadata)
         if self.session_identity and o.trace_root:
             self._session(metadata, root, attrs)
         if o.promoted:
@@ -395,8 +401,8 @@ class _Projection:
             self._unknown_status_logged = True
             _log.warning("nemoflow: unknown otel.status_code %r on %r; the span's status is "
                          "UNSET (reported once)", code, ev.name)
-        end_promoted = self._promotions(metadata)
-        end_attrs = self.end_attributes(ev, o, end_promoted)
+        end_promoted = self._promotions(metadata) if self.prefixes else []
+        end_attrs = self.end_attributes(ev, o, end_promoted, metadata)
         if status == STATUS_ERROR:
             err = meta.get("error.type")
             err = err if isinstance(err, str) else (o.err_type or "_OTHER")
@@ -414,7 +420,8 @@ class _Projection:
                     parent.err_type = err
                 if parent.exc_type is None:
                     parent.exc_type = exc
-        end_attrs.extend(self.end_model_attributes(ev, o))
+        if o.category == "llm":
+            end_attrs.extend(self.end_model_attributes(ev, o))
         attrs = o.attrs + end_attrs
         if self.mappings_apply and self.mappings:
             self._apply_mappings(attrs)
@@ -567,10 +574,12 @@ class _Projection:
     def span_name(self, o) -> str:
         return o.name
 
-    def start_attributes(self, ev, o) -> list:
+    def start_attributes(self, ev, o, metadata) -> list:
+        """The projection's start attributes (``metadata``: the start's, when read)."""
         raise NotImplementedError
 
-    def end_attributes(self, ev, o, end_promoted) -> list:
+    def end_attributes(self, ev, o, end_promoted, metadata) -> list:
+        """The projection's end attributes (``metadata``: the end's)."""
         raise NotImplementedError
 
     def end_model_attributes(self, ev, o) -> list:
@@ -608,7 +617,7 @@ class FullProjection(_Projection):
 
     name = "full"
 
-    def start_attributes(self, ev, o) -> list:
+    def start_attributes(self, ev, o, metadata) -> list:
         attrs = [("nemo_relay.uuid", ev.uuid), ("nemo_relay.parent_uuid", ev.parent_uuid or ""),
                  ("nemo_relay.scope_type", o.category)]
         call_id = _profile(ev).get("tool_call_id")
@@ -617,16 +626,16 @@ class FullProjection(_Projection):
         attrs.append(("nemo_relay.handle_attributes", _handle_attributes(ev)))
         data = ev.data
         flatten("nemo_relay.start.data", data, attrs)
-        flatten("nemo_relay.start.metadata", ev.metadata, attrs,
+        flatten("nemo_relay.start.metadata", metadata, attrs,
                 frozenset(k for k, _ in o.promoted))
         flatten("nemo_relay.start.input", data, attrs)
         return attrs
 
-    def end_attributes(self, ev, o, end_promoted) -> list:
+    def end_attributes(self, ev, o, end_promoted, metadata) -> list:
         attrs: list = []
         data = ev.data
         flatten("nemo_relay.end.data", data, attrs)
-        flatten("nemo_relay.end.metadata", ev.metadata, attrs,
+        flatten("nemo_relay.end.metadata", metadata, attrs,
                 frozenset(k for k, _ in end_promoted))
         flatten("nemo_relay.end.output", data, attrs)
         profile = _profile(ev)
@@ -663,7 +672,7 @@ class OpenInferenceProjection(_Projection):
     name = "openinference"
     writes_error_type = False
 
-    def start_attributes(self, ev, o) -> list:
+    def start_attributes(self, ev, o, metadata) -> list:
         cat = o.category
         attrs = [("openinference.span.kind", _OI_KINDS.get(cat, "CHAIN")),
                  ("nemo_relay.uuid", ev.uuid), ("nemo_relay.parent_uuid", ev.parent_uuid or ""),
@@ -671,7 +680,6 @@ class OpenInferenceProjection(_Projection):
         call_id = _profile(ev).get("tool_call_id")
         if isinstance(call_id, str):
             attrs.append(("tool_call.id", call_id))
-        metadata = ev.metadata
         skip = frozenset(k for k, _ in o.promoted)
         if cat != "llm":
             self._metadata(metadata, attrs, skip)
@@ -707,11 +715,11 @@ class OpenInferenceProjection(_Projection):
         attrs.append(("metadata", _json(shown)))
         flatten("openinference.metadata", metadata, attrs, skip)
 
-    def end_attributes(self, ev, o, end_promoted) -> list:
+    def end_attributes(self, ev, o, end_promoted, metadata) -> list:
         attrs: list = []
         data = ev.data
         flatten("nemo_relay.end.data", data, attrs)
-        self._metadata(ev.metadata, attrs, frozenset(k for k, _ in end_promoted))
+        self._metadata(metadata, attrs, frozenset(k for k, _ in end_promoted))
         flatten("nemo_relay.end.output", data, attrs)
         profile = _profile(ev)
         if o.category == "tool" and profile.get("tool_result_annotation") is not None:
@@ -886,7 +894,7 @@ class GenAIProjection(_Projection):
         if port is not None:
             attrs.append(("server.port", port))
 
-    def start_attributes(self, ev, o) -> list:
+    def start_attributes(self, ev, o, metadata) -> list:
         cat = o.category
         op = _GENAI_OPS.get(cat)
         if cat == "llm":
@@ -1018,7 +1026,7 @@ class GenAIProjection(_Projection):
                 elif isinstance(value, int | float):
                     attrs.append((name, float(value)))
 
-    def end_attributes(self, ev, o, end_promoted) -> list:
+    def end_attributes(self, ev, o, end_promoted, metadata) -> list:
         cat = o.category
         attrs: list = []
         if cat == "llm":
