@@ -653,3 +653,33 @@ def test_side_by_side_with_nemo_relay(nf, collector, otel_type):
     assert ref_paths == {r[0] for r in collector.requests} == {"/v1/traces"}
     assert len(mine) == len(ref) > 0
     assert _normalized(mine) == _normalized(ref)
+
+
+def test_runtime_diagnostics_report_dropped_spans(nf, collector):
+    """``otel.spans_dropped`` mirrors the exporter's dropped count (drop mode, queue of 1,
+    a collector that is slow to answer)."""
+    import threading
+    gate = threading.Event()
+    handler = collector.server.RequestHandlerClass
+    original = handler.do_POST
+
+    def slow(self):
+        gate.wait(5)
+        original(self)
+
+    handler.do_POST = slow
+    try:
+        sub = _subscriber(nf, collector, overflow="drop", max_queue_size=1,
+                          max_export_batch_size=1, scheduled_delay_millis=0)
+        with pytest.warns(RuntimeWarning, match="dropped"):
+            for _ in range(50):
+                with nf.scope.scope("s", nf.ScopeType.Function):
+                    pass
+            nf.subscribers.flush()
+            dropped = sub.stats()["spans_dropped"]
+            assert dropped > 0
+            assert sub.runtime_diagnostics().get("otel.spans_dropped").count == dropped
+    finally:
+        gate.set()
+        handler.do_POST = original
+        sub.shutdown(5)
