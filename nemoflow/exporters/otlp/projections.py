@@ -108,8 +108,9 @@ def _given_root(ev):
     kind = type(ev)
     has = _GIVEN_ROOT.get(kind)
     if has is None:
-        has = _GIVEN_ROOT[kind] = not hasattr(kind, "__slots__") or hasattr(
-            kind, "propagation_root_uuid")
+        # nemoflow's own events (slotted, or extension types) have no such field.
+        has = _GIVEN_ROOT[kind] = hasattr(kind, "propagation_root_uuid") or getattr(
+            kind, "__dictoffset__", 1) != 0
     return getattr(ev, "propagation_root_uuid", None) if has else None
 
 
