@@ -562,7 +562,10 @@ class _Projection:
     @staticmethod
     def _valid_metric(data) -> bool:
         measurements = data.get("measurements") if isinstance(data, dict) else None
-        return isinstance(measurements, list) and all(isinstance(m, dict) for m in measurements)
+        return isinstance(measurements, list) and all(
+            isinstance(m, dict) and isinstance(m.get("name"), str) and m["name"]
+            and isinstance(m.get("kind"), str) and isinstance(m.get("value"), int | float)
+            and not isinstance(m.get("value"), bool) for m in measurements)
 
     def tool_mark_attributes(self, ev) -> list:
         return []
