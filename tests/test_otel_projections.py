@@ -682,3 +682,63 @@ def test_runtime_diagnostics_report_dropped_spans(nf, collector):
         gate.set()
         handler.do_POST = original
         sub.shutdown(5)
+
+
+# --- any payload gives valid spans ---------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2 ** 70), max_value=2 ** 70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["a", "p.x", "p.y", "model", "usage", "content", "messages",
+                         "choices", "session_id", "otel.status_code", "error.type",
+                         "exception.type", "tool_call_id", "hook_event_name", "gen_ai.x"]),
+        inner, max_size=4),
+    max_leaves=12)
+_CATS = ["agent", "function", "tool", "llm", "retriever", "embedder", "reranker", "guardrail",
+         "evaluator", "custom", "unknown", "Weird"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(st.tuples(st.sampled_from(["open", "close", "mark"]),
+                                st.sampled_from(_CATS), _JSON, _JSON, _JSON),
+                      min_size=1, max_size=12),
+       otel_type=st.sampled_from(["full", "gen_ai", "openinference"]),
+       mode=st.sampled_from(["inherit", "tool"]))
+def test_any_events_give_valid_spans(steps, otel_type, mode):
+    from nemoflow.exporters.otlp import check_span
+    from nemoflow.exporters.otlp.projections import PROJECTIONS
+    proj = PROJECTIONS[otel_type](mark_projection=mode, promote_metadata_prefixes=["p."],
+                                  attribute_mappings=[{"key": "nemo_relay.uuid", "alias": "id"}],
+                                  report=lambda code, msg: None)
+    root = str(uuid.uuid4())
+    stack = []
+    n = 0
+    spans = []
+    for action, cat, data, metadata, profile in steps:
+        n += 1
+        ts = f"2026-01-01T00:00:00.{n:09d}+00:00"
+        parent = stack[-1][0] if stack else root
+        if action == "open":
+            u = str(uuid.uuid4())
+            stack.append((u, cat))
+            ev = {"kind": "scope", "scope_category": "start", "uuid": u, "parent_uuid": parent,
+                  "name": f"{cat} openai", "category": cat, "data": data, "metadata": metadata,
+                  "category_profile": profile, "timestamp": ts}
+        elif action == "close" and stack:
+            u, cat = stack.pop()
+            ev = {"kind": "scope", "scope_category": "end", "uuid": u,
+                  "parent_uuid": stack[-1][0] if stack else root, "name": f"{cat} openai",
+                  "category": cat, "data": data, "metadata": metadata,
+                  "category_profile": profile, "timestamp": ts}
+        else:
+            ev = {"kind": "mark", "uuid": str(uuid.uuid4()), "parent_uuid": parent,
+                  "name": "m", "data": data, "metadata": metadata,
+                  "category_profile": profile, "timestamp": ts}
+        spans.extend(proj.on_event(otel_replay.DictEvent(ev)) or ())
+    spans.extend(proj.shutdown())
+    for span in spans:
+        check_span(span)
