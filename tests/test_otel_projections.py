@@ -716,10 +716,8 @@ def test_any_events_give_valid_spans(steps, otel_type, mode):
                                   report=lambda code, msg: None)
     root = str(uuid.uuid4())
     stack = []
-    n = 0
     spans = []
-    for action, cat, data, metadata, profile in steps:
-        n += 1
+    for n, (action, cat, data, metadata, profile) in enumerate(steps, 1):
         ts = f"2026-01-01T00:00:00.{n:09d}+00:00"
         parent = stack[-1][0] if stack else root
         if action == "open":
