@@ -261,7 +261,8 @@ def test_otel_sdk_otlp_end_to_end(benchmark, sink, request):
     # A queue as large as a round, so that the SDK's rate is not cut by dropped spans.
     provider.add_span_processor(BatchSpanProcessor(
         exporter_mod.OTLPSpanExporter(endpoint=sink.url + "/v1/traces"),
-        max_queue_size=pairs, schedule_delay_millis=50))
+        max_queue_size=pairs, max_export_batch_size=min(512, pairs),
+        schedule_delay_millis=50))
     span = provider.get_tracer("bench").start_as_current_span
 
     def emit():
