@@ -50,6 +50,12 @@ from .context import (
     wrap,
 )
 from .exporters import AtofExporter, AtofExporterConfig, AtofExporterMode
+from .exporters.otlp import (
+    OpenInferenceConfig,
+    OpenInferenceSubscriber,
+    OpenTelemetryConfig,
+    OpenTelemetrySubscriber,
+)
 from .llm import LLMRequest
 from .trace import mark, trace
 
@@ -86,6 +92,10 @@ __all__ = [
     "NotFoundError",
     "OpenAIChatCodec",
     "OpenAIResponsesCodec",
+    "OpenInferenceConfig",
+    "OpenInferenceSubscriber",
+    "OpenTelemetryConfig",
+    "OpenTelemetrySubscriber",
     "ScopeAttributes",
     "ScopeEvent",
     "ScopeHandle",

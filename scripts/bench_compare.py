@@ -28,7 +28,7 @@ N = 1000  # operations per round of the per-operation benchmarks (and asyncio ta
 BACKENDS = ("cython", "python", "otel", "nemo-relay")
 REFERENCES = {"otel": "OTel", "nemo-relay": "NeMo Relay"}
 OPS = ("scope pair", "nf.trace span", "push+pop", "mark", "decorated call", "nested depth 3")
-ATTACHED = ("jsonl", "none", "subscriber")
+ATTACHED = ("jsonl", "none", "subscriber", "otlp", "jsonl (otlp run)")
 # Managed calls have their own table: they spend most of their time in the Python middleware
 # layer both cores share, so their twin/compiled ratio is shown there, not counted against the
 # core's twin target.
@@ -54,6 +54,8 @@ TARGETS = {
 # (operation, attached) -> {reference backend: how many times cheaper the compiled core must be}
 REFERENCE_TARGETS = {("scope pair", "jsonl"): {"otel": 40, "nemo-relay": 60}}
 ATTACHED_OVERHEAD_TARGET = 0.15   # JSONL exporter attached vs nothing attached, traced thread
+OTLP_OVERHEAD_TARGET = 0.15       # OTLP subscriber attached vs JSONL attached, same run
+OTLP_SDK_RATIO_TARGET = 5.0       # OTLP end to end, spans/s, times the OpenTelemetry SDK's
 E2E_RATE_TARGET = 2e6             # JSONL end to end, events/s
 E2E_RELAY_RATIO_TARGET = 20.0     # ... and times NeMo Relay's end-to-end rate
 ASYNCIO_RATIO_TARGET = 1.5        # asyncio per-scope cost / single-thread scope pair
@@ -172,6 +174,17 @@ class Report:
                 self.check(2, f"{op}: JSONL attached vs nothing ≤ "
                               f"+{ATTACHED_OVERHEAD_TARGET:.0%}",
                            f"{overhead:+.0%}", overhead <= ATTACHED_OVERHEAD_TARGET)
+        otlp, beside = (self.xcall("scope pair", "cython", "otlp"),
+                        self.xcall("scope pair", "cython", "jsonl (otlp run)"))
+        if otlp is not None or beside is not None:
+            over = otlp / beside - 1 if (otlp and beside) else None
+            add(f"scope pair: OTLP subscriber attached {_fmt(otlp)} ×call, JSONL attached in the "
+                f"same run {_fmt(beside)} ×call: "
+                f"{_fmt(None if over is None else over * 100, '+.0f', '%')}")
+            self.check(2, f"scope pair: OTLP attached vs JSONL attached ≤ "
+                          f"+{OTLP_OVERHEAD_TARGET:.0%}",
+                       _fmt(None if over is None else over * 100, "+.0f", "%"),
+                       None if over is None else over <= OTLP_OVERHEAD_TARGET)
         refs = [(op, ns / self.unit) for (op, be, att), ns in self.median.items() if be == "-"]
         add("")
         add("references: " + ", ".join(f"{op} {x:.1f}" for op, x in sorted(refs)))
@@ -181,7 +194,7 @@ class Report:
         add("")
         add("End to end (emit, then wait until the file is written; events = 2 per scope pair; "
             "an OTel span is one line)")
-        add(f"{'operation':<18}{'backend':<12}{'pairs':>9}{'lines written':>15}"
+        add(f"{'operation':<26}{'backend':<12}{'pairs':>9}{'lines written':>15}"
             f"{'lost':>7}{'ms':>9}{'events/s':>11}{'ns/pair':>9}{'nemoflow/this':>15}")
         rows = sorted(self.throughput.items(),
                       key=lambda kv: (kv[0][0], _order(BACKENDS, kv[0][1])))
@@ -194,7 +207,7 @@ class Report:
             seconds = info["seconds"]
             own = rate.get((op, "cython"))
             vs = f"{own / rate[(op, be)]:.1f}x" if (own and be != "cython") else "-"
-            add(f"{op:<18}{be:<12}{info['pairs']:>9}"
+            add(f"{op:<26}{be:<12}{info['pairs']:>9}"
                 f"{info['lines_written']:>9}/{info['lines_expected']:<5}"
                 f"{info['lines_expected'] - info['lines_written']:>7}"
                 f"{seconds * 1e3:>9.1f}{_rate(rate[(op, be)]):>11}"
@@ -216,6 +229,23 @@ class Report:
         self.check(3, f"JSONL end to end ≥ {E2E_RELAY_RATIO_TARGET:g}× NeMo Relay's rate",
                    _fmt(ratio, ".1f", "×"),
                    None if ratio is None else ratio >= E2E_RELAY_RATIO_TARGET)
+
+        sdk = rate.get(("OTLP end to end", "otel"))
+        for kind in ("gen_ai", "full"):
+            op = f"OTLP end to end ({kind})"
+            otlp = rate.get((op, "cython"))
+            if otlp is None:
+                continue
+            ratio = otlp / sdk if sdk else None
+            add(f"{op}: {_rate(otlp)} spans/s, {_fmt(ratio, '.1f', '×')} the OpenTelemetry "
+                "SDK's (BatchSpanProcessor + OTLPSpanExporter, spans without attributes)")
+            if kind == "gen_ai":  # like for like: plain scopes have no gen_ai attributes
+                self.check(3, f"OTLP end to end (gen_ai) ≥ {OTLP_SDK_RATIO_TARGET:g}× the "
+                              "OpenTelemetry SDK's spans/s", _fmt(ratio, ".1f", "×"),
+                           None if ratio is None else ratio >= OTLP_SDK_RATIO_TARGET)
+            info = self.throughput[(op, "cython")]
+            lost = info["lines_expected"] - info["lines_written"]
+            self.check(3, f"{op}: 0 spans lost (lossless)", str(lost), lost == 0)
 
     def asyncio(self):
         add = self.lines.append
