@@ -247,3 +247,71 @@ def anonymized(value, ids=None):
     if isinstance(value, str):
         return UUID.sub(sub_uuid, value)
     return value
+
+
+async def continuation_variants(m):
+    with m.scope.scope("cont-agent", m.ScopeType.Agent):
+        # system message after a tool result; developer message last
+        await _llm(m, "openai", _ask([{"role": "user", "content": "a"},
+                                      {"role": "tool", "tool_call_id": "x", "content": "r"},
+                                      {"role": "system", "content": "note"}]), _chat("one"))
+        await _llm(m, "openai", _ask([{"role": "user", "content": "b"},
+                                      {"role": "assistant", "content": "prefill"}]), _chat("two"))
+        await _llm(m, "openai", _ask([{"role": "assistant", "content": "x"},
+                                      {"role": "user", "content": [
+                                          {"type": "text", "text": "parts"}]}]), _chat("three"))
+        await _llm(m, "openai.responses", {"model": "gpt-4.1", "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "resp user"}]}]},
+            {"output_text": "four", "model": "gpt-4.1"})
+        await _llm(m, "openai.responses", {"model": "gpt-4.1", "input": [
+            {"role": "user", "content": "q"},
+            {"type": "message", "role": "assistant", "content": [
+                {"type": "output_text", "text": "partial"}]}]},
+            {"output_text": "five", "model": "gpt-4.1"})
+        await _llm(m, "openai.responses", {"model": "gpt-4.1", "input": [
+            {"role": "user", "content": "q"},
+            {"type": "reasoning", "id": "rs_1", "summary": []}]},
+            {"output_text": "six", "model": "gpt-4.1"})
+        await _llm(m, "anthropic", {"model": "claude-3", "messages": [
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
+                                          "content": "r"}, {"type": "text", "text": "more"}]}]},
+            {"type": "message", "content": [{"type": "text", "text": "seven"}],
+             "model": "claude-3"})
+        await _llm(m, "custom", {"messages": []}, {"content": "eight"})
+        await _llm(m, "custom", {"messages": [{"content": "no role"}]}, {"content": "nine"})
+
+
+async def parallel_subagent_without_call(m):
+    with m.scope.scope("boss", m.ScopeType.Agent):
+        with m.scope.scope("worker", m.ScopeType.Agent, input={"task": "t"},
+                           metadata={"session_id": "w-1"}):
+            await _tool(m, "work", {"t": 1}, "did it")
+        await _llm(m, "openai", _ask([{"role": "user", "content": "status?"}]),
+                   _chat(None, [("call_w", "worker2", {})]))
+        await _tool(m, "worker2", {}, "spawned", tool_call_id="call_w")
+        with m.scope.scope("worker2", m.ScopeType.Agent, data={"tool_call_id": "call_w"}):
+            await _llm(m, "openai", _ask([{"role": "user", "content": "inner"}]),
+                       _chat("inner done"))
+
+
+async def streamed_call(m):
+    chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]},
+              {"choices": [{"index": 0, "delta": {"content": "lo"}}]}]
+    final = _chat("Hello")
+
+    async def stream(_req):
+        for c in chunks:
+            yield c
+
+    with m.scope.scope("stream-agent", m.ScopeType.Agent):
+        got = m.llm.stream_execute("openai", request(m, _ask([{"role": "user",
+                                                               "content": "hi"}])),
+                                   stream, lambda c: None, lambda: final)
+        if not hasattr(got, "__aiter__"):
+            got = await got
+        async for _ in got:
+            pass
+
+
+PROGRAMS.update({f.__name__: f for f in (continuation_variants, parallel_subagent_without_call,
+                                          streamed_call)})

@@ -363,41 +363,40 @@ def _user_message(content: Any) -> Any:
     return _content_value(content)
 
 
-_ASSISTANT_ROLES = ("assistant", "tool", "function", "model")
-_CONTINUATION_ITEMS = ("function_call", "function_call_output", "tool_result", "tool_use",
-                       "custom_tool_call", "custom_tool_call_output")
+def _last_turn_item(items: list) -> dict | None:
+    for item in reversed(items):
+        if isinstance(item, dict) and item.get("role") not in ("system", "developer"):
+            return item
+    return None
+
+
+def _only_tool_results(content: Any) -> bool:
+    blocks = [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+    return bool(blocks) and all(b.get("type") == "tool_result" for b in blocks)
 
 
 def _continues_turn(content: Any) -> bool:
-    """Whether a request only carries a tool round trip back to the model (no new user turn)."""
+    """Whether a request only carries a tool round trip back to the model: its last chat
+    message (system and developer ones aside) is not a user message or holds only tool
+    results, or its Responses input holds typed output items."""
     if not isinstance(content, dict):
         return False
     messages = content.get("messages")
-    if isinstance(messages, list):
-        for message in reversed(messages):
-            if not isinstance(message, dict):
-                continue
-            role = message.get("role")
-            if role in ("system", "developer"):
-                continue
-            if role in _ASSISTANT_ROLES:
-                return True
-            body = message.get("content")
-            return isinstance(body, list) and any(
-                isinstance(b, dict) and b.get("type") == "tool_result" for b in body)
-        return False
+    last = _last_turn_item(messages) if isinstance(messages, list) else None
+    if last is not None:
+        role = last.get("role")
+        if isinstance(role, str) and role != "user":
+            return True
+        return _only_tool_results(last.get("content"))
     items = content.get("input")
-    if isinstance(items, list):
-        for item in reversed(items):
-            if not isinstance(item, dict):
-                continue
-            role = item.get("role")
-            if role in ("system", "developer"):
-                continue
-            if role in _ASSISTANT_ROLES or item.get("type") in _CONTINUATION_ITEMS:
-                return True
-            return False
-    return False
+    if not isinstance(items, list):
+        return False
+    # Responses input: a typed item other than a user / system message is model output or a
+    # tool result fed back (function_call, function_call_output, reasoning, an assistant
+    # message); plain role messages never continue a turn
+    return any(isinstance(i, dict) and "type" in i and not (
+        i["type"] == "message" and i.get("role") in ("user", "system", "developer"))
+        for i in items)
 
 
 # -- tool calls --------------------------------------------------------------------------
