@@ -15,6 +15,7 @@ three use ``events_to_trajectory``.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import re
@@ -58,6 +59,16 @@ def _agent(agent_name, agent_version, model_name, tool_definitions, extra) -> di
                       None if tool_definitions is None else list(tool_definitions), extra)
 
 
+def _flush_blocking(method: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        _subscribers.flush()
+        return
+    raise RuntimeError(f"AtifExporter.{method}() would block the running event loop; use "
+                       "await exporter.export_async()")
+
+
 class AtifExporter(Exporter):
     """Collects the events of a run and exports them as one ATIF trajectory (a dict).
 
@@ -87,7 +98,7 @@ class AtifExporter(Exporter):
             with self._lock:
                 self._events.extend(scopes)
             return None
-        _subscribers.flush()
+        _flush_blocking("export")
         return sort_keys(self._trajectory())
 
     async def export_async(self) -> dict:
@@ -97,7 +108,7 @@ class AtifExporter(Exporter):
 
     def export_json(self) -> str:
         """The trajectory as compact JSON in the schema's field order; waits for delivery."""
-        _subscribers.flush()
+        _flush_blocking("export_json")
         return dumps(self._trajectory())
 
     def clear(self) -> None:
