@@ -179,7 +179,7 @@ def test_explicit_tool_call_ids_win(nf):
 
 def test_tool_without_a_call_is_added_to_the_step(nf, events):
     t = _export(nf, PROGRAMS["unmatched_tool"])
-    surprise = [e for e in _scopes(events, "tool") if e.name == "surprise"][0]
+    surprise = next(e for e in _scopes(events, "tool") if e.name == "surprise")
     call = t["steps"][1]
     assert call["tool_calls"][1]["tool_call_id"] == surprise.uuid
     assert call["tool_calls"][1]["arguments"] == {"z": 1}

@@ -7,5 +7,6 @@ from .atof import AtofExporter, AtofExporterConfig, AtofExporterMode
 from .chrome import ChromeTraceExporter, validate_chrome_trace
 from .memory import InMemoryRecorder
 
-__all__ = ["AtifExporter", "AtifFileExporter", "AtofExporter", "AtofExporterConfig", "AtofExporterMode", "ChromeTraceExporter",
-           "InMemoryRecorder", "UnsafeFileError", "validate_chrome_trace"]
+__all__ = ["AtifExporter", "AtifFileExporter", "AtofExporter", "AtofExporterConfig",
+           "AtofExporterMode", "ChromeTraceExporter", "InMemoryRecorder", "UnsafeFileError",
+           "validate_chrome_trace"]

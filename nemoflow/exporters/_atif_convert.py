@@ -711,9 +711,9 @@ def _tool_correlations(events: list) -> dict:
             if ev.tool_call_id is not None:
                 explicit[ev.uuid] = ev.tool_call_id
         elif ev.is_(False, "llm") and ev.data is not None:
-            for call in extract_tool_calls(ev.data) or ():
-                calls.append((call["tool_call_id"],
-                              _match_key(call["function_name"], call["arguments"])))
+            calls.extend((call["tool_call_id"],
+                          _match_key(call["function_name"], call["arguments"]))
+                         for call in extract_tool_calls(ev.data) or ())
     consumed = set(explicit.values())
     by_key: dict = {}
     for uuid, key in executions:

@@ -16,6 +16,7 @@ three use ``events_to_trajectory``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import re
@@ -31,8 +32,15 @@ from ._atif_convert import (
     sort_keys,
 )
 from ._base import Exporter
-from ._files import DIR_MODE, FILE_MODE, UnsafeFileError, check_mode, create, make_dirs, \
-    refuse_unsafe
+from ._files import (
+    DIR_MODE,
+    FILE_MODE,
+    UnsafeFileError,
+    check_mode,
+    create,
+    make_dirs,
+    refuse_unsafe,
+)
 
 __all__ = ["ATIF_SCHEMA_VERSION", "AtifExporter", "AtifFileExporter", "events_to_trajectory"]
 
@@ -87,7 +95,7 @@ class AtifExporter(Exporter):
         self._lock = threading.Lock()
         self._events: list = []
 
-    def export(self, events=None):  # type: ignore[override]
+    def export(self, events=None):
         """The trajectory as a dict (keys sorted); waits for delivery first.
 
         Inside a running event loop's thread use ``await export_async()``. (Called with a
@@ -187,10 +195,8 @@ def render_filename(template: str, session_id: str, metadata: Any) -> str:
 def write_atomically(directory: str, name: str, text: str, mode: int) -> str:
     """Write ``text`` to ``directory/name`` through a temporary file and ``os.replace``."""
     path = os.path.join(directory, name)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         refuse_unsafe(path, os.lstat(path))
-    except FileNotFoundError:
-        pass
     for attempt in range(100):
         tmp = os.path.join(directory, f".{name}.{os.getpid()}.{attempt}.tmp")
         try:
@@ -205,16 +211,12 @@ def write_atomically(directory: str, name: str, text: str, mode: int) -> str:
             f.write(text.encode())
             f.flush()
             os.fsync(f.fileno())
-        try:
+        with contextlib.suppress(FileNotFoundError):
             refuse_unsafe(path, os.lstat(path))
-        except FileNotFoundError:
-            pass
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     return path
 
