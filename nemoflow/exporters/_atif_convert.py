@@ -118,11 +118,14 @@ def _epoch_ms(ns: int) -> float:
 
 # -- events ------------------------------------------------------------------------------
 
+_UNSET = object()
+
+
 class _Ev:
     """One ATOF event dict, with the lookups the conversion needs."""
 
     __slots__ = ("category", "data", "end", "index", "is_agent", "kind", "metadata", "name",
-                 "parent", "profile", "raw", "start", "ts", "uuid")
+                 "owner", "parent", "profile", "raw", "start", "ts", "uuid")
 
     def __init__(self, raw: dict, index: int):
         self.raw = raw
@@ -143,6 +146,7 @@ class _Ev:
         self.end = sc == "end"
         self.is_agent = self.category == "agent"
         self.ts = timestamp_ns(raw.get("timestamp"))
+        self.owner: Any = _UNSET
 
     @property
     def tool_call_id(self) -> str | None:
@@ -1278,9 +1282,15 @@ class _Tree:
         return None
 
     def owner(self, ev: _Ev) -> str | None:
+        """The agent whose trajectory ``ev`` belongs to (memoized on the event)."""
+        if ev.owner is not _UNSET:
+            return ev.owner
         if ev.kind == "scope" and ev.is_agent:
-            return ev.uuid if ev.uuid in self.agents else None
-        return self._nearest(ev.parent, self.agents.__contains__, None)
+            found = ev.uuid if ev.uuid in self.agents else None
+        else:
+            found = self._nearest(ev.parent, self.agents.__contains__, None)
+        ev.owner = found
+        return found
 
     def choose_root(self, session_id: str) -> str | None:
         if session_id in self.nodes:

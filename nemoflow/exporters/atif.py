@@ -303,7 +303,7 @@ class AtifFileExporter(Exporter):
             make_dirs(self.output_directory, self._dir_mode)
             path = write_atomically(self.output_directory, name,
                                     dumps(trajectory, indent=True) + "\n", self._file_mode)
-        except (OSError, ValueError, TypeError) as exc:
+        except Exception as exc:  # a bad payload or a full disk must not stop the others
             self._report(f"atif-{type(exc).__name__}", f"ATIF trajectory not written: {exc}")
             return
         with self._lock:
