@@ -16,9 +16,50 @@ atif = pytest.importorskip("atif")
 from atif_programs import PROGRAMS, anonymized, run  # noqa: E402
 
 
+def _is_parts(value) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(p, dict) and (
+            (p.get("type") == "text" and isinstance(p.get("text"), str))
+            or (p.get("type") == "image" and isinstance(p.get("source"), dict)
+                and p["source"].get("media_type") in ("image/jpeg", "image/png", "image/gif",
+                                                      "image/webp")
+                and isinstance(p["source"].get("path"), str)))
+        for p in value)
+
+
+def _assert_atif_v17_shape(t: dict) -> None:
+    """The reference's ``assert_atif_v17_shape``."""
+    assert t["schema_version"] == "ATIF-v1.7" and t["session_id"]
+    children = {c.get("trajectory_id") for c in t.get("subagent_trajectories", ())}
+    for index, step in enumerate(t["steps"]):
+        assert step["step_id"] == index + 1
+        assert step["source"] in ("system", "user", "agent")
+        assert isinstance(step["message"], str) or _is_parts(step["message"])
+        if "llm_call_count" in step:
+            assert step["source"] == "agent"
+            if step["llm_call_count"] == 0:
+                assert "metrics" not in step and "reasoning_content" not in step
+        ids = set()
+        for call in step.get("tool_calls", ()):
+            assert call["tool_call_id"] and call["function_name"]
+            assert isinstance(call["arguments"], dict)
+            ids.add(call["tool_call_id"])
+        for result in step.get("observation", {}).get("results", ()):
+            if "content" in result:
+                assert isinstance(result["content"], str) or _is_parts(result["content"])
+            if "source_call_id" in result:
+                assert result["source_call_id"] in ids
+            for ref in result.get("subagent_trajectory_ref", ()):
+                if children and "trajectory_id" in ref:
+                    assert ref["trajectory_id"] in children
+    for child in t.get("subagent_trajectories", ()):
+        _assert_atif_v17_shape(child)
+
+
 def _check(trajectory: dict, text: str | None = None) -> dict:
     """Validate with the ATIF models (subagents included) and return the trajectory."""
     atif.Trajectory.model_validate(trajectory)
+    _assert_atif_v17_shape(trajectory)
     if text is not None:
         atif.Trajectory.model_validate_json(text)
         assert json.loads(text) == trajectory

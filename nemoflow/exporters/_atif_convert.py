@@ -671,25 +671,47 @@ def _same_request(a: _LlmSpan, b: _LlmSpan) -> bool:
     return complementary and (a.request_sig == b.request_sig or bool(a.keys & b.keys))
 
 
+def _lazy_span(spans: dict, pairs: list, i: int) -> _LlmSpan:
+    if i not in spans:
+        spans[i] = _LlmSpan(*pairs[i])
+    return spans[i]
+
+
 def _llm_dedupe(events: list) -> tuple[set, dict]:
+    """LLM spans to skip (the lower-fidelity of two records of one request) and the counts
+    they add to the record kept."""
     parts: dict = {}
     for ev in events:
         if ev.kind == "scope" and ev.category == "llm" and (ev.start or ev.end):
             slot = parts.setdefault(ev.uuid, [None, None])
             slot[0 if ev.start else 1] = ev
-    spans = [_LlmSpan(s, e) for s, e in parts.values()
-             if s is not None and e is not None and s.data is not None and e.data is not None]
+    by_parent: dict = {}
+    for start, end in parts.values():
+        if start is None or end is None or start.data is None or end.data is None:
+            continue
+        parent = start.parent or end.parent
+        if parent is not None:  # two records of one request share their parent
+            by_parent.setdefault(parent, []).append((start, end))
     suppressed: set = set()
     supplemental: dict = {}
-    for i, left in enumerate(spans):
-        for right in spans[i + 1:]:
-            if not _same_request(left, right) or left.fidelity == right.fidelity:
-                continue
-            lost, kept = (right, left) if left.fidelity > right.fidelity else (left, right)
-            suppressed.add(lost.uuid)
-            if lost.end_metrics is not None:
-                supplemental[kept.uuid] = _merge_metrics(supplemental.get(kept.uuid),
-                                                         lost.end_metrics)
+    for pairs in by_parent.values():
+        if len(pairs) < 2:
+            continue
+        pairs.sort(key=lambda p: p[0].ts)
+        spans: dict = {}
+        for i, (_, left_end) in enumerate(pairs):
+            # sorted by start: a later span overlaps this one while it starts before its end
+            for j in range(i + 1, len(pairs)):
+                if pairs[j][0].ts > left_end.ts:
+                    break
+                left, right = _lazy_span(spans, pairs, i), _lazy_span(spans, pairs, j)
+                if not _same_request(left, right) or left.fidelity == right.fidelity:
+                    continue
+                lost, kept = (right, left) if left.fidelity > right.fidelity else (left, right)
+                suppressed.add(lost.uuid)
+                if lost.end_metrics is not None:
+                    supplemental[kept.uuid] = _merge_metrics(supplemental.get(kept.uuid),
+                                                             lost.end_metrics)
     return suppressed, supplemental
 
 
