@@ -314,3 +314,54 @@ async def streamed_call(m):
 
 PROGRAMS.update({f.__name__: f for f in (continuation_variants, parallel_subagent_without_call,
                                           streamed_call)})
+
+
+async def tool_before_response(m):
+    with m.scope.scope("eager-agent", m.ScopeType.Agent):
+        handle = m.llm.call("openai", request(m, _ask([{"role": "user", "content": "go"}])))
+        await _tool(m, "prefetch", {"k": 1}, "early", tool_call_id="call_e")
+        m.llm.call_end(handle, _chat(None, [("call_e", "prefetch", {"k": 1}),
+                                            ("call_f", "other", {})]))
+        await _tool(m, "other", {}, "late")
+
+
+async def subagent_inside_tool(m):
+    async def delegate(_args):
+        with m.scope.scope("helper-agent", m.ScopeType.Agent, input={"why": "asked"}):
+            await _llm(m, "openai", _ask([{"role": "user", "content": "help"}]), _chat("helped"))
+        return tool_result(m, "delegated")
+
+    with m.scope.scope("lead-agent", m.ScopeType.Agent):
+        await _llm(m, "openai", _ask([{"role": "user", "content": "ask helper"}]),
+                   _chat(None, [("call_h", "ask_helper", {"q": 1})]))
+        await m.tools.execute("ask_helper", {"q": 1}, delegate)
+
+
+async def two_root_agents(m):
+    for name in ("first", "second"):
+        with m.scope.scope(name, m.ScopeType.Agent):
+            await _llm(m, "openai", _ask([{"role": "user", "content": name}]), _chat(name))
+
+
+async def marks_and_other_scopes(m):
+    with m.scope.scope("mark-agent", m.ScopeType.Agent):
+        m.scope.event("checkpoint", data={"x": 1})
+        with m.scope.scope("retrieve", m.ScopeType.Retriever, input={"q": 1}):
+            await _llm(m, "openai", _ask([{"role": "user", "content": "inside retriever"}]),
+                       _chat("r"))
+        m.scope.event("llm.chunk", data={"x": 2})
+
+
+async def swapped_duplicates(m):
+    calls = [("c1", "get", {"id": 1}), ("c2", "get", {"id": 2}), ("c3", "put", {"id": 1})]
+    with m.scope.scope("swap-agent", m.ScopeType.Agent):
+        await _llm(m, "openai", _ask([{"role": "user", "content": "x"}]), _chat(None, calls))
+        await _tool(m, "get", {"id": 2}, "two")
+        await _tool(m, "put", {"id": 1}, "put")
+        await _tool(m, "get", {"id": 1}, "one")
+        await _tool(m, "get", {"id": 3}, "three")
+
+
+PROGRAMS.update({f.__name__: f for f in (tool_before_response, subagent_inside_tool,
+                                          two_root_agents, marks_and_other_scopes,
+                                          swapped_duplicates)})

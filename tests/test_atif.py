@@ -689,3 +689,18 @@ def test_reference_metrics_from_provider_usage(usage, expected):
     from nemoflow.exporters._atif_convert import extract_metrics
 
     assert extract_metrics({"usage": usage}, "custom") == expected
+
+
+def test_subagent_started_by_a_tool_hangs_under_that_call(nf, events):
+    t = _export(nf, PROGRAMS["subagent_inside_tool"])
+    helper = next(e.uuid for e in _scopes(events, "agent") if e.name == "helper-agent")
+    [result] = _results(t["steps"][1])
+    assert result["source_call_id"] == "call_h" and result["content"] == "delegated"
+    assert [r["trajectory_id"] for r in result["subagent_trajectory_ref"]] == [helper]
+    assert [s["trajectory_id"] for s in t["subagent_trajectories"]] == [helper]
+
+
+def test_tool_results_before_the_response_join_it(nf):
+    t = _export(nf, PROGRAMS["tool_before_response"])
+    assert [(r["source_call_id"], r["content"]) for r in _results(t["steps"][1])] == [
+        ("call_e", "early"), ("call_f", "late")]
