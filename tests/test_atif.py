@@ -704,3 +704,29 @@ def test_tool_results_before_the_response_join_it(nf):
     t = _export(nf, PROGRAMS["tool_before_response"])
     assert [(r["source_call_id"], r["content"]) for r in _results(t["steps"][1])] == [
         ("call_e", "early"), ("call_f", "late")]
+
+
+def test_file_mode_finds_agents_inside_other_scopes(nf, tmp_path):
+    exporter = _file_exporter(nf, tmp_path)
+
+    async def program(m):
+        with m.scope.scope("request-handler", m.ScopeType.Function):
+            await _two_agents(m)
+            with m.scope.scope("not-an-agent", m.ScopeType.Function):
+                pass
+        with m.scope.scope("chat", m.ScopeType.Function,
+                           metadata={"nemo_relay_scope_role": "turn", "session_id": "t-1"}):
+            await m.llm.execute("openai", m.LLMRequest({}, {"messages": [
+                {"role": "user", "content": "turn"}]}), lambda _r: {"content": "ok"})
+
+    asyncio.run(program(nf))
+    exporter.force_flush()
+    exporter.shutdown()
+    out = tmp_path / "out"
+    assert sorted(os.listdir(out)) == ["nemo-relay-atif-s-alice.json",
+                                       "nemo-relay-atif-s-bob.json", "nemo-relay-atif-t-1.json"]
+    bob = _check(json.loads((out / "nemo-relay-atif-s-bob.json").read_text()))
+    assert [s["message"] for s in bob["steps"]] == ["hi from bob", "hi"]
+    assert {e["name"] for e in bob["extra"]["observed_events"]} == {"assistant", "openai"}
+    turn = _check(json.loads((out / "nemo-relay-atif-t-1.json").read_text()))
+    assert [s["message"] for s in turn["steps"]] == ["turn", "ok"]

@@ -221,9 +221,25 @@ def write_atomically(directory: str, name: str, text: str, mode: int) -> str:
     return path
 
 
+def _is_trajectory_scope(start: dict) -> bool:
+    meta = start.get("metadata")
+    role = meta.get("nemo_relay_scope_role") if isinstance(meta, dict) else None
+    return start.get("category") == "agent" or role == "turn"
+
+
+def _inside(raw: dict, agent: str, parents: dict) -> bool:
+    current = raw["uuid"] if raw["kind"] == "scope" else raw.get("parent_uuid")
+    while current is not None:
+        if current == agent:
+            return True
+        current = parents.get(current)
+    return False
+
+
 class AtifFileExporter(Exporter):
-    """Writes one pretty-printed trajectory file per top-level agent scope (and per top-level
-    scope with metadata ``nemo_relay_scope_role="turn"``) when it ends.
+    """Writes one pretty-printed trajectory file per top-level agent scope (an agent scope in
+    no other, or a top-level scope with metadata ``nemo_relay_scope_role="turn"``) once the
+    top-level scope holding it has ended.
 
     The file name comes from ``filename``: ``{session_id}`` (the scope's metadata
     ``session_id``, else its uuid) and ``{metadata.<path>:-fallback}`` (the scope's start
@@ -283,11 +299,29 @@ class AtifFileExporter(Exporter):
                 self._write(group)
 
     def _write(self, group: list) -> None:
+        """Write the trajectories of one finished top-level scope: itself when it is an agent
+        or a turn, else each outermost agent scope inside it."""
+        if _is_trajectory_scope(group[0]):
+            self._write_one(group)
+            return
+        parents = {raw["uuid"]: raw.get("parent_uuid") for raw in group
+                   if raw["kind"] == "scope" and raw.get("scope_category") == "start"}
+        outermost = {raw["uuid"] for raw in group
+                     if raw["kind"] == "scope" and raw.get("scope_category") == "start"
+                     and raw.get("category") == "agent"}
+        for uuid in list(outermost):
+            parent = parents.get(uuid)
+            while parent in parents:
+                if parent in outermost:
+                    outermost.discard(uuid)
+                    break
+                parent = parents[parent]
+        for agent in sorted(outermost, key=[r["uuid"] for r in group].index):
+            self._write_one([raw for raw in group if _inside(raw, agent, parents)])
+
+    def _write_one(self, group: list) -> None:
         start = group[0]
         meta = start.get("metadata")
-        role = meta.get("nemo_relay_scope_role") if isinstance(meta, dict) else None
-        if start.get("category") != "agent" and role != "turn":
-            return
         sid = meta.get("session_id") if isinstance(meta, dict) else None
         session_id = sid if isinstance(sid, str) and sid else start["uuid"]
         try:
