@@ -730,3 +730,30 @@ def test_file_mode_finds_agents_inside_other_scopes(nf, tmp_path):
     assert {e["name"] for e in bob["extra"]["observed_events"]} == {"assistant", "openai"}
     turn = _check(json.loads((out / "nemo-relay-atif-t-1.json").read_text()))
     assert [s["message"] for s in turn["steps"]] == ["turn", "ok"]
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_convert_of_a_nemo_relay_trace_is_its_live_trajectory(program, tmp_path, capsys):
+    """NeMo Relay records a run as ATOF JSONL and exports its trajectory live; converting that
+    file gives the same bytes (its uuids, timestamps and numbers included)."""
+    relay = pytest.importorskip("nemo_relay")
+    from nemoflow import cli
+
+    config = relay.AtofExporterConfig()
+    config.output_directory, config.filename = str(tmp_path), "relay.jsonl"
+    jsonl = relay.AtofExporter(config)
+    jsonl.register("relay-jsonl")
+    live = relay.AtifExporter("session-1", "test-agent", "1.0.0")
+    live.register("relay-atif")
+    try:
+        asyncio.run(PROGRAMS[program](relay))
+        jsonl.force_flush()
+        expected = live.export_json()
+    finally:
+        live.deregister("relay-atif")
+        jsonl.deregister("relay-jsonl")
+        jsonl.shutdown()
+    assert cli.main(["convert", str(tmp_path / "relay.jsonl"), "--to", "atif", "--session-id",
+                     "session-1", "--agent-name", "test-agent", "--agent-version",
+                     "1.0.0"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
