@@ -196,10 +196,6 @@ def _invocation(start_ns: int | None, end_ns: int, invocation_id: str | None) ->
 
 # -- content -----------------------------------------------------------------------------
 
-def _empty() -> str:
-    return ""
-
-
 def _is_image_source(value: Any) -> bool:
     return (isinstance(value, dict) and value.get("media_type") in _IMAGE_TYPES
             and isinstance(value.get("path"), str))
