@@ -49,7 +49,7 @@ from .context import (
     use_scope_stack,
     wrap,
 )
-from .exporters import AtofExporter, AtofExporterConfig, AtofExporterMode
+from .exporters import AtifExporter, AtofExporter, AtofExporterConfig, AtofExporterMode
 from .exporters.otlp import (
     OpenInferenceConfig,
     OpenInferenceSubscriber,
@@ -76,6 +76,7 @@ __all__ = [
     "AnnotatedLLMRequest",
     "AnnotatedLLMResponse",
     "AnthropicMessagesCodec",
+    "AtifExporter",
     "AtofExporter",
     "AtofExporterConfig",
     "AtofExporterMode",

@@ -2,6 +2,7 @@
 
     nemoflow summary TRACE.jsonl    the scope tree with durations, status and marks
     nemoflow validate TRACE.jsonl   check every line against the ATOF 0.1 envelope
+    nemoflow convert TRACE.jsonl --to atif [-o OUT]   the run as an ATIF trajectory
 """
 
 from __future__ import annotations
@@ -145,14 +146,51 @@ def summary(events: list) -> str:
     return "\n".join(lines)
 
 
+def to_atif(events: list, session_id: str | None = None, agent_name: str | None = None,
+            agent_version: str = "0") -> str:
+    """The ATIF trajectory of a recorded run, as ``AtifExporter.export_json()`` writes it.
+
+    Without ``session_id``, the uuid of the single top-level agent scope (else ``"session"``);
+    without ``agent_name``, that agent's name (else ``"nemoflow"``).
+    """
+    from .exporters._atif_convert import agent_info, dumps, events_to_trajectory
+
+    starts = {ev.get("uuid") for ev in events
+              if ev.get("kind") == "scope" and ev.get("scope_category") == "start"}
+    tops = [ev for ev in events if ev.get("kind") == "scope" and ev.get("category") == "agent"
+            and ev.get("scope_category") == "start" and ev.get("parent_uuid") not in starts]
+    top = tops[0] if len(tops) == 1 else None
+    if session_id is None:
+        session_id = top["uuid"] if top is not None else "session"
+    if agent_name is None:
+        agent_name = top["name"] if top is not None else "nemoflow"
+    return dumps(events_to_trajectory(events, session_id, agent_info(agent_name, agent_version)))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="nemoflow", description="Read ATOF JSONL traces.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("summary", "print the scope tree"), ("validate", "check the format")):
         p = sub.add_parser(name, help=text)
         p.add_argument("path", help="an ATOF JSONL file")
+    p = sub.add_parser("convert", help="convert a trace to another format")
+    p.add_argument("path", help="an ATOF JSONL file")
+    p.add_argument("--to", required=True, choices=["atif"], help="the output format")
+    p.add_argument("-o", "--output", default="-", help="output file (default: standard output)")
+    p.add_argument("--session-id", help="trajectory session id (default: the top-level agent "
+                   "scope's uuid)")
+    p.add_argument("--agent-name", help="agent name (default: the top-level agent's name)")
+    p.add_argument("--agent-version", default="0", help="agent version (default: 0)")
     args = parser.parse_args(argv)
     events = read_events(args.path)
+    if args.command == "convert":
+        text = to_atif(events, args.session_id, args.agent_name, args.agent_version)
+        if args.output == "-":
+            sys.stdout.write(text + "\n")
+        else:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+        return 0
     if args.command == "summary":
         print(summary(events))
         return 0
