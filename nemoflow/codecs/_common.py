@@ -60,6 +60,20 @@ def arguments_text(arguments: Any) -> str:
     return orjson.dumps(arguments).decode()
 
 
+def carry_over(content: dict, annotated: Any, top_fields: tuple, skip: tuple = ()) -> dict:
+    """Write back what the annotated request kept but does not model: API-specific fields,
+    the codec's pass-through top-level fields (``skip`` excepted) and unknown extras."""
+    for k, v in (annotated.api_specific or {}).items():
+        if k != "api":
+            content[k] = copy.deepcopy(v)
+    for k in top_fields:
+        if k not in skip and getattr(annotated, k) is not None:
+            content[k] = copy.deepcopy(getattr(annotated, k))
+    for k, v in annotated.extra.items():
+        content[k] = copy.deepcopy(v)
+    return content
+
+
 def set_or_pop(content: dict, key: str, value: Any) -> None:
     if value is None:
         content.pop(key, None)

@@ -9,6 +9,7 @@ from .._managed import LLMRequest
 from ._common import (
     as_mapping,
     build_usage,
+    carry_over,
     count,
     native,
     obj,
@@ -201,15 +202,7 @@ class AnthropicMessagesCodec:
                    if annotated.tools is not None else None)
         set_or_pop(content, "tool_choice", _encode_tool_choice(annotated.tool_choice)
                    if annotated.tool_choice is not None else None)
-        for k, v in (annotated.api_specific or {}).items():
-            if k != "api":
-                content[k] = copy.deepcopy(v)
-        for k in _TOP_FIELDS:
-            if getattr(annotated, k) is not None:
-                content[k] = copy.deepcopy(getattr(annotated, k))
-        for k, v in annotated.extra.items():
-            content[k] = copy.deepcopy(v)
-        return LLMRequest(headers, content)
+        return LLMRequest(headers, carry_over(content, annotated, _TOP_FIELDS))
 
     def decode_response(self, response) -> AnnotatedLLMResponse:
         """Decode a Messages API response (dict or SDK object)."""

@@ -10,6 +10,7 @@ from ._common import (
     arguments_text,
     as_mapping,
     build_usage,
+    carry_over,
     count,
     native,
     obj,
@@ -224,15 +225,7 @@ class OpenAIChatCodec:
         set_or_pop(content, "tools", [_encode_tool(t) for t in annotated.tools]
                    if annotated.tools is not None else None)
         set_or_pop(content, "tool_choice", annotated.tool_choice)
-        for k, v in (annotated.api_specific or {}).items():
-            if k != "api":
-                content[k] = copy.deepcopy(v)
-        for k in _TOP_FIELDS:
-            if getattr(annotated, k) is not None:
-                content[k] = copy.deepcopy(getattr(annotated, k))
-        for k, v in annotated.extra.items():
-            content[k] = copy.deepcopy(v)
-        return LLMRequest(headers, content)
+        return LLMRequest(headers, carry_over(content, annotated, _TOP_FIELDS))
 
     def decode_response(self, response) -> AnnotatedLLMResponse:
         """Decode a Chat Completions response (dict or SDK object)."""

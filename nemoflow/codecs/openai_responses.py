@@ -10,6 +10,7 @@ from ._common import (
     arguments_text,
     as_mapping,
     build_usage,
+    carry_over,
     count,
     native,
     obj,
@@ -232,15 +233,8 @@ class OpenAIResponsesCodec:
                    if annotated.tools is not None else None)
         set_or_pop(content, "tool_choice", _encode_tool_choice(annotated.tool_choice)
                    if annotated.tool_choice is not None else None)
-        for k, v in (annotated.api_specific or {}).items():
-            if k != "api":
-                content[k] = copy.deepcopy(v)
-        for k in _TOP_FIELDS:
-            if k != "max_output_tokens" and getattr(annotated, k) is not None:
-                content[k] = copy.deepcopy(getattr(annotated, k))
-        for k, v in annotated.extra.items():
-            content[k] = copy.deepcopy(v)
-        return LLMRequest(headers, content)
+        return LLMRequest(headers, carry_over(content, annotated, _TOP_FIELDS,
+                                              skip=("max_output_tokens",)))
 
     def decode_response(self, response) -> AnnotatedLLMResponse:
         """Decode a Responses API response (dict or SDK object)."""
