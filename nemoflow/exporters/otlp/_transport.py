@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import errno
 import gzip
 import http.client
 import os
 import random
-import stat
 import threading
 import time
 import urllib.parse
 
+from .._files import check_mode, make_dirs, open_for_writing
 from ..atof import AtofExporterMode
 from ._json import JsonEncoder
 from ._model import InstrumentationScope, Resource
@@ -252,42 +251,6 @@ class HttpBinaryTransport:
         return f"<HttpBinaryTransport {self.endpoint}>"
 
 
-def _open_private(path: str, file_mode: int, dir_mode: int, truncate: bool) -> int:
-    # Spans hold prompts and tool arguments: private modes (before the umask), and only a
-    # regular file, never through a symbolic link at the final component.
-    missing = []
-    directory = os.path.dirname(path)
-    while directory and not os.path.isdir(directory):
-        missing.append(directory)
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            break
-        directory = parent
-    for new in reversed(missing):  # each level gets dir_mode (os.makedirs: only the last)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(new, dir_mode)
-    flags = (os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-             | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    try:
-        fd = os.open(path, flags, file_mode)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO):
-            raise OSError(exc.errno, "nemoflow: refusing to write through a symbolic link "
-                          "or to what is not a regular file", path) from None
-        raise
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "nemoflow: refusing to write what is not a regular "
-                          "file", path)
-        os.set_blocking(fd, True)
-        if truncate:
-            os.ftruncate(fd, 0)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 class OtlpJsonFileTransport:
     """Appends one OTLP/JSON line per exported batch to a file.
 
@@ -311,15 +274,15 @@ class OtlpJsonFileTransport:
             raise TypeError("mode must be an AtofExporterMode")
         if not isinstance(filename, str):
             raise TypeError("filename must be str")
-        for what, bits in (("file_mode", file_mode), ("dir_mode", dir_mode)):
-            if type(bits) is not int or not 0 <= bits <= 0o777:
-                raise ValueError(f"{what} must be permission bits between 0o000 and 0o777")
+        file_mode = check_mode(file_mode, "file_mode")
+        dir_mode = check_mode(dir_mode, "dir_mode")
         pattern = filename or "otlp-{timestamp}-{pid}.jsonl"
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         name = pattern.format(timestamp=stamp, pid=os.getpid())
         self.path = os.path.abspath(os.path.join(os.fspath(output_directory), name))
-        self._fd: int | None = _open_private(self.path, file_mode, dir_mode,
-                                             mode is AtofExporterMode.Overwrite)
+        make_dirs(os.path.dirname(self.path), dir_mode)
+        self._fd: int | None = open_for_writing(self.path, file_mode,
+                                                truncate=mode is AtofExporterMode.Overwrite)
         self.requests = 0
         self.retries = 0
 
