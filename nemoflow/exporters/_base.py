@@ -20,7 +20,8 @@ class ExportError(NemoFlowError):
 class Exporter:
     """Base class: subclasses implement ``export(events)`` and may extend ``stats()``,
     ``_flush(timeout)``, ``_begin_close(timeout)`` (before deregistering) and
-    ``_close(timeout)`` (after)."""
+    ``_close(timeout)`` (after). An exporter whose lines the core writes itself (a file sink)
+    returns that sink from ``_consumer(name)`` instead of itself."""
 
     default_name = "exporter"
 
@@ -40,14 +41,22 @@ class Exporter:
     def register(self, name: str) -> None:
         """Start receiving events, under ``name`` (``AlreadyExistsError`` if it is taken)."""
         if claim(self, name):
-            _core.attach(self)
+            _core.attach(self._consumer(name))
 
     def deregister(self, name: str) -> bool:
         """Stop receiving under ``name``; what was emitted before is still delivered first."""
         found, last = release(self, name)
         if last:
-            _core.detach(self)
+            _core.detach(self._consumer(None))
+            self._last_deregistered()
         return found
+
+    def _consumer(self, name: str | None):
+        # What the pipeline feeds; ``name`` is the first name on registration, None on removal.
+        return self
+
+    def _last_deregistered(self) -> None:
+        pass
 
     def export(self, events) -> None:
         """Take a batch of events from the pipeline (called by the delivery thread)."""

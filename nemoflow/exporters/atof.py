@@ -20,6 +20,7 @@ import time
 import weakref
 
 from .._backend import core as _core
+from ._base import Exporter
 from ._files import (
     DIR_MODE,
     FILE_MODE,
@@ -31,7 +32,6 @@ from ._files import (
     open_existing,
     open_for_writing,
 )
-from ._names import claim, release
 
 __all__ = ["AtofExporter", "AtofExporterConfig", "AtofExporterMode"]
 
@@ -82,8 +82,12 @@ class AtofExporterConfig:
                 f"dir_mode={self.dir_mode:#o})")
 
 
-class AtofExporter:
-    """Writes every event as an ATOF JSONL line while registered under at least one name."""
+class AtofExporter(Exporter):
+    """Writes every event as an ATOF JSONL line while registered under at least one name.
+
+    The lines are the core's: the pipeline feeds this exporter's ``LineSink``, which encodes
+    and writes them without the GIL, never ``export()``.
+    """
 
     def __init__(self, config: AtofExporterConfig | None = None):
         config = AtofExporterConfig() if config is None else config
@@ -107,8 +111,7 @@ class AtofExporter:
         self._file: tuple | None = file_id(st)
         self._sink = _core.LineSink(os.path.basename(self._path), fd, config.max_bytes,
                                     self._reopen, st.st_size)
-        self._names: list = []
-        self._closed = False
+        super().__init__()
         self._rotation_warned = False
         if config.max_bytes:
             _rotating.add(self)
@@ -184,32 +187,22 @@ class AtofExporter:
     def name(self) -> str:
         return self._sink.name
 
-    def register(self, name: str) -> None:
-        """Start writing events, under ``name`` (``AlreadyExistsError`` if it is taken)."""
-        if claim(self, name):
-            self._sink.name = name
-            _core.attach(self._sink)
+    def _consumer(self, name):
+        if name is not None:
+            self._sink.name = name  # what diagnostics() shows
+        return self._sink
 
-    def deregister(self, name: str) -> bool:
-        """Stop writing under ``name``; what was emitted before is still written first."""
-        found, last = release(self, name)
-        if last:
-            _core.detach(self._sink)
-        return found
+    def export(self, events) -> None:
+        raise TypeError("an AtofExporter's lines are written by the core, not through export()")
 
-    def force_flush(self) -> None:
+    def force_flush(self, timeout: float | None = None) -> None:
         """Write everything emitted so far; raises the last write error (OSError), if any."""
         if not self._closed:
-            _core.flush()
+            _core.flush(timeout)
         self._sink.raise_error()
 
-    def shutdown(self) -> None:
-        """Flush, deregister every name and close the file. Safe to call twice."""
-        if self._closed:
-            return
-        for name in list(self._names):
-            self.deregister(name)
-        self._closed = True
+    def _close(self, timeout: float | None) -> None:
+        # after every name is gone, so everything emitted before was written first
         _rotating.discard(self)
         self._sink.close()
 

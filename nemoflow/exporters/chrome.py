@@ -61,8 +61,8 @@ import orjson
 
 from .. import _exit
 from .._backend import core as _core
+from ._base import Exporter
 from ._files import DIR_MODE, FILE_MODE, check_mode, create, make_dirs, refuse_unsafe
-from ._names import claim, release
 
 __all__ = ["ChromeTraceExporter", "validate_chrome_trace"]
 
@@ -227,8 +227,10 @@ def _default_process_name() -> str:
     return f"nemoflow {prog}" if prog and prog != "-c" else "nemoflow"
 
 
-class ChromeTraceExporter:
+class ChromeTraceExporter(Exporter):
     """Writes a Chrome trace JSON file (Perfetto, chrome://tracing) of every scope and mark."""
+
+    default_name = "chrome"
 
     def __init__(self, path, *, process_name: str | None = None, file_mode: int = FILE_MODE,
                  dir_mode: int = DIR_MODE):
@@ -240,8 +242,8 @@ class ChromeTraceExporter:
         self._check_path()
         make_dirs(os.path.dirname(self._path), dir_mode)
         self._process_name = process_name or _default_process_name()
-        self._names: list = []
-        self._closed = False
+        super().__init__()
+        self._closing = False  # shutdown writes the file once, after the last name is gone
         self._new_state()
         _live.add(self)
 
@@ -278,50 +280,30 @@ class ChromeTraceExporter:
         """The JSON file written by ``force_flush`` and ``shutdown``."""
         return self._path
 
-    @property
-    def name(self) -> str:
-        names = self._names
-        return names[0] if names else "chrome"
-
-    def register(self, name: str) -> None:
-        """Start recording events, under ``name`` (``AlreadyExistsError`` if it is taken)."""
-        if claim(self, name):
-            _core.attach(self)
-
     def deregister(self, name: str) -> bool:
         """Stop recording under ``name``; the last name out writes the file."""
-        return self._deregister(name, True)
+        return super().deregister(name)
 
-    def _deregister(self, name, write):
-        found, last = release(self, name)
-        if not found:
-            return False
-        if last:
-            _core.detach(self)
-        if last and write:
-            try:
-                self._write()
-            except OSError as exc:  # counted in stats(); deregistering itself succeeded
-                _core._warn_quietly(f"nemoflow: could not write the Chrome trace {self._path}: "
-                                    f"{exc}")
-        return True
+    def _last_deregistered(self) -> None:
+        if self._closing:
+            return
+        try:
+            self._write()
+        except OSError as exc:  # counted in stats(); deregistering itself succeeded
+            _core._warn_quietly(f"nemoflow: could not write the Chrome trace {self._path}: "
+                                f"{exc}")
 
-    def force_flush(self) -> None:
+    def _flush(self, timeout: float | None) -> None:
         """Write the complete trace of everything emitted so far; raises OSError if it fails."""
-        if self._names:
-            _core.flush()
         self._write()
 
-    def shutdown(self) -> None:
-        """Deregister every name, write the file and stop. Safe to call twice."""
-        if self._closed:
-            return
-        for name in list(self._names):
-            self._deregister(name, False)
+    def _begin_close(self, timeout: float | None) -> None:
+        self._closing = True
+
+    def _close(self, timeout: float | None) -> None:
         try:
             self._write()
         finally:
-            self._closed = True
             _live.discard(self)
 
     def stats(self) -> dict:

@@ -23,8 +23,7 @@ import os
 import threading
 import weakref
 
-from .._backend import core as _core
-from ._names import claim, release
+from ._base import Exporter
 
 __all__ = ["InMemoryRecorder"]
 
@@ -37,34 +36,18 @@ _FIELDS = [("uuid", "U36"), ("parent_uuid", "U36"), ("name", "O"), ("kind", "U5"
            ("status", "U5"), ("depth", "i4")]
 
 
-class InMemoryRecorder:
+class InMemoryRecorder(Exporter):
     """Keeps every event delivered while registered; ``to_numpy()`` gives one row per scope
     and per mark."""
 
+    default_name = "memory"
+
     def __init__(self):
+        super().__init__()
         self._lock = threading.Lock()
         self._events: list = []
         self._received = 0
-        self._names: list = []
-        self._closed = False
         _live.add(self)
-
-    @property
-    def name(self) -> str:
-        names = self._names
-        return names[0] if names else "memory"
-
-    def register(self, name: str) -> None:
-        """Start recording, under ``name`` (``AlreadyExistsError`` if it is taken)."""
-        if claim(self, name):
-            _core.attach(self)
-
-    def deregister(self, name: str) -> bool:
-        """Stop recording under ``name``; what was emitted before is still recorded first."""
-        found, last = release(self, name)
-        if last:
-            _core.detach(self)
-        return found
 
     def export(self, events) -> None:
         """Take a batch of events from the pipeline (called by the delivery thread)."""
@@ -83,17 +66,6 @@ class InMemoryRecorder:
         """Forget the events recorded so far."""
         with self._lock:
             self._events.clear()
-
-    def force_flush(self) -> None:
-        """Wait until everything emitted before the call is recorded."""
-        if self._names:
-            _core.flush()
-
-    def shutdown(self) -> None:
-        """Deregister every name and stop recording (the events recorded stay readable)."""
-        for name in list(self._names):
-            self.deregister(name)
-        self._closed = True
 
     def stats(self) -> dict:
         """Events received, and events held now (``clear()`` drops them)."""
