@@ -8,6 +8,7 @@ from . import (
     guardrails,
     intercepts,
     llm,
+    propagation,
     redaction,
     scope,
     scope_local,
@@ -51,6 +52,16 @@ from .context import (
 )
 from .exporters import AtofExporter, AtofExporterConfig, AtofExporterMode
 from .llm import LLMRequest
+from .propagation import (
+    PropagationContext,
+    capture_propagation_context,
+    capture_propagation_context_with_root,
+    capture_rootless_propagation_context,
+    capture_traceparent,
+    continue_trace,
+    create_scope_stack_from_propagation,
+    inject_traceparent,
+)
 from .trace import mark, trace
 
 ScopeHandle = _core.ScopeHandle
@@ -86,6 +97,7 @@ __all__ = [
     "NotFoundError",
     "OpenAIChatCodec",
     "OpenAIResponsesCodec",
+    "PropagationContext",
     "ScopeAttributes",
     "ScopeEvent",
     "ScopeHandle",
@@ -95,17 +107,25 @@ __all__ = [
     "ToolHandle",
     "bind",
     "capture",
+    "capture_propagation_context",
+    "capture_propagation_context_with_root",
+    "capture_rootless_propagation_context",
+    "capture_traceparent",
     "codecs",
     "configure",
+    "continue_trace",
     "create_scope_stack",
+    "create_scope_stack_from_propagation",
     "diagnostics",
     "exporters",
     "fork_asyncio_context",
     "get_scope_stack",
     "guardrails",
+    "inject_traceparent",
     "intercepts",
     "llm",
     "mark",
+    "propagation",
     "propagate_scope_to_thread",
     "redaction",
     "scope",
