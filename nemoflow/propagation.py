@@ -461,7 +461,7 @@ def _session_id(frame) -> str:
     if isinstance(meta, dict):
         for key in _SESSION_KEYS:
             value = meta.get(key)
-            if isinstance(value, str) and value:
+            if isinstance(value, str):
                 return value
     return frame.name
 
