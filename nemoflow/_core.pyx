@@ -529,6 +529,23 @@ def open_frames(ScopeHandle frame):
     return out
 
 
+def stack_anchor(ScopeHandle frame):
+    """``(outermost, inner_agent, outer_agent)`` of the stack ``frame`` is on, root excluded:
+    the open frame just above the root, and the two innermost open agent scopes (or None)."""
+    cdef ScopeHandle f = frame
+    cdef ScopeHandle above = None, inner = None, outer = None
+    while f is not None and f._prev is not None:
+        if not f._closed:
+            if f._category == 0 and outer is None:  # ScopeType.Agent
+                if inner is None:
+                    inner = f
+                else:
+                    outer = f
+            above = f
+        f = f._prev
+    return above, inner, outer
+
+
 def root_of(ScopeHandle frame):
     """The implicit root of the trace ``frame`` belongs to."""
     while frame._parent is not None:

@@ -2183,6 +2183,23 @@ def open_frames(frame) -> list:
     return out
 
 
+def stack_anchor(frame) -> tuple:
+    """``(outermost, inner_agent, outer_agent)`` of the stack ``frame`` is on, root excluded:
+    the open frame just above the root, and the two innermost open agent scopes (or None)."""
+    above = inner = outer = None
+    f = frame
+    while f is not None and f._prev is not None:
+        if not f._closed:
+            if f._scope_type is ScopeType.Agent and outer is None:
+                if inner is None:
+                    inner = f
+                else:
+                    outer = f
+            above = f
+        f = f._prev
+    return above, inner, outer
+
+
 def root_of(frame) -> ScopeHandle:
     """The implicit root of the trace ``frame`` belongs to."""
     while frame._parent is not None:

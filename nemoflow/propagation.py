@@ -244,6 +244,9 @@ _stacks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # Imported parent uuid -> (root uuid as 32 hex, tracestate), for rooted imports only.
 _parents: collections.OrderedDict = collections.OrderedDict()
 _PARENTS_KEPT = 4096
+# Until a stack is imported, no stack can have an imported root: LLM calls skip the lookup.
+_any_imported = False
+_AGENT = ScopeType.Agent
 
 
 def imported_parent(parent_uuid: str):
@@ -257,7 +260,7 @@ def imported_parent(parent_uuid: str):
 
 
 def _imported_of(frame) -> _Imported | None:
-    if not _stacks:  # no stack was ever imported in this process: nothing to look up
+    if not _any_imported:
         return None
     try:
         return _stacks.get(_core.root_of(frame))
@@ -283,7 +286,9 @@ def create_scope_stack_from_propagation(context: PropagationContext) -> ScopeSta
         if parent_uuid != root_uuid:
             top = _core.imported_frame(parent_uuid, "propagated-parent", ScopeType.Unknown,
                                        bottom)
+    global _any_imported
     with _lock:
+        _any_imported = True
         _stacks[bottom] = _Imported(root_uuid, parent_uuid, context.tracestate)
         if root_uuid is not None:
             _parents[parent_uuid] = (_hex(root_uuid), context.tracestate)
@@ -469,19 +474,13 @@ def _session_id(frame) -> str:
 def session_headers(request, top):
     """``request`` with ``x-dynamo-session-id`` / ``x-dynamo-parent-session-id`` set from the
     innermost explicit agent scopes of ``top``'s stack, as the reference writes them."""
-    agents = []
-    # frames[0] is the stack's root (implicit or imported); an imported parent is not an agent.
-    for f in reversed(_core.open_frames(top)[1:]):
-        if f.scope_type is ScopeType.Agent:
-            agents.append(f)
-            if len(agents) == 2:
-                break
-    if not agents:
+    _, inner, outer = _core.stack_anchor(top)
+    if inner is None:
         return request
     headers = dict(request.headers)
-    headers["x-dynamo-session-id"] = _session_id(agents[0])
-    if len(agents) > 1:
-        headers["x-dynamo-parent-session-id"] = _session_id(agents[1])
+    headers["x-dynamo-session-id"] = _session_id(inner)
+    if outer is not None:
+        headers["x-dynamo-parent-session-id"] = _session_id(outer)
     else:
         headers.pop("x-dynamo-parent-session-id", None)
     return type(request)(headers, request.content)
@@ -490,11 +489,22 @@ def session_headers(request, top):
 def trace_headers(request, top, span_uuid: str):
     """``request`` with a lowercase ``traceparent`` for the LLM span ``span_uuid`` (and the
     imported ``tracestate``), replacing headers of those names in any case."""
-    traceparent, tracestate = _trace_headers(top, span_uuid)
-    if traceparent is None:
-        return request
-    headers = dict(request.headers)
-    _set_header(headers, "traceparent", traceparent)
+    imported = _imported_of(top)
+    if imported is not None and imported.root_uuid is not None:
+        root, tracestate = imported.root_uuid, imported.tracestate
+    else:
+        above = _core.stack_anchor(top)[0]
+        root = span_uuid if above is None else above.uuid
+        tracestate = None
+    old = request.headers
+    headers = {}
+    for key, value in old.items():
+        if key.__class__ is str and key.lower() == "traceparent":
+            continue
+        headers[key] = value
+    # the span id is the uuid's last 8 bytes: its last two groups
+    headers["traceparent"] = (f"00-{root.replace('-', '')}-{span_uuid[19:23]}"
+                              f"{span_uuid[24:]}-01")
     if tracestate:
         _set_header(headers, "tracestate", tracestate)
     return type(request)(headers, request.content)
