@@ -352,13 +352,8 @@ def _sanitized_request(request):
     return json_payload(request_data(request))
 
 
-async def llm_prelude(snap, name, request, parent, settle, lenient):
-    """Guardrails, request intercepts and request sanitizers of an LLM call.
-
-    Returns ``(request, annotated, event_request)``.
-    """
-    await check_conditions(snap, "llm_conditional_execution", parent, name, (request,),
-                           {"kind": "llm_conditional_execution"}, settle)
+async def apply_request_intercepts(snap, name, request, settle):
+    """``(request, annotated)`` after the LLM request intercepts of ``snap``."""
     annotated = None
     for entry in snap.chain("llm_request"):
         try:
@@ -372,6 +367,30 @@ async def llm_prelude(snap, name, request, parent, settle, lenient):
             raise internal_error(exc) from exc
         if entry.break_chain:
             break
+    return request, annotated
+
+
+async def request_intercepts(name, request, settle):
+    """The LLM request intercepts alone, then the session and trace headers of the current
+    position (as the request a managed call made here would carry them)."""
+    top = _core.current()
+    request, annotated = await apply_request_intercepts(Snapshot(top), name, request, settle)
+    request = with_session_headers(request, top)
+    try:
+        request = propagation.with_current_traceparent(request)
+    except Exception as exc:
+        _header_failure(exc)
+    return request, annotated
+
+
+async def llm_prelude(snap, name, request, parent, settle, lenient):
+    """Guardrails, request intercepts and request sanitizers of an LLM call.
+
+    Returns ``(request, annotated, event_request)``.
+    """
+    await check_conditions(snap, "llm_conditional_execution", parent, name, (request,),
+                           {"kind": "llm_conditional_execution"}, settle)
+    request, annotated = await apply_request_intercepts(snap, name, request, settle)
     request = with_session_headers(request, parent)
     chain = snap.chain("llm_sanitize_request")
     if chain:

@@ -508,3 +508,16 @@ def trace_headers(request, top, span_uuid: str):
     if tracestate:
         _set_header(headers, "tracestate", tracestate)
     return type(request)(headers, request.content)
+
+
+def with_current_traceparent(request):
+    """``request`` with ``capture_traceparent()`` (+ ``tracestate``), when there is one."""
+    try:
+        traceparent, tracestate = _capture()
+    except InvalidArgumentError:
+        return request
+    headers = dict(request.headers)
+    _set_header(headers, "traceparent", traceparent)
+    if tracestate:
+        _set_header(headers, "tracestate", tracestate)
+    return type(request)(headers, request.content)

@@ -539,3 +539,18 @@ def test_two_processes_share_one_trace_over_http(nf, events, tmp_path):
     trace_id = reply["traceparent"].split("-")[1]
     assert trace_id == hexid(agent.uuid)
     assert {d["uuid"] for d in lines} & {agent.uuid, llm.uuid} == set()
+
+
+def test_request_intercepts_add_the_current_traceparent(nf):
+    nf.intercepts.register_llm_request(
+        "mark", 1, False, lambda name, req, ann: (
+            nf.LLMRequest(req.headers, {**req.content, "seen": True}), {"a": 1}))
+    req = nf.LLMRequest({"TraceParent": "old"}, {})
+    out, annotated = nf.llm.request_intercepts("m", req)
+    assert out.headers == {"TraceParent": "old"} and out.content == {"seen": True}
+    assert annotated == {"a": 1}
+    with nf.scope.scope("ag", nf.ScopeType.Agent) as ag:
+        out, _ = nf.llm.request_intercepts("m", req)
+        assert out.headers == {"traceparent": f"00-{hexid(ag.uuid)}-{hexid(ag.uuid)[16:]}-01",
+                               "x-dynamo-session-id": "ag"}
+    assert req.headers == {"TraceParent": "old"}
