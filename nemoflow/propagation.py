@@ -21,7 +21,8 @@ import re
 import threading
 import uuid as _uuid
 import weakref
-from typing import Any, Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
 
 from ._backend import core as _core
 from ._types import InvalidArgumentError, ScopeType
@@ -396,7 +397,7 @@ def _header_values(carrier, name: str) -> list:
             values = None
         if values:
             return [v for v in values if isinstance(v, str)]
-    out = []
+    out: list[str] = []
     try:
         items = list(carrier.items())
     except Exception:

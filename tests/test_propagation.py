@@ -40,8 +40,9 @@ def test_validation_messages(nf):
         P("not-a-uuid")
     with pytest.raises(ValueError, match="invalid character"):
         P(str(uuid.uuid4()), "not-a-uuid")
-    with pytest.raises(ValueError, match=r"^invalid character: expected an optional prefix of "
-                                         r"`urn:uuid:` followed by \[0-9a-fA-F-\], found `n` at 1$"):
+    with pytest.raises(ValueError, match=r"^invalid character: expected an optional prefix "
+                                         r"of `urn:uuid:` followed by \[0-9a-fA-F-\], "
+                                         r"found `n` at 1$"):
         P("not-a-uuid")
     with pytest.raises(ValueError, match="unsupported propagation context version 2; expected 1"):
         P(str(uuid.uuid4()), version=2)
@@ -382,8 +383,8 @@ def test_llm_execute_gets_traceparent_not_recorded(nf, events):
 
     req = nf.LLMRequest({"TraceParent": "junk", "X-Other": "1"}, {"model": "m"})
     asyncio.run(nf.llm.execute("bare", req, provider))
-    start, recorded = _check_llm(nf, events, seen, "bare", None or hexid(
-        scope_events(events, "bare")[0].uuid))
+    _, recorded = _check_llm(nf, events, seen, "bare",
+                             hexid(scope_events(events, "bare")[0].uuid))
     assert recorded == {"TraceParent": "junk", "X-Other": "1"}  # the pre-injection request
     assert req.headers == {"TraceParent": "junk", "X-Other": "1"}  # the caller's is untouched
 
