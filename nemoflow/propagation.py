@@ -356,15 +356,6 @@ def _trace_root(frames, imported, fallback) -> str | None:
     return fallback
 
 
-def _trace_headers(top, span_uuid: str) -> tuple[str | None, str | None]:
-    # (traceparent, tracestate) for a span ``span_uuid`` on ``top``'s stack.
-    imported = _imported_of(top)
-    root = _trace_root(_core.open_frames(top), imported, span_uuid)
-    if root is None:
-        return None, None
-    return _traceparent(root, span_uuid), (imported.tracestate if imported else None)
-
-
 _NO_SCOPE = ("invalid argument: no emitted Relay scope is available for W3C trace context "
              "capture")
 
