@@ -686,19 +686,27 @@ async def stream(call, func, as_async, settle):
     it = None
     frame = call.frame
     try:
+        # The source runs as the active call (what a context captured inside it points at)
+        # only while it makes an item: between items the consumer's code runs.
+        token = _active_call.set(frame)
         try:
             it, is_async = _iterator(await settle(chain(arg)), as_async)
         except Exception as exc:
             if _foreign(exc, origin):
                 raise internal_error(exc) from exc
             raise
+        finally:
+            _reset_active(token)
         while True:
+            token = _active_call.set(frame)
             try:
                 item = await _pull(it, is_async)
             except Exception as exc:
                 if _foreign(exc, origin):
                     raise internal_error(exc) from exc
                 raise
+            finally:
+                _reset_active(token)
             if item is _END:
                 break
             await call.on_item(item)

@@ -555,3 +555,35 @@ def test_request_intercepts_add_the_current_traceparent(nf):
         assert out.headers == {"traceparent": f"00-{hexid(ag.uuid)}-{hexid(ag.uuid)[16:]}-01",
                                "x-dynamo-session-id": "ag"}
     assert req.headers == {"TraceParent": "old"}
+
+
+def test_capture_inside_streamed_calls_points_at_the_call(nf, events):
+    seen = []
+
+    async def source(request):
+        seen.append(nf.capture_propagation_context().parent_uuid)
+        yield {"choices": []}
+        seen.append(nf.capture_propagation_context().parent_uuid)
+
+    async def main():
+        with nf.scope.scope("a", nf.ScopeType.Agent) as a:
+            async for _ in nf.llm.stream_execute("s", nf.LLMRequest({}, {}), source,
+                                                 lambda c: None, lambda: None):
+                # the consumer's code between items is not inside the call
+                seen.append(("consumer", nf.capture_propagation_context().parent_uuid))
+            return a
+
+    a = asyncio.run(main())
+    call = scope_events(events, "s")[0].uuid
+    assert seen == [call, ("consumer", a.uuid), call]
+
+    @nf.trace.tool
+    def rows(n):
+        for _ in range(n):
+            yield nf.capture_propagation_context().parent_uuid
+
+    with nf.scope.scope("b", nf.ScopeType.Agent):
+        got = list(rows(2))
+    tool = next(e.uuid for e in events if e.kind == "scope" and e.scope_category == "start"
+                and e.name.endswith("rows"))
+    assert got == [tool, tool]
