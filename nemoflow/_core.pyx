@@ -480,6 +480,25 @@ def new_root():
     return _new_root()
 
 
+def imported_frame(str uuid, str name, scope_type, prev):
+    """A frame with a given uuid that is never emitted and cannot be popped.
+
+    It stands for a scope of another process (a propagated root or parent). It has no logical
+    parent, like an implicit root, so ``pop`` refuses it; ``prev`` (the frame below it on the
+    stack) lets ``root_of`` reach the propagated root under a propagated parent.
+    """
+    if prev is not None and not isinstance(prev, ScopeHandle):
+        raise TypeError(f"prev must be a ScopeHandle or None, not {type(prev).__name__}")
+    _check_scope_type(scope_type)
+    value = int(uuid.replace("-", ""), 16)
+    cdef ScopeHandle f = _new_frame(ScopeHandle, _KIND_SCOPE, name, scope_type, 0, None,
+                                    <ScopeHandle>prev, None, None, None, nf_now_ns())
+    f._hi = <uint64_t>(value >> 64)
+    f._lo = <uint64_t>(value & 0xFFFFFFFFFFFFFFFF)
+    f._uuid_s = None
+    return f
+
+
 def is_closed(ScopeHandle frame):
     """Whether the scope of ``frame`` has ended."""
     return frame._closed
@@ -498,10 +517,41 @@ def stack(ScopeHandle frame):
     return out
 
 
+def open_frames(ScopeHandle frame):
+    """The open frames of the stack ``frame`` is on, root first, ``frame`` last."""
+    cdef list out = []
+    cdef ScopeHandle f = frame
+    while f is not None:
+        if not f._closed:
+            out.append(f)
+        f = f._prev
+    out.reverse()
+    return out
+
+
+def stack_anchor(ScopeHandle frame):
+    """``(outermost, inner_agent, outer_agent)`` of the stack ``frame`` is on, root excluded:
+    the open frame just above the root, and the two innermost open agent scopes (or None)."""
+    cdef ScopeHandle f = frame
+    cdef ScopeHandle above = None, inner = None, outer = None
+    while f is not None and f._prev is not None:
+        if not f._closed:
+            if f._category == 0 and outer is None:  # ScopeType.Agent
+                if inner is None:
+                    inner = f
+                else:
+                    outer = f
+            above = f
+        f = f._prev
+    return above, inner, outer
+
+
 def root_of(ScopeHandle frame):
     """The implicit root of the trace ``frame`` belongs to."""
     while frame._parent is not None:
         frame = frame._parent
+    if frame._prev is not None:  # an imported parent: the propagated root is below it
+        frame = frame._prev
     return frame
 
 

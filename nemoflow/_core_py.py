@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import types
+import uuid as _uuid
 import warnings
 import weakref
 from typing import Any
@@ -399,6 +400,23 @@ def new_root() -> ScopeHandle:
     """A fresh implicit root: never emitted, cannot be popped, identifies one trace."""
     return _new_frame(ScopeHandle, KIND_SCOPE, "root", ScopeType.Agent, 0, None, None, None,
                       None, None, now_ns())
+
+
+def imported_frame(uuid: str, name: str, scope_type, prev) -> ScopeHandle:
+    """A frame with a given uuid that is never emitted and cannot be popped.
+
+    It stands for a scope of another process (a propagated root or parent). It has no logical
+    parent, like an implicit root, so ``pop`` refuses it; ``prev`` (the frame below it on the
+    stack) lets ``root_of`` reach the propagated root under a propagated parent.
+    """
+    if prev is not None and not isinstance(prev, ScopeHandle):
+        raise TypeError(f"prev must be a ScopeHandle or None, not {type(prev).__name__}")
+    if type(scope_type) is not ScopeType:
+        raise TypeError(f"scope_type must be a ScopeType, not {type(scope_type).__name__}")
+    f = _new_frame(ScopeHandle, KIND_SCOPE, name, scope_type, 0, None, prev, None, None, None,
+                   now_ns())
+    f._uuid = str(_uuid.UUID(uuid))
+    return f
 
 
 # --------------------------------------------------------------------------------------------
@@ -2153,10 +2171,41 @@ def stack(frame) -> list:
     return out
 
 
+def open_frames(frame) -> list:
+    """The open frames of the stack ``frame`` is on, root first, ``frame`` last."""
+    out = []
+    f = frame
+    while f is not None:
+        if not f._closed:
+            out.append(f)
+        f = f._prev
+    out.reverse()
+    return out
+
+
+def stack_anchor(frame) -> tuple:
+    """``(outermost, inner_agent, outer_agent)`` of the stack ``frame`` is on, root excluded:
+    the open frame just above the root, and the two innermost open agent scopes (or None)."""
+    above = inner = outer = None
+    f = frame
+    while f is not None and f._prev is not None:
+        if not f._closed:
+            if f._scope_type is ScopeType.Agent and outer is None:
+                if inner is None:
+                    inner = f
+                else:
+                    outer = f
+            above = f
+        f = f._prev
+    return above, inner, outer
+
+
 def root_of(frame) -> ScopeHandle:
     """The implicit root of the trace ``frame`` belongs to."""
     while frame._parent is not None:
         frame = frame._parent
+    if frame._prev is not None:  # an imported parent: the propagated root is below it
+        frame = frame._prev
     return frame
 
 

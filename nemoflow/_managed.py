@@ -18,7 +18,9 @@ import functools
 import sys
 import threading
 import time
+import warnings
 
+from . import propagation
 from ._backend import core as _core
 from ._middleware import (
     Snapshot,
@@ -30,6 +32,7 @@ from ._middleware import (
     switch,
 )
 from ._types import GuardrailRejectedError, InternalError, LLMAttributes, ScopeType
+from .propagation import active_call as _active_call
 from .redaction import public_headers
 
 _OK, _ERROR = _core.STATUS_OK, _core.STATUS_ERROR
@@ -115,16 +118,26 @@ async def execute_and_end(frame, snap, family, response_family, func, name, arg,
     """The shared tail of a managed call: execution intercepts around ``func(arg)``, then the
     end event (ERROR with the exception's type, or OK with the sanitized result)."""
     call, _ = execution_chain(snap.chain(family), func, (name,), settle, is_async)
+    token = _active_call.set(frame)
     try:
         result = await call(arg)
     except BaseException as exc:
         end_with_error(frame, exc)
         raise
+    finally:
+        _reset_active(token)
     event_result = await event_payload(snap.chain(response_family), result, call_response,
                                        settle)
     meta = result_metadata(end_metadata, result)
     _core.end(frame, event_result, meta, None, _OK)
     return result
+
+
+def _reset_active(token):
+    try:
+        _active_call.reset(token)
+    except ValueError:  # resumed in another context than it started in
+        _active_call.set(None)
 
 
 def json_payload(v):
@@ -213,11 +226,14 @@ def _with_name(name):
 
 async def call_and_end(frame, func, arg, settle, end_metadata=None):
     """A call no middleware applies to: ``func(arg)``, then its end event."""
+    token = _active_call.set(frame)
     try:
         result = await settle(func(arg))
     except BaseException as exc:
         end_with_error(frame, exc)
         raise
+    finally:
+        _reset_active(token)
     meta = result_metadata(end_metadata, result)
     _core.end(frame, payload(result, True), meta, None, _OK)
     return result
@@ -336,13 +352,8 @@ def _sanitized_request(request):
     return json_payload(request_data(request))
 
 
-async def llm_prelude(snap, name, request, parent, settle, lenient):
-    """Guardrails, request intercepts and request sanitizers of an LLM call.
-
-    Returns ``(request, annotated, event_request)``.
-    """
-    await check_conditions(snap, "llm_conditional_execution", parent, name, (request,),
-                           {"kind": "llm_conditional_execution"}, settle)
+async def apply_request_intercepts(snap, name, request, settle):
+    """``(request, annotated)`` after the LLM request intercepts of ``snap``."""
     annotated = None
     for entry in snap.chain("llm_request"):
         try:
@@ -356,12 +367,66 @@ async def llm_prelude(snap, name, request, parent, settle, lenient):
             raise internal_error(exc) from exc
         if entry.break_chain:
             break
+    return request, annotated
+
+
+async def request_intercepts(name, request, settle):
+    """The LLM request intercepts alone, then the session and trace headers of the current
+    position (as the request a managed call made here would carry them)."""
+    top = _core.current()
+    request, annotated = await apply_request_intercepts(Snapshot(top), name, request, settle)
+    request = with_session_headers(request, top)
+    try:
+        request = propagation.with_current_traceparent(request)
+    except Exception as exc:
+        _header_failure(exc)
+    return request, annotated
+
+
+async def llm_prelude(snap, name, request, parent, settle, lenient):
+    """Guardrails, request intercepts and request sanitizers of an LLM call.
+
+    Returns ``(request, annotated, event_request)``.
+    """
+    await check_conditions(snap, "llm_conditional_execution", parent, name, (request,),
+                           {"kind": "llm_conditional_execution"}, settle)
+    request, annotated = await apply_request_intercepts(snap, name, request, settle)
+    request = with_session_headers(request, parent)
     chain = snap.chain("llm_sanitize_request")
     if chain:
         event_request = await sanitize(chain, request, _plain, settle, _sanitized_request)
     else:
         event_request = payload(request_data(request), lenient)
     return request, annotated, event_request
+
+
+_warned_headers = False
+
+
+def _header_failure(exc):
+    global _warned_headers
+    if not _warned_headers:
+        _warned_headers = True
+        warnings.warn(f"nemoflow: could not add trace headers to an LLM request: {exc!r}",
+                      RuntimeWarning, stacklevel=3)
+
+
+def with_session_headers(request, parent):
+    """The request with the reference's ``x-dynamo-*`` session headers (recorded in events)."""
+    try:
+        return propagation.session_headers(request, parent)
+    except Exception as exc:
+        _header_failure(exc)
+        return request
+
+
+def with_trace_headers(request, parent, frame):
+    """The request the provider gets: ``traceparent`` (+ ``tracestate``) of the LLM span."""
+    try:
+        return propagation.trace_headers(request, parent, frame.uuid)
+    except Exception as exc:
+        _header_failure(exc)
+        return request
 
 
 def llm_profile_fields(model_name, annotated) -> dict:
@@ -407,9 +472,11 @@ async def run_llm(name, request, func, parent, attributes, data, metadata, model
     if parent is None:
         parent = _core.current()
     if not switch.llm:  # no LLM middleware anywhere: the pipeline's events, without it
+        request = with_session_headers(request, parent)
         frame = _core.start(name, ScopeType.Llm, parent, attributes, data, metadata,
                             payload(request_data(request), lenient), None, _core.KIND_LLM,
                             llm_profile(model_name, None), _core.LLMHandle)
+        request = with_trace_headers(request, parent, frame)
         return await call_and_end(frame, func, request, settle, response_metadata)
     snap = Snapshot(_core.current())
     request, annotated, event_request = await llm_prelude(snap, name, request, parent, settle,
@@ -417,6 +484,7 @@ async def run_llm(name, request, func, parent, attributes, data, metadata, model
     frame = _core.start(name, ScopeType.Llm, parent, attributes, data, metadata, event_request,
                         None, _core.KIND_LLM, llm_profile(model_name, annotated),
                         _core.LLMHandle)
+    request = with_trace_headers(request, parent, frame)
     return await execute_and_end(frame, snap, "llm_execution", "llm_sanitize_response", func,
                                  name, request, _plain, settle, is_async, response_metadata)
 
@@ -459,7 +527,7 @@ class LLMStream:
                                  event_request, None, _core.KIND_LLM, _core.encode(self.fields),
                                  _core.LLMHandle)
         self.started = now()
-        return request
+        return with_trace_headers(request, self.parent, self.frame)
 
     def layers(self):
         return [(entry.fn, ()) for entry in self.snap.chain("llm_stream_execution")]
@@ -618,19 +686,27 @@ async def stream(call, func, as_async, settle):
     it = None
     frame = call.frame
     try:
+        # The source runs as the active call (what a context captured inside it points at)
+        # only while it makes an item: between items the consumer's code runs.
+        token = _active_call.set(frame)
         try:
             it, is_async = _iterator(await settle(chain(arg)), as_async)
         except Exception as exc:
             if _foreign(exc, origin):
                 raise internal_error(exc) from exc
             raise
+        finally:
+            _reset_active(token)
         while True:
+            token = _active_call.set(frame)
             try:
                 item = await _pull(it, is_async)
             except Exception as exc:
                 if _foreign(exc, origin):
                     raise internal_error(exc) from exc
                 raise
+            finally:
+                _reset_active(token)
             if item is _END:
                 break
             await call.on_item(item)

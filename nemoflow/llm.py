@@ -14,7 +14,7 @@ from ._middleware import Snapshot, drive, settle_async, settle_sync
 from ._types import ScopeType
 from .tools import claim_end, end_claimed
 
-__all__ = ["LLMRequest", "call", "call_end", "execute", "stream_execute"]
+__all__ = ["LLMRequest", "call", "call_end", "execute", "request_intercepts", "stream_execute"]
 
 
 def call(name, request, *, handle=None, attributes=None, data=None, metadata=None,
@@ -69,3 +69,10 @@ def stream_execute(name, request, func, collector, finalizer, *, handle=None, at
     parent = _core.current() if handle is None else handle
     return _managed.stream_llm(name, request, func, collector, finalizer, parent, attributes,
                                data, metadata, model_name, Snapshot(_core.current()))
+
+
+def request_intercepts(name, request):
+    """``(request, annotated)``: ``request`` through the LLM request intercepts, with the
+    ``traceparent`` and session headers a managed call made here would add."""
+    _managed.check_request(request)
+    return drive(_managed.request_intercepts(name, request, settle_sync))

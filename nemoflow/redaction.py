@@ -52,9 +52,17 @@ _CREDENTIAL_HEADER = re.compile(
     r"|(?:^|[-_])key$")
 
 
+# Session identifiers that managed LLM calls add themselves (agent names or ids, never secrets):
+# recorded in start events as the reference records them.
+_SESSION_ID_HEADERS = frozenset(("x-dynamo-session-id", "x-dynamo-parent-session-id"))
+
+
 def is_credential_header(name) -> bool:
     """Whether a header of this name carries a credential (case-insensitive)."""
-    return isinstance(name, str) and _CREDENTIAL_HEADER.search(name.lower()) is not None
+    if not isinstance(name, str):
+        return False
+    lowered = name.lower()
+    return lowered not in _SESSION_ID_HEADERS and _CREDENTIAL_HEADER.search(lowered) is not None
 
 
 def public_headers(headers: dict) -> dict:

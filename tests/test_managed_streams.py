@@ -818,7 +818,9 @@ def test_sync_llm_generator_is_a_streamed_call(nf, events):
         gen = chat("a b c")
         assert shape(events) == [("agent", "start")]
         assert list(gen) == ["a ", "b ", "c "]
-    assert events[1].data == {"headers": {}, "content": {"prompt": "a b c"}}
+    # the reference's session header (the innermost agent scope) is part of the request
+    assert events[1].data == {"headers": {"x-dynamo-session-id": "agent"},
+                              "content": {"prompt": "a b c"}}
     check_streamed_call(events[1:-1], agent.uuid, 3, "a b c ")
     assert threads == [threading.current_thread().name] * 3  # no loop, no helper thread
 
