@@ -141,6 +141,27 @@ def test_ids_parents_and_trace_membership(nf, collector):
     assert collector.requests[0][1]["Content-Type"] == "application/x-protobuf"
 
 
+def test_a_continued_trace_keeps_the_callers_ids_flags_and_tracestate(nf, collector):
+    # §3 step 3 with §12.2: spans under an incoming traceparent join the caller's trace as
+    # children of its span (remote: flags 769), and the tracestate travels with the trace.
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    carrier = {"TraceParent": f"00-{trace_id}-{parent_id}-01", "tracestate": "vendor=abc"}
+    sub = _subscriber(nf, collector)
+    with nf.continue_trace(carrier):
+        with nf.scope.scope("handler", nf.ScopeType.Agent):
+            nf.scope.event("orphan-free")
+            with nf.scope.scope("step", nf.ScopeType.Tool):
+                pass
+    spans = _spans(sub, collector)
+    handler, step = spans["handler"], spans["step"]
+    assert handler.trace_id.hex() == step.trace_id.hex() == trace_id
+    assert handler.parent_span_id.hex() == parent_id
+    assert handler.flags == 769 and step.flags == 257  # remote parent, then a local one
+    assert step.parent_span_id == handler.span_id
+    assert handler.trace_state == step.trace_state == "vendor=abc"
+    assert "nemo_relay.session.instance_id" not in _amap(handler)  # not a trace root
+
+
 def test_agent_is_the_propagation_root(nf, collector):
     sub = _subscriber(nf, collector)
     with nf.scope.scope("agent", nf.ScopeType.Agent, metadata={"session_id": "s",

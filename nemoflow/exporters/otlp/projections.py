@@ -18,9 +18,11 @@ from typing import Any
 
 import orjson
 
+from ... import propagation as _propagation
 from ...codecs import normalize as _nz
 from ._model import (
     FLAGS_LOCAL,
+    FLAGS_REMOTE,
     KIND_CLIENT,
     KIND_INTERNAL,
     STATUS_ERROR,
@@ -236,7 +238,7 @@ class _Open:
 
     __slots__ = ("trace_id", "span_id", "parent_span_id", "flags", "name", "kind", "start_ns",
                  "attrs", "events", "root", "category", "start", "err_type", "exc_type",
-                 "promoted", "trace_root", "gen_name", "provider")
+                 "promoted", "trace_root", "gen_name", "provider", "trace_state")
     trace_id: bytes
     span_id: bytes
     parent_span_id: bytes | None
@@ -254,6 +256,7 @@ class _Open:
     promoted: list
     trace_root: bool
     gen_name: str
+    trace_state: str
     provider: str | None
 
 
@@ -307,25 +310,35 @@ class _Projection:
     # --- ids and parents --------------------------------------------------------------------
 
     def _context(self, parent_uuid):
-        """``(trace_id, parent_span_id, root, open)`` of a parent uuid, or None."""
+        """``(trace_id, parent_span_id, root, open, remote, trace_state)`` of a parent uuid
+        (§3 steps 1-3: an open span, a completed one, the imported parent of a stack made from
+        a rooted propagation context), or None."""
         if parent_uuid is None:
             return None
         o = self._open.get(parent_uuid)
         if o is not None:
-            return o.trace_id, o.span_id, o.root, True
+            return o.trace_id, o.span_id, o.root, True, False, o.trace_state
         done = self._done.get(parent_uuid)
         if done is not None:
-            return done[0], done[1], done[2], False
+            return done[0], done[1], done[2], False, False, done[3]
+        if _propagation._any_imported:
+            imported = _propagation.imported_parent(parent_uuid)
+            if imported is not None:
+                root_hex, trace_state = imported
+                root = str(_uuid.UUID(root_hex))
+                return (bytes.fromhex(root_hex), _id_bytes(parent_uuid)[8:], (root, False),
+                        False, True, trace_state or "")
         return None
 
-    def _remember(self, uuid: str, trace_id: bytes, span_id: bytes, root) -> None:
+    def _remember(self, uuid: str, trace_id: bytes, span_id: bytes, root,
+                  trace_state: str) -> None:
         done = self._done
         if uuid not in done:
             order = self._done_order
             order.append(uuid)
             if len(order) > COMPLETED_CACHE_SIZE:
                 del done[order.popleft()]
-        done[uuid] = (trace_id, span_id, root)
+        done[uuid] = (trace_id, span_id, root, trace_state)
 
     @staticmethod
     def _trace_id(own: bytes, root) -> bytes:
@@ -358,11 +371,14 @@ class _Projection:
         if ctx is not None:
             o.trace_id, o.parent_span_id = ctx[0], ctx[1]
             o.trace_root = False
+            o.flags = FLAGS_REMOTE if ctx[4] else FLAGS_LOCAL
+            o.trace_state = ctx[5]
         else:
             o.trace_id, o.parent_span_id = self._trace_id(raw, root), None
             o.trace_root = True
+            o.flags = FLAGS_LOCAL
+            o.trace_state = ""
         o.span_id = raw[8:]
-        o.flags = FLAGS_LOCAL
         o.root = root
         o.category = _scope_type(ev.category)
         o.start_ns = ev.timestamp_ns
@@ -431,9 +447,10 @@ class _Projection:
         if promoted:
             attrs.extend(promoted)
             self.after_promotions(attrs, len(o.attrs), metadata, o.promoted + end_promoted)
-        self._remember(ev.uuid, o.trace_id, o.span_id, o.root)
+        self._remember(ev.uuid, o.trace_id, o.span_id, o.root, o.trace_state)
         return Span(o.trace_id, o.span_id, self.span_name(o), o.start_ns, ev.timestamp_ns,
-                    parent_span_id=o.parent_span_id, flags=o.flags, kind=o.kind,
+                    parent_span_id=o.parent_span_id, flags=o.flags, trace_state=o.trace_state,
+                    kind=o.kind,
                     attributes=attrs, events=o.events, status_code=status,
                     status_message=message)
 
@@ -545,13 +562,16 @@ class _Projection:
             attrs.append(("nemo_relay.mark.orphan", True))
         self._mappings_and_promotions(attrs, promoted)
         raw = _id_bytes(ev.uuid)
+        flags, trace_state = FLAGS_LOCAL, ""
         if ctx is not None:
             trace_id, parent_id = ctx[0], ctx[1]
+            flags, trace_state = (FLAGS_REMOTE if ctx[4] else FLAGS_LOCAL), ctx[5]
         else:
             trace_id, parent_id = self._trace_id(raw, root), None
         t = ev.timestamp_ns
         return [Span(trace_id, raw[8:], f"mark:{ev.name}", t, t, parent_span_id=parent_id,
-                     kind=KIND_INTERNAL, attributes=attrs)]
+                     flags=flags, trace_state=trace_state, kind=KIND_INTERNAL,
+                     attributes=attrs)]
 
     def _mappings_and_promotions(self, attrs, promoted) -> None:
         if self.mappings:
