@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("opentelemetry.proto")
 
-from otlp_collector import Collector  # noqa: E402
+from otlp_collector import Collector
 
 WORKER = r"""
 import http.server, json, sys
