@@ -21,6 +21,7 @@ import orjson
 from ...codecs import normalize as _nz
 from ._model import (
     FLAGS_LOCAL,
+    FLAGS_REMOTE,
     KIND_CLIENT,
     KIND_INTERNAL,
     STATUS_ERROR,
@@ -38,6 +39,7 @@ __all__ = [
     "check_attribute_mappings",
     "check_promote_prefixes",
     "flatten",
+    "otel_parent",
     "stack_root",
 ]
 
@@ -112,6 +114,25 @@ def _given_root(ev):
         has = _GIVEN_ROOT[kind] = hasattr(kind, "propagation_root_uuid") or getattr(
             kind, "__dictoffset__", 1) != 0
     return getattr(ev, "propagation_root_uuid", None) if has else None
+
+
+def otel_parent(ev):
+    """``(trace_id, span_id, is_remote, trace_state)`` of the OpenTelemetry span that was
+    current when a top-level scope or mark started (INTEROP §12.3), or None."""
+    ctx = getattr(ev, "otel_parent", None)
+    if ctx is None:
+        return None
+    try:
+        trace_id = ctx.trace_id.to_bytes(16, "big")
+        span_id = ctx.span_id.to_bytes(8, "big")
+        state = ctx.trace_state
+        state = state.to_header() if state else ""
+        remote = bool(ctx.is_remote)
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return None
+    if not any(trace_id) or not any(span_id):
+        return None
+    return trace_id, span_id, remote, state
 
 
 def stack_root(ev, parent_root: tuple | None) -> tuple:
@@ -234,13 +255,15 @@ def _reserved(key: str) -> bool:
 class _Open:
     """An open span: its context and what the end needs from the start."""
 
-    __slots__ = ("trace_id", "span_id", "parent_span_id", "flags", "name", "kind", "start_ns",
+    __slots__ = ("trace_id", "span_id", "parent_span_id", "flags", "trace_state", "name", "kind",
+                 "start_ns",
                  "attrs", "events", "root", "category", "start", "err_type", "exc_type",
                  "promoted", "trace_root", "gen_name", "provider")
     trace_id: bytes
     span_id: bytes
     parent_span_id: bytes | None
     flags: int
+    trace_state: str
     name: str
     kind: int
     start_ns: int
@@ -307,25 +330,27 @@ class _Projection:
     # --- ids and parents --------------------------------------------------------------------
 
     def _context(self, parent_uuid):
-        """``(trace_id, parent_span_id, root, open)`` of a parent uuid, or None."""
+        """``(trace_id, parent_span_id, root, open, trace_state)`` of a parent uuid, or
+        None."""
         if parent_uuid is None:
             return None
         o = self._open.get(parent_uuid)
         if o is not None:
-            return o.trace_id, o.span_id, o.root, True
+            return o.trace_id, o.span_id, o.root, True, o.trace_state
         done = self._done.get(parent_uuid)
         if done is not None:
-            return done[0], done[1], done[2], False
+            return done[0], done[1], done[2], False, done[3]
         return None
 
-    def _remember(self, uuid: str, trace_id: bytes, span_id: bytes, root) -> None:
+    def _remember(self, uuid: str, trace_id: bytes, span_id: bytes, root,
+                  trace_state: str = "") -> None:
         done = self._done
         if uuid not in done:
             order = self._done_order
             order.append(uuid)
             if len(order) > COMPLETED_CACHE_SIZE:
                 del done[order.popleft()]
-        done[uuid] = (trace_id, span_id, root)
+        done[uuid] = (trace_id, span_id, root, trace_state)
 
     @staticmethod
     def _trace_id(own: bytes, root) -> bytes:
@@ -355,14 +380,24 @@ class _Projection:
         ctx = self._context(ev.parent_uuid)
         root = stack_root(ev, ctx[2] if ctx is not None else None)
         o = _Open()
+        o.flags = FLAGS_LOCAL
         if ctx is not None:
             o.trace_id, o.parent_span_id = ctx[0], ctx[1]
             o.trace_root = False
+            o.trace_state = ctx[4]
         else:
-            o.trace_id, o.parent_span_id = self._trace_id(raw, root), None
-            o.trace_root = True
+            joined = otel_parent(ev)
+            if joined is not None:
+                # A child of the OpenTelemetry span current at its start (§3 step 4).
+                o.trace_id, o.parent_span_id, remote, o.trace_state = joined
+                o.trace_root = False
+                if remote:
+                    o.flags = FLAGS_REMOTE
+            else:
+                o.trace_id, o.parent_span_id = self._trace_id(raw, root), None
+                o.trace_root = True
+                o.trace_state = ""
         o.span_id = raw[8:]
-        o.flags = FLAGS_LOCAL
         o.root = root
         o.category = _scope_type(ev.category)
         o.start_ns = ev.timestamp_ns
@@ -431,9 +466,10 @@ class _Projection:
         if promoted:
             attrs.extend(promoted)
             self.after_promotions(attrs, len(o.attrs), metadata, o.promoted + end_promoted)
-        self._remember(ev.uuid, o.trace_id, o.span_id, o.root)
+        self._remember(ev.uuid, o.trace_id, o.span_id, o.root, o.trace_state)
         return Span(o.trace_id, o.span_id, self.span_name(o), o.start_ns, ev.timestamp_ns,
-                    parent_span_id=o.parent_span_id, flags=o.flags, kind=o.kind,
+                    parent_span_id=o.parent_span_id, flags=o.flags,
+                    trace_state=o.trace_state, kind=o.kind,
                     attributes=attrs, events=o.events, status_code=status,
                     status_message=message)
 
@@ -545,13 +581,19 @@ class _Projection:
             attrs.append(("nemo_relay.mark.orphan", True))
         self._mappings_and_promotions(attrs, promoted)
         raw = _id_bytes(ev.uuid)
+        flags, state = FLAGS_LOCAL, ""
+        joined = otel_parent(ev) if ctx is None else None
         if ctx is not None:
-            trace_id, parent_id = ctx[0], ctx[1]
+            trace_id, parent_id, state = ctx[0], ctx[1], ctx[4]
+        elif joined is not None:
+            trace_id, parent_id, remote, state = joined
+            if remote:
+                flags = FLAGS_REMOTE
         else:
             trace_id, parent_id = self._trace_id(raw, root), None
         t = ev.timestamp_ns
         return [Span(trace_id, raw[8:], f"mark:{ev.name}", t, t, parent_span_id=parent_id,
-                     kind=KIND_INTERNAL, attributes=attrs)]
+                     flags=flags, trace_state=state, kind=KIND_INTERNAL, attributes=attrs)]
 
     def _mappings_and_promotions(self, attrs, promoted) -> None:
         if self.mappings:
