@@ -377,7 +377,8 @@ class OtlpExporter(Exporter):
                    "spans_failed": self._failed, "spans_abandoned": self._abandoned,
                    "queue_size": len(self._queue), "queue_capacity": self.max_queue_size,
                    "waits": self._waits, "batches_exported": self._batches,
-                   "last_error": self._last_error, "errors": self._errors}
+                   "last_error": self._last_error, "errors": self._errors,
+                   "otel_parent_failures": _sdk.capture_failures()}
         more = getattr(self._projection, "stats", None)
         if callable(more):
             with contextlib.suppress(Exception):

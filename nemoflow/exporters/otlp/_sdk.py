@@ -36,8 +36,13 @@ def capture():
     try:
         ctx = _get_current_span().get_span_context()  # type: ignore[misc]
         return ctx if ctx.is_valid else None
-    except Exception:  # a broken OpenTelemetry setup must not break the traced program
+    except Exception as exc:  # a broken OpenTelemetry setup must not break the traced program
         _capture_failures += 1
+        if _capture_failures == 1:
+            _core._warn_quietly(f"nemoflow: reading the current OpenTelemetry span raised "
+                                f"{type(exc).__name__}: {exc}; such scopes start traces of "
+                                "their own (counted as otel_parent_failures in "
+                                "nemoflow.diagnostics())")
         return None
 
 
@@ -263,6 +268,7 @@ class OpenTelemetrySdkSubscriber(Exporter):
         out = super().stats()
         with self._stats_lock:
             out["spans_exported"] = self._exported
+        out["otel_parent_failures"] = _capture_failures
         out.update(self._projection.stats())
         with self._diag_lock:
             out["diagnostics"] = {code: e[1] for code, e in self._diagnostics.items()}
