@@ -34,7 +34,7 @@ def capture():
     """The valid ``SpanContext`` of the current OpenTelemetry span, or None (traced thread)."""
     global _capture_failures
     try:
-        ctx = _get_current_span().get_span_context()  # type: ignore[misc]
+        ctx = _get_current_span().get_span_context()
         return ctx if ctx.is_valid else None
     except Exception as exc:  # a broken OpenTelemetry setup must not break the traced program
         _capture_failures += 1
