@@ -299,3 +299,15 @@ def test_sdk_subscriber_options_are_checked(nf, sdk):
         nf.OpenTelemetrySubscriber.from_tracer_provider(object())
     with pytest.raises(TypeError, match="SpanProcessor"):
         nf.OpenTelemetrySubscriber.from_span_processor(object())
+
+
+def test_openinference_subscriber_from_span_processor(nf):
+    memory = InMemorySpanExporter()
+    sub = nf.OpenInferenceSubscriber.from_span_processor(SimpleSpanProcessor(memory))
+    sub.register("oi-sdk")
+    with nf.scope.scope("agent", nf.ScopeType.Agent):
+        pass
+    sub.shutdown(2)
+    (span,) = memory.get_finished_spans()
+    assert span.attributes["openinference.span.kind"] == "AGENT"
+    assert span.resource.attributes["service.name"] == "unknown_service"

@@ -359,7 +359,7 @@ class OpenTelemetrySubscriber(OtlpExporter):
         self.config = config
 
     @classmethod
-    def from_tracer_provider(cls, provider, otel_type: str = "full", **options):
+    def from_tracer_provider(cls, provider, otel_type: str | None = None, **options):
         """A subscriber that hands nemoflow's spans to an OpenTelemetry SDK
         ``TracerProvider``'s span processors (with its resource) instead of a transport."""
         processor = getattr(provider, "_active_span_processor", None)
@@ -369,7 +369,7 @@ class OpenTelemetrySubscriber(OtlpExporter):
                                           resource=provider.resource)
 
     @classmethod
-    def from_span_processor(cls, processor, otel_type: str = "full", **options):
+    def from_span_processor(cls, processor, otel_type: str | None = None, **options):
         """A subscriber that hands nemoflow's spans to an OpenTelemetry SDK ``SpanProcessor``
         (with the configured resource) instead of a transport."""
         return OpenTelemetrySdkSubscriber(processor, cls._sdk_config(otel_type, options))
@@ -381,7 +381,8 @@ class OpenTelemetrySubscriber(OtlpExporter):
             raise TypeError(f"option(s) not used with an OpenTelemetry SDK pipeline: "
                             f"{', '.join(unknown)}")
         config = cls._config_class()
-        config.type = otel_type
+        if otel_type is not None:  # None: "full" (or "openinference" for OpenInferenceSubscriber)
+            config.type = otel_type
         config.transport = "otlp_json_file"  # never used: the SDK's processors export
         for key, value in options.items():
             setattr(config, key, value)
