@@ -21,7 +21,12 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
-from cpython.contextvars cimport PyContextVar_Reset, PyContextVar_Set, get_value_no_default
+from cpython.contextvars cimport (
+    PyContextVar_Reset,
+    PyContextVar_Set,
+    get_value,
+    get_value_no_default,
+)
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8, PyUnicode_FromObject
 from libc.errno cimport EBADF
 from libc.math cimport isfinite
@@ -1175,6 +1180,15 @@ cdef bint _recording = False       # any sink or buffered consumer attached
 cdef object _otel_hook = None      # set by set_otel_capture
 cdef str _otel_parent = "auto"
 cdef object _otel_capture = None   # _otel_hook when _otel_parent is "auto"
+cdef object _otel_cv = None        # OpenTelemetry's context ContextVar: empty means no span
+
+
+cdef inline object _otel_parent_context():
+    # The hook runs only when OpenTelemetry's current context holds something: an empty
+    # context (no span attached) costs a ContextVar read, not a Python call.
+    if _otel_cv is not None and not get_value(_otel_cv, None):
+        return None
+    return _otel_capture()
 cdef bint _drop_when_full = False  # overflow="drop": count instead of waiting for room
 cdef bint _need_thread = False     # the delivery thread must be (re)started before recording
 cdef tuple _sinks = ()             # LineSink: lines encoded in C, written without the GIL
@@ -1889,12 +1903,17 @@ def _at_child_exit():
         _report_abandoned()
 
 
-def set_otel_capture(hook):
+def set_otel_capture(hook, context_var=None):
     """Install (or with None remove) the callable a top-level scope or mark calls at its start
-    for the OpenTelemetry parent context; used while ``otel_parent`` is "auto"."""
-    global _otel_hook, _otel_capture
+    for the OpenTelemetry parent context; used while ``otel_parent`` is "auto". With
+    ``context_var`` (OpenTelemetry's context ContextVar), it is called only while that
+    context is not empty."""
+    global _otel_hook, _otel_capture, _otel_cv
     if hook is not None and not callable(hook):
         raise TypeError("hook must be callable or None")
+    if context_var is not None and not isinstance(context_var, contextvars.ContextVar):
+        raise TypeError("context_var must be a contextvars.ContextVar or None")
+    _otel_cv = context_var
     _otel_hook = hook
     _otel_capture = hook if _otel_parent == "auto" else None
 
@@ -2095,7 +2114,7 @@ cdef ScopeHandle _open(str name, object scope_type, ScopeHandle parent, int attr
     cdef ScopeHandle frame = _new_frame(cls, kind, name, scope_type, attrs, parent, top,
                                         data_raw, meta_raw, profile, ts)
     if _otel_capture is not None and parent._parent is None:
-        frame._otel = _otel_capture()
+        frame._otel = _otel_parent_context()
     if _recording:
         _record_scope(NF_REC_START, frame, ts, input_raw, None, _STATUS_NONE, None)
     return frame
@@ -2277,7 +2296,8 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     cdef MarkEvent ev
     cdef ScopeHandle parent = top if handle is None else <ScopeHandle>handle
     nf_uuid7(ts, &hi, &lo)
-    otel = _otel_capture() if (_otel_capture is not None and parent._parent is None) else None
+    otel = (_otel_parent_context() if (_otel_capture is not None and parent._parent is None)
+            else None)
     if _recording:  # written before any subscriber runs (and can raise)
         _record_mark(hi, lo, parent, name, ts, data_raw, meta_raw, schema_raw, category,
                      profile_raw, otel)
@@ -2664,8 +2684,8 @@ def _forget_registrations():
 
 
 cdef int _forget_otel() except -1:
-    global _otel_hook, _otel_capture, _otel_parent
-    _otel_hook = _otel_capture = None
+    global _otel_hook, _otel_capture, _otel_parent, _otel_cv
+    _otel_hook = _otel_capture = _otel_cv = None
     _otel_parent = "auto"
     return 0
 

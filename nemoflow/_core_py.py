@@ -971,6 +971,14 @@ _drop_when_full = False
 _otel_hook = None  # set by set_otel_capture
 _otel_parent = "auto"
 _otel_capture = None  # _otel_hook when _otel_parent is "auto"
+_otel_cv = None  # OpenTelemetry's context ContextVar: empty means no span
+
+
+def _otel_parent_context():
+    # The hook runs only when OpenTelemetry's current context holds something.
+    if _otel_cv is not None and not _otel_cv.get(None):
+        return None
+    return _otel_capture()
 _sinks: tuple = ()
 _consumers: tuple = ()
 _delivery = None
@@ -1462,12 +1470,17 @@ def _at_child_exit():
         _report_abandoned()
 
 
-def set_otel_capture(hook) -> None:
+def set_otel_capture(hook, context_var=None) -> None:
     """Install (or with None remove) the callable a top-level scope or mark calls at its start
-    for the OpenTelemetry parent context; used while ``otel_parent`` is "auto"."""
-    global _otel_hook, _otel_capture
+    for the OpenTelemetry parent context; used while ``otel_parent`` is "auto". With
+    ``context_var`` (OpenTelemetry's context ContextVar), it is called only while that
+    context is not empty."""
+    global _otel_hook, _otel_capture, _otel_cv
     if hook is not None and not callable(hook):
         raise TypeError("hook must be callable or None")
+    if context_var is not None and not isinstance(context_var, contextvars.ContextVar):
+        raise TypeError("context_var must be a contextvars.ContextVar or None")
+    _otel_cv = context_var
     _otel_hook = hook
     _otel_capture = hook if _otel_parent == "auto" else None
 
@@ -1653,7 +1666,7 @@ def _open(name, scope_type, parent, attrs, data_raw, meta_raw, input_raw, ts, ki
     frame = _new_frame(cls, kind, name, scope_type, attrs, parent, top, data_raw, meta_raw,
                        profile, ts)
     if _otel_capture is not None and parent._parent is None:
-        frame._otel = _otel_capture()
+        frame._otel = _otel_parent_context()
     if _recording:
         _record(_scope_event(frame, False, ts, input_raw, None, STATUS_NONE, None))
     return frame
@@ -1820,8 +1833,8 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     ev._schema = schema_raw
     ev._category = category
     ev._profile = profile_raw
-    ev._otel = _otel_capture() if (_otel_capture is not None
-                                   and ev._parent._parent is None) else None
+    ev._otel = _otel_parent_context() if (_otel_capture is not None
+                                          and ev._parent._parent is None) else None
     if _recording:  # written before any subscriber runs (and can raise)
         _record(ev)
     if _enabled:
@@ -2175,8 +2188,8 @@ def _forget_registrations() -> None:
         _consumers = ()
         _drop_when_full = False
         _refresh_recording()
-    global _otel_hook, _otel_capture, _otel_parent
-    _otel_hook = _otel_capture = None
+    global _otel_hook, _otel_capture, _otel_parent, _otel_cv
+    _otel_hook = _otel_capture = _otel_cv = None
     _otel_parent = "auto"
 
 

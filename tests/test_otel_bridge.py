@@ -183,9 +183,13 @@ def test_broken_otel_api_does_not_break_the_program(nf, collector, monkeypatch):
 
     monkeypatch.setattr(_sdk, "_get_current_span", broken)
     monkeypatch.setattr(_sdk, "_capture_failures", 0)
-    with pytest.warns(RuntimeWarning, match="current OpenTelemetry span raised"):
-        with nf.scope.scope("survives", nf.ScopeType.Function) as s:
-            pass
+    token = otel_context.attach(otel_context.set_value("k", "v"))  # a context to read
+    try:
+        with pytest.warns(RuntimeWarning, match="current OpenTelemetry span raised"):
+            with nf.scope.scope("survives", nf.ScopeType.Function) as s:
+                pass
+    finally:
+        otel_context.detach(token)
     spans = _spans(sub, collector)
     assert spans["survives"].trace_id == uuid.UUID(s.uuid).bytes
     assert sub.stats()["otel_parent_failures"] == 1

@@ -12,6 +12,7 @@ thread and hands each nemoflow span to an SDK ``SpanProcessor`` as a real
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import warnings
 
@@ -65,7 +66,7 @@ def attached(exporter) -> None:
             if getter is None:
                 return  # without the OpenTelemetry API there is no span to join
             _get_current_span = getter
-        _core.set_otel_capture(capture)
+        _core.set_otel_capture(capture, _context_var())
 
 
 def _span_getter():
@@ -82,6 +83,17 @@ def _span_getter():
     except ImportError:
         return get_current_span
     return lambda: get_current().get(_SPAN_KEY)
+
+
+def _context_var():
+    """OpenTelemetry's context ContextVar when it keeps its context in one (the default
+    runtime context), else None; the core skips the hook while that context is empty."""
+    try:
+        from opentelemetry.context import _RUNTIME_CONTEXT
+    except ImportError:
+        return None
+    var = getattr(_RUNTIME_CONTEXT, "_current_context", None)
+    return var if isinstance(var, contextvars.ContextVar) else None
 
 
 def detached(exporter) -> None:
