@@ -147,6 +147,7 @@ cdef class ScopeHandle:
     cdef int64_t _child_end      # latest end of a child: an automatic end is not earlier
     cdef bint _closed
     cdef bint _has_locals        # scope-local subscribers in _scope_locals[self]
+    cdef object _otel            # OpenTelemetry parent SpanContext of a top-level scope, or None
     cdef object __weakref__
 
     cdef str _uuid(self)
@@ -175,6 +176,7 @@ cdef class ScopeEvent:
     cdef int _status
     cdef object _desc
     cdef object _meta_cache
+    cdef object _otel            # start events: the OpenTelemetry parent context, or None
 
     cdef object _metadata_raw(self)
 
@@ -188,6 +190,7 @@ cdef class MarkEvent:
     cdef object _schema
     cdef object _category
     cdef object _profile
+    cdef object _otel            # the OpenTelemetry parent context of a top-level mark, or None
 
 
 cdef class LineSink:

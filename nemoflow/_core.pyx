@@ -21,7 +21,12 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
-from cpython.contextvars cimport PyContextVar_Reset, PyContextVar_Set, get_value_no_default
+from cpython.contextvars cimport (
+    PyContextVar_Reset,
+    PyContextVar_Set,
+    get_value,
+    get_value_no_default,
+)
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8, PyUnicode_FromObject
 from libc.errno cimport EBADF
 from libc.math cimport isfinite
@@ -703,6 +708,12 @@ cdef class ScopeEvent:
     def category_profile(self):
         return _decode(self._profile)
 
+    @property
+    def otel_parent(self):
+        """The OpenTelemetry ``SpanContext`` current when this top-level scope started (start
+        events, while an OpenTelemetry exporter asks for it), else None. Never in ATOF."""
+        return self._otel
+
     def to_json(self):
         """The canonical ATOF line (without the newline), as the JSONL exporter writes it."""
         cdef nf_record r
@@ -761,6 +772,8 @@ cdef ScopeEvent _scope_event(ScopeHandle f, bint is_end, int64_t ts, object data
     ev._end_meta = end_meta
     ev._status = status
     ev._desc = desc
+    if not is_end:
+        ev._otel = f._otel
     return ev
 
 
@@ -810,6 +823,12 @@ cdef class MarkEvent:
     @property
     def category_profile(self):
         return _decode(self._profile)
+
+    @property
+    def otel_parent(self):
+        """The OpenTelemetry ``SpanContext`` current when this top-level mark was emitted
+        (while an OpenTelemetry exporter asks for it), else None. Never in ATOF."""
+        return self._otel
 
     def to_json(self):
         """The canonical ATOF line (without the newline), as the JSONL exporter writes it."""
@@ -1204,6 +1223,22 @@ cdef int _deliver(object event, ScopeHandle top) except -1:
 # by one delivery thread, never on the traced thread. Nothing attached: nothing is recorded.
 
 cdef bint _recording = False       # any sink or buffered consumer attached
+# OpenTelemetry parent capture (the SDK bridge): while an OpenTelemetry exporter is attached
+# and configure(otel_parent="auto"), a top-level scope or mark calls _otel_capture() once at
+# its start; otherwise the hot path pays one global test. The context travels in the record's
+# `merged` slot, which start and mark records do not otherwise use.
+cdef object _otel_hook = None      # set by set_otel_capture
+cdef str _otel_parent = "auto"
+cdef object _otel_capture = None   # _otel_hook when _otel_parent is "auto"
+cdef object _otel_cv = None        # OpenTelemetry's context ContextVar: empty means no span
+
+
+cdef inline object _otel_parent_context():
+    # The hook runs only when OpenTelemetry's current context holds something: an empty
+    # context (no span attached) costs a ContextVar read, not a Python call.
+    if _otel_cv is not None and not get_value(_otel_cv, None):
+        return None
+    return _otel_capture()
 cdef bint _drop_when_full = False  # overflow="drop": count instead of waiting for room
 cdef bint _need_thread = False     # the delivery thread must be (re)started before recording
 cdef tuple _sinks = ()             # LineSink: lines encoded in C, written without the GIL
@@ -1314,7 +1349,7 @@ cdef int _record_scope(int rtype, ScopeHandle frame, int64_t ts, object data, ob
     r.extra = _own(extra)
     r.text = _own(text)
     r.profile = _own(frame._profile)
-    r.merged = NULL
+    r.merged = _own(frame._otel) if rtype == NF_REC_START else NULL
     r.attrs = <unsigned int>frame._attrs
     r.type = <unsigned char>rtype
     r.kind = <unsigned char>frame._kind
@@ -1326,7 +1361,7 @@ cdef int _record_scope(int rtype, ScopeHandle frame, int64_t ts, object data, ob
 
 cdef int _record_mark(uint64_t hi, uint64_t lo, ScopeHandle parent, str name, int64_t ts,
                       object data, object meta, object schema, object category,
-                      object profile) except -1:
+                      object profile, object otel) except -1:
     cdef nf_ring *ring = _ring_with_room()
     if ring == NULL:
         return 0
@@ -1342,7 +1377,7 @@ cdef int _record_mark(uint64_t hi, uint64_t lo, ScopeHandle parent, str name, in
     r.extra = _own(schema)
     r.text = _own(category)
     r.profile = _own(profile)
-    r.merged = NULL
+    r.merged = _own(otel)
     r.attrs = 0
     r.type = NF_REC_MARK
     r.kind = 0
@@ -1374,6 +1409,7 @@ cdef object _event_from(nf_record *r):
         mev._schema = _borrow(r.extra)
         mev._category = _borrow(r.text)
         mev._profile = _borrow(r.profile)
+        mev._otel = _borrow(r.merged)
         return mev
     sev = ScopeEvent.__new__(ScopeEvent)
     sev._hi = r.uuid_hi
@@ -1392,6 +1428,8 @@ cdef object _event_from(nf_record *r):
     sev._end_meta = _borrow(r.extra)
     sev._status = r.status
     sev._desc = _borrow(r.text)
+    if r.type == NF_REC_START:
+        sev._otel = _borrow(r.merged)
     return sev
 
 
@@ -1915,11 +1953,28 @@ def _at_child_exit():
         _report_abandoned()
 
 
-def configure(ring_size=None, overflow=None, exit_timeout=None):
+def set_otel_capture(hook, context_var=None):
+    """Install (or with None remove) the callable a top-level scope or mark calls at its start
+    for the OpenTelemetry parent context; used while ``otel_parent`` is "auto". With
+    ``context_var`` (OpenTelemetry's context ContextVar), it is called only while that
+    context is not empty."""
+    global _otel_hook, _otel_capture, _otel_cv
+    if hook is not None and not callable(hook):
+        raise TypeError("hook must be callable or None")
+    if context_var is not None and not isinstance(context_var, contextvars.ContextVar):
+        raise TypeError("context_var must be a contextvars.ContextVar or None")
+    _otel_cv = context_var
+    _otel_hook = hook
+    _otel_capture = hook if _otel_parent == "auto" else None
+
+
+def configure(ring_size=None, overflow=None, exit_timeout=None, otel_parent=None):
     """Pipeline settings: ``ring_size`` (records per thread, a power of two from 16 to 2**20,
-    for rings made from now on), ``overflow`` ("block", the lossless default, or "drop") and
-    ``exit_timeout`` (seconds exit waits for delivery, in all)."""
-    global _drop_when_full, _exit_timeout
+    for rings made from now on), ``overflow`` ("block", the lossless default, or "drop"),
+    ``exit_timeout`` (seconds exit waits for delivery, in all) and ``otel_parent`` ("auto":
+    a top-level scope joins the current OpenTelemetry span while an OpenTelemetry exporter is
+    attached; "off")."""
+    global _drop_when_full, _exit_timeout, _otel_parent, _otel_capture
     # Every value is checked before any is applied: a refused call changes nothing.
     if ring_size is not None and (
             not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
@@ -1928,9 +1983,14 @@ def configure(ring_size=None, overflow=None, exit_timeout=None):
                          f"not {ring_size!r}")
     if overflow is not None and overflow not in ("block", "drop"):
         raise ValueError('overflow must be "block" or "drop"')
+    if otel_parent is not None and otel_parent not in ("auto", "off"):
+        raise ValueError('otel_parent must be "auto" or "off"')
     if exit_timeout is not None:
         exit_timeout = _exit.check_timeout(exit_timeout)
         _exit_timeout = exit_timeout
+    if otel_parent is not None:
+        _otel_parent = otel_parent
+        _otel_capture = _otel_hook if otel_parent == "auto" else None
     if ring_size is not None:
         pthread_mutex_lock(&nf_pipe.mutex)
         nf_pipe.capacity = <uint64_t>ring_size
@@ -2103,6 +2163,8 @@ cdef ScopeHandle _open(str name, object scope_type, ScopeHandle parent, int attr
         parent = top
     cdef ScopeHandle frame = _new_frame(cls, kind, name, scope_type, attrs, parent, top,
                                         data_raw, meta_raw, profile, ts)
+    if _otel_capture is not None and parent._parent is None:
+        frame._otel = _otel_parent_context()
     if _recording:
         _record_scope(NF_REC_START, frame, ts, input_raw, None, _STATUS_NONE, None)
     return frame
@@ -2284,9 +2346,11 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     cdef MarkEvent ev
     cdef ScopeHandle parent = top if handle is None else <ScopeHandle>handle
     nf_uuid7(ts, &hi, &lo)
+    otel = (_otel_parent_context() if (_otel_capture is not None and parent._parent is None)
+            else None)
     if _recording:  # written before any subscriber runs (and can raise)
         _record_mark(hi, lo, parent, name, ts, data_raw, meta_raw, schema_raw, category,
-                     profile_raw)
+                     profile_raw, otel)
     if _enabled:
         ev = MarkEvent.__new__(MarkEvent)
         ev._hi = hi
@@ -2300,6 +2364,7 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
         ev._schema = schema_raw
         ev._category = category
         ev._profile = profile_raw
+        ev._otel = otel
         _deliver(ev, top)
 
 
@@ -2665,6 +2730,14 @@ def _forget_registrations():
         _drop_when_full = False
         _refresh_recording()
         _refresh_enabled()
+    _forget_otel()
+
+
+cdef int _forget_otel() except -1:
+    global _otel_hook, _otel_capture, _otel_parent, _otel_cv
+    _otel_hook = _otel_capture = _otel_cv = None
+    _otel_parent = "auto"
+    return 0
 
 
 def _before_fork():

@@ -314,7 +314,7 @@ class ScopeHandle:
 
     __slots__ = ("_uuid", "_name", "_scope_type", "_attrs", "_parent", "_prev", "_data",
                  "_meta", "_profile", "_start_ns", "_closed", "_locals", "_kind", "_child_end",
-                 "__weakref__")
+                 "_otel", "__weakref__")
     _uuid: str
     _name: str
     _scope_type: Any
@@ -329,6 +329,7 @@ class ScopeHandle:
     _locals: Any
     _kind: int
     _child_end: int
+    _otel: Any
 
     def __init__(self):
         raise TypeError("handles are created by nemoflow.scope.push / scope.scope")
@@ -393,6 +394,7 @@ def _new_frame(cls, kind, name, scope_type, attrs, parent, prev, data, meta, pro
     f._locals = None
     f._kind = kind
     f._child_end = 0
+    f._otel = None
     return f
 
 
@@ -555,6 +557,12 @@ class ScopeEvent:
     def category_profile(self):
         return _decode(self._profile)
 
+    @property
+    def otel_parent(self):
+        """The OpenTelemetry ``SpanContext`` current when this top-level scope started (start
+        events, while an OpenTelemetry exporter asks for it), else None. Never in ATOF."""
+        return None if self._is_end else self._frame._otel
+
     def to_json(self) -> str:
         """The canonical ATOF line (without the newline), as the JSONL exporter writes it."""
         f = self._frame
@@ -585,7 +593,7 @@ class MarkEvent:
     """A point-in-time event (ATOF ``kind: "mark"``)."""
 
     __slots__ = ("_uuid", "_parent", "_name", "_ts", "_data", "_meta", "_schema", "_category",
-                 "_profile")
+                 "_profile", "_otel")
     _uuid: str
     _parent: Any
     _name: str
@@ -595,6 +603,7 @@ class MarkEvent:
     _schema: Any
     _category: Any
     _profile: Any
+    _otel: Any
 
     kind = "mark"
     atof_version = ATOF_VERSION
@@ -638,6 +647,12 @@ class MarkEvent:
     @property
     def category_profile(self):
         return _decode(self._profile)
+
+    @property
+    def otel_parent(self):
+        """The OpenTelemetry ``SpanContext`` current when this top-level mark was emitted
+        (while an OpenTelemetry exporter asks for it), else None. Never in ATOF."""
+        return self._otel
 
     def to_json(self) -> str:
         """The canonical ATOF line (without the newline), as the JSONL exporter writes it."""
@@ -968,6 +983,20 @@ def _deliver(event, top):
 
 _recording = False
 _drop_when_full = False
+# OpenTelemetry parent capture (the SDK bridge): while an OpenTelemetry exporter is attached
+# and configure(otel_parent="auto"), a top-level scope or mark calls _otel_capture() once at
+# its start; otherwise the hot path pays one global test.
+_otel_hook = None  # set by set_otel_capture
+_otel_parent = "auto"
+_otel_capture = None  # _otel_hook when _otel_parent is "auto"
+_otel_cv = None  # OpenTelemetry's context ContextVar: empty means no span
+
+
+def _otel_parent_context():
+    # The hook runs only when OpenTelemetry's current context holds something.
+    if _otel_cv is not None and not _otel_cv.get(None):
+        return None
+    return _otel_capture()
 _sinks: tuple = ()
 _consumers: tuple = ()
 _delivery = None
@@ -1459,11 +1488,28 @@ def _at_child_exit():
         _report_abandoned()
 
 
-def configure(ring_size=None, overflow=None, exit_timeout=None):
+def set_otel_capture(hook, context_var=None) -> None:
+    """Install (or with None remove) the callable a top-level scope or mark calls at its start
+    for the OpenTelemetry parent context; used while ``otel_parent`` is "auto". With
+    ``context_var`` (OpenTelemetry's context ContextVar), it is called only while that
+    context is not empty."""
+    global _otel_hook, _otel_capture, _otel_cv
+    if hook is not None and not callable(hook):
+        raise TypeError("hook must be callable or None")
+    if context_var is not None and not isinstance(context_var, contextvars.ContextVar):
+        raise TypeError("context_var must be a contextvars.ContextVar or None")
+    _otel_cv = context_var
+    _otel_hook = hook
+    _otel_capture = hook if _otel_parent == "auto" else None
+
+
+def configure(ring_size=None, overflow=None, exit_timeout=None, otel_parent=None):
     """Pipeline settings: ``ring_size`` (records per thread, a power of two from 16 to 2**20,
-    for rings made from now on), ``overflow`` ("block", the lossless default, or "drop") and
-    ``exit_timeout`` (seconds exit waits for delivery, in all)."""
-    global _drop_when_full, _exit_timeout
+    for rings made from now on), ``overflow`` ("block", the lossless default, or "drop"),
+    ``exit_timeout`` (seconds exit waits for delivery, in all) and ``otel_parent`` ("auto":
+    a top-level scope joins the current OpenTelemetry span while an OpenTelemetry exporter is
+    attached; "off")."""
+    global _drop_when_full, _exit_timeout, _otel_parent, _otel_capture
     # Every value is checked before any is applied: a refused call changes nothing.
     if ring_size is not None and (
             not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
@@ -1472,9 +1518,14 @@ def configure(ring_size=None, overflow=None, exit_timeout=None):
                          f"not {ring_size!r}")
     if overflow is not None and overflow not in ("block", "drop"):
         raise ValueError('overflow must be "block" or "drop"')
+    if otel_parent is not None and otel_parent not in ("auto", "off"):
+        raise ValueError('otel_parent must be "auto" or "off"')
     if exit_timeout is not None:
         exit_timeout = _exit.check_timeout(exit_timeout)
         _exit_timeout = exit_timeout
+    if otel_parent is not None:
+        _otel_parent = otel_parent
+        _otel_capture = _otel_hook if otel_parent == "auto" else None
     if ring_size is not None:
         with _pipe_lock:
             _pipe["capacity"] = ring_size
@@ -1632,6 +1683,8 @@ def _open(name, scope_type, parent, attrs, data_raw, meta_raw, input_raw, ts, ki
         parent = top
     frame = _new_frame(cls, kind, name, scope_type, attrs, parent, top, data_raw, meta_raw,
                        profile, ts)
+    if _otel_capture is not None and parent._parent is None:
+        frame._otel = _otel_parent_context()
     if _recording:
         _record(_scope_event(frame, False, ts, input_raw, None, STATUS_NONE, None))
     return frame
@@ -1798,6 +1851,8 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     ev._schema = schema_raw
     ev._category = category
     ev._profile = profile_raw
+    ev._otel = _otel_parent_context() if (_otel_capture is not None
+                                          and ev._parent._parent is None) else None
     if _recording:  # written before any subscriber runs (and can raise)
         _record(ev)
     if _enabled:
@@ -2151,6 +2206,9 @@ def _forget_registrations() -> None:
         _consumers = ()
         _drop_when_full = False
         _refresh_recording()
+    global _otel_hook, _otel_capture, _otel_parent, _otel_cv
+    _otel_hook = _otel_capture = _otel_cv = None
+    _otel_parent = "auto"
 
 
 def is_closed(frame) -> bool:

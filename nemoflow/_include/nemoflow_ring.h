@@ -43,7 +43,9 @@ typedef struct {
     PyObject *extra;               /* bytes or NULL: end metadata, or a mark's data_schema */
     PyObject *text;                /* str or NULL: status description, or a mark's category */
     PyObject *profile;             /* bytes or NULL: category_profile */
-    PyObject *merged;              /* bytes or NULL: end metadata merged by the consumer */
+    PyObject *merged;              /* bytes or NULL: end metadata merged by the consumer; on a
+                                    * start or mark record, the OpenTelemetry parent context
+                                    * captured for a top-level scope or mark, or NULL */
     uint32_t attrs;
     uint8_t type, kind, status, category;
     char name_inline[NF_NAME_INLINE]; /* ASCII, not terminated */

@@ -25,6 +25,7 @@ from ._model import (
     check_span,
 )
 from ._proto import ProtoEncoder, encode_proto, to_proto
+from ._sdk import OpenTelemetrySdkSubscriber
 from ._subscriber import (
     OpenInferenceConfig,
     OpenInferenceSubscriber,
@@ -67,6 +68,7 @@ __all__ = [
     "OpenTelemetryConfig",
     "OpenTelemetryRuntimeDiagnostic",
     "OpenTelemetryRuntimeDiagnostics",
+    "OpenTelemetrySdkSubscriber",
     "OpenTelemetrySubscriber",
     "OtlpExporter",
     "OtlpJsonFileTransport",

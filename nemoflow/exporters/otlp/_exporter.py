@@ -19,6 +19,7 @@ import weakref
 
 from ..._backend import core as _core
 from .._base import Exporter, ExportError
+from . import _sdk
 from ._model import InstrumentationScope, Resource, check_span
 from ._transport import ExportFailure
 
@@ -136,6 +137,20 @@ class OtlpExporter(Exporter):
         self._exported = self._dropped = self._failed = self._abandoned = self._waits = 0
         self._batches = 0
         self._last_error: str | None = None
+
+    # --- registration: while attached, top-level scopes join the current OpenTelemetry span --
+
+    def register(self, name: str) -> None:
+        """Start receiving events, under ``name`` (``AlreadyExistsError`` if it is taken)."""
+        super().register(name)
+        _sdk.attached(self)
+
+    def deregister(self, name: str) -> bool:
+        """Stop receiving under ``name``; what was emitted before is still delivered first."""
+        found = super().deregister(name)
+        if not self._names:
+            _sdk.detached(self)
+        return found
 
     # --- the delivery thread's side ---------------------------------------------------------
 
@@ -362,7 +377,8 @@ class OtlpExporter(Exporter):
                    "spans_failed": self._failed, "spans_abandoned": self._abandoned,
                    "queue_size": len(self._queue), "queue_capacity": self.max_queue_size,
                    "waits": self._waits, "batches_exported": self._batches,
-                   "last_error": self._last_error, "errors": self._errors}
+                   "last_error": self._last_error, "errors": self._errors,
+                   "otel_parent_failures": _sdk.capture_failures()}
         more = getattr(self._projection, "stats", None)
         if callable(more):
             with contextlib.suppress(Exception):

@@ -10,6 +10,8 @@ import warnings
 
 from ._exporter import OtlpExporter
 from ._model import InstrumentationScope, Resource
+from ._sdk import _PROJECTION_OPTIONS as _SDK_OPTIONS
+from ._sdk import OpenTelemetrySdkSubscriber
 from ._transport import HttpBinaryTransport, OtlpJsonFileTransport, validate_headers
 from .projections import PROJECTIONS, check_attribute_mappings, check_promote_prefixes
 
@@ -355,6 +357,37 @@ class OpenTelemetrySubscriber(OtlpExporter):
                          scheduled_delay_millis=config.scheduled_delay_millis,
                          timeout_millis=config.timeout_millis, overflow=config.overflow)
         self.config = config
+
+    @classmethod
+    def from_tracer_provider(cls, provider, otel_type: str | None = None, **options):
+        """A subscriber that hands nemoflow's spans to an OpenTelemetry SDK
+        ``TracerProvider``'s span processors (with its resource) instead of a transport."""
+        processor = getattr(provider, "_active_span_processor", None)
+        if processor is None or not hasattr(provider, "resource"):
+            raise TypeError("provider must be an opentelemetry.sdk.trace.TracerProvider")
+        return OpenTelemetrySdkSubscriber(processor, cls._sdk_config(otel_type, options),
+                                          resource=provider.resource)
+
+    @classmethod
+    def from_span_processor(cls, processor, otel_type: str | None = None, **options):
+        """A subscriber that hands nemoflow's spans to an OpenTelemetry SDK ``SpanProcessor``
+        (with the configured resource) instead of a transport."""
+        return OpenTelemetrySdkSubscriber(processor, cls._sdk_config(otel_type, options))
+
+    @classmethod
+    def _sdk_config(cls, otel_type, options) -> OpenTelemetryConfig:
+        unknown = sorted(set(options) - set(_SDK_OPTIONS))
+        if unknown:
+            raise TypeError(f"option(s) not used with an OpenTelemetry SDK pipeline: "
+                            f"{', '.join(unknown)}")
+        config = cls._config_class()
+        if otel_type is not None:  # None: "full" (or "openinference" for OpenInferenceSubscriber)
+            config.type = otel_type
+        config.transport = "otlp_json_file"  # never used: the SDK's processors export
+        for key, value in options.items():
+            setattr(config, key, value)
+        config.validate()
+        return config
 
     def _diagnose(self, code: str, message: str) -> None:
         # Delivery thread: count, and warn about the first of each code.

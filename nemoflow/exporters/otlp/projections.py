@@ -40,6 +40,7 @@ __all__ = [
     "check_attribute_mappings",
     "check_promote_prefixes",
     "flatten",
+    "otel_parent",
     "stack_root",
 ]
 
@@ -114,6 +115,25 @@ def _given_root(ev):
         has = _GIVEN_ROOT[kind] = hasattr(kind, "propagation_root_uuid") or getattr(
             kind, "__dictoffset__", 1) != 0
     return getattr(ev, "propagation_root_uuid", None) if has else None
+
+
+def otel_parent(ev):
+    """``(trace_id, span_id, is_remote, trace_state)`` of the OpenTelemetry span that was
+    current when a top-level scope or mark started (INTEROP §12.3), or None."""
+    ctx = getattr(ev, "otel_parent", None)
+    if ctx is None:
+        return None
+    try:
+        trace_id = ctx.trace_id.to_bytes(16, "big")
+        span_id = ctx.span_id.to_bytes(8, "big")
+        state = ctx.trace_state
+        state = state.to_header() if state else ""
+        remote = bool(ctx.is_remote)
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return None
+    if not any(trace_id) or not any(span_id):
+        return None
+    return trace_id, span_id, remote, state
 
 
 def stack_root(ev, parent_root: tuple | None) -> tuple:
@@ -236,13 +256,15 @@ def _reserved(key: str) -> bool:
 class _Open:
     """An open span: its context and what the end needs from the start."""
 
-    __slots__ = ("trace_id", "span_id", "parent_span_id", "flags", "name", "kind", "start_ns",
+    __slots__ = ("trace_id", "span_id", "parent_span_id", "flags", "trace_state", "name", "kind",
+                 "start_ns",
                  "attrs", "events", "root", "category", "start", "err_type", "exc_type",
                  "promoted", "trace_root", "gen_name", "provider", "trace_state")
     trace_id: bytes
     span_id: bytes
     parent_span_id: bytes | None
     flags: int
+    trace_state: str
     name: str
     kind: int
     start_ns: int
@@ -312,7 +334,7 @@ class _Projection:
     def _context(self, parent_uuid):
         """``(trace_id, parent_span_id, root, open, remote, trace_state)`` of a parent uuid
         (§3 steps 1-3: an open span, a completed one, the imported parent of a stack made from
-        a rooted propagation context), or None."""
+        a rooted propagation context), or None; step 4 is ``otel_parent``."""
         if parent_uuid is None:
             return None
         o = self._open.get(parent_uuid)
@@ -331,7 +353,7 @@ class _Projection:
         return None
 
     def _remember(self, uuid: str, trace_id: bytes, span_id: bytes, root,
-                  trace_state: str) -> None:
+                  trace_state: str = "") -> None:
         done = self._done
         if uuid not in done:
             order = self._done_order
@@ -374,10 +396,18 @@ class _Projection:
             o.flags = FLAGS_REMOTE if ctx[4] else FLAGS_LOCAL
             o.trace_state = ctx[5]
         else:
-            o.trace_id, o.parent_span_id = self._trace_id(raw, root), None
-            o.trace_root = True
             o.flags = FLAGS_LOCAL
-            o.trace_state = ""
+            joined = otel_parent(ev)
+            if joined is not None:
+                # A child of the OpenTelemetry span current at its start (§3 step 4).
+                o.trace_id, o.parent_span_id, remote, o.trace_state = joined
+                o.trace_root = False
+                if remote:
+                    o.flags = FLAGS_REMOTE
+            else:
+                o.trace_id, o.parent_span_id = self._trace_id(raw, root), None
+                o.trace_root = True
+                o.trace_state = ""
         o.span_id = raw[8:]
         o.root = root
         o.category = _scope_type(ev.category)
@@ -563,9 +593,14 @@ class _Projection:
         self._mappings_and_promotions(attrs, promoted)
         raw = _id_bytes(ev.uuid)
         flags, trace_state = FLAGS_LOCAL, ""
+        joined = otel_parent(ev) if ctx is None else None
         if ctx is not None:
             trace_id, parent_id = ctx[0], ctx[1]
             flags, trace_state = (FLAGS_REMOTE if ctx[4] else FLAGS_LOCAL), ctx[5]
+        elif joined is not None:
+            trace_id, parent_id, remote, trace_state = joined
+            if remote:
+                flags = FLAGS_REMOTE
         else:
             trace_id, parent_id = self._trace_id(raw, root), None
         t = ev.timestamp_ns
