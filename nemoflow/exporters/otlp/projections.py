@@ -257,9 +257,8 @@ class _Open:
     """An open span: its context and what the end needs from the start."""
 
     __slots__ = ("trace_id", "span_id", "parent_span_id", "flags", "trace_state", "name", "kind",
-                 "start_ns",
-                 "attrs", "events", "root", "category", "start", "err_type", "exc_type",
-                 "promoted", "trace_root", "gen_name", "provider", "trace_state")
+                 "start_ns", "attrs", "events", "root", "category", "start", "err_type",
+                 "exc_type", "promoted", "trace_root", "gen_name", "provider")
     trace_id: bytes
     span_id: bytes
     parent_span_id: bytes | None
@@ -278,7 +277,6 @@ class _Open:
     promoted: list
     trace_root: bool
     gen_name: str
-    trace_state: str
     provider: str | None
 
 
