@@ -56,6 +56,7 @@ from .exporters.otlp import (
     OpenTelemetryConfig,
     OpenTelemetrySubscriber,
 )
+from .integrations import instrument, uninstrument
 from .llm import LLMRequest
 from .trace import mark, trace
 
@@ -113,6 +114,7 @@ __all__ = [
     "fork_asyncio_context",
     "get_scope_stack",
     "guardrails",
+    "instrument",
     "intercepts",
     "llm",
     "mark",
@@ -125,6 +127,7 @@ __all__ = [
     "subscribers",
     "tools",
     "trace",
+    "uninstrument",
     "use_scope_stack",
     "wrap",
 ]
