@@ -120,6 +120,7 @@ def anthropic_events(model):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # one small response must not wait for a delayed ACK
 
     def log_message(self, *args):
         pass
