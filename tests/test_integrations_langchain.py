@@ -271,3 +271,49 @@ def test_graph_interrupt_and_resume_marks(nf, events):
     marks = [e for e in events if e.kind == "mark"]
     assert [m.name for m in marks] == ["Graph Interrupt", "Graph Resume"]
     assert marks[0].data["interrupts"][0]["value"] == "need input"
+
+
+class _ToolModel(GenericFakeChatModel):
+    def bind_tools(self, tools, **kwargs):
+        return self
+
+
+def _agent_model():
+    return _ToolModel(messages=iter([
+        AIMessage(content="", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"},
+                                           "id": "call_1"}]),
+        AIMessage(content="done")]))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_agent_middleware_runs_managed_calls(nf, events, mode):
+    pytest.importorskip("langchain.agents")
+    from langchain.agents import create_agent
+
+    from nemoflow.integrations.langchain import NemoFlowCallbackHandler, NemoFlowMiddleware
+
+    agent = create_agent(model=_agent_model(), tools=[get_weather],
+                         middleware=[NemoFlowMiddleware()])
+    nf.intercepts.register_tool_request(
+        "upper", 0, False, lambda name, args: {**args, "city": args["city"].upper()})
+    config = {"callbacks": [NemoFlowCallbackHandler()]}
+    inputs = {"messages": [HumanMessage("weather?")]}
+    with nf.scope.scope("request", nf.ScopeType.Agent):
+        if mode == "sync":
+            out = agent.invoke(inputs, config)
+        else:
+            out = asyncio.run(agent.ainvoke(inputs, config))
+    assert out["messages"][-1].content == "done"
+    assert out["messages"][-2].content == "sunny in PARIS"  # the intercept's arguments ran
+    t = tree(events)
+    llms = t["_ToolModel"]  # recorded once each, by the middleware
+    assert [(cat, parent) for cat, parent, _, _ in llms] == [("llm", "model")] * 2
+    _, _, start, end = llms[0]
+    assert start.data == {"headers": {}, "content": {"messages": [
+        {"role": "user", "content": "weather?"}]}}
+    assert end.data["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == \
+        "get_weather"
+    cat, parent, start, end = one(t, "get_weather")
+    assert (cat, parent) == ("tool", "tools")
+    assert start.data == {"city": "PARIS"} and end.data == "sunny in PARIS"
+    assert start.category_profile == {"tool_call_id": "call_1"}

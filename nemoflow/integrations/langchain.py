@@ -12,6 +12,7 @@ runs, so traced code and instrumented SDK calls inside a node land under it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import time
 from typing import Any
 
@@ -21,9 +22,29 @@ from .. import _managed
 from .._backend import core as _core
 from .._types import ScopeType
 
-__all__ = ["NemoFlowCallbackHandler", "with_nemo_flow_callbacks"]
+__all__ = ["NemoFlowCallbackHandler", "NemoFlowMiddleware", "with_nemo_flow_callbacks"]  # noqa: F822
 
 _OK, _ERROR = _core.STATUS_OK, _core.STATUS_ERROR
+
+#: "llm" / "tool" while ``NemoFlowMiddleware`` runs that call as a managed call: the callback
+#: handler then leaves the run to it, so the call is recorded once.
+_MANAGED: contextvars.ContextVar = contextvars.ContextVar("nemoflow.langchain.managed",
+                                                          default=None)
+
+
+def __getattr__(name):
+    if name == "NemoFlowMiddleware":  # needs the ``langchain`` package, imported on use
+        from ._langchain_agents import NemoFlowMiddleware
+        return NemoFlowMiddleware
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _take_managed(kind) -> bool:
+    """True when the run starting now is a call the middleware records itself."""
+    if _MANAGED.get() != kind:
+        return False
+    _MANAGED.set(None)  # only the call itself: runs nested in it are the handler's again
+    return True
 
 
 def _lenient(value):
@@ -93,6 +114,36 @@ def _name(serialized, kwargs, default):
         if isinstance(ids, list) and ids and isinstance(ids[-1], str):
             return ids[-1]
     return default
+
+
+def _model_of(model):
+    """The model name of a LangChain chat model object."""
+    for key in ("model_name", "model", "model_id"):
+        value = getattr(model, key, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _llm_message_response(response) -> dict:
+    """An agent ``ModelResponse`` (or an AIMessage) as an OpenAI Chat completion dict."""
+    messages = getattr(response, "result", None)
+    if messages is None:
+        messages = [response]
+    ai = next((m for m in messages if getattr(m, "type", None) == "ai"), None)
+    out: dict = {"object": "chat.completion", "choices": []}
+    if ai is None:
+        return out
+    meta = getattr(ai, "response_metadata", None) or {}
+    out["choices"].append({"index": 0, "message": _message(ai),
+                           "finish_reason": meta.get("finish_reason")})
+    usage = getattr(ai, "usage_metadata", None)
+    if usage:
+        out["usage"] = {k: v for k, v in (("prompt_tokens", usage.get("input_tokens")),
+                                          ("completion_tokens", usage.get("output_tokens")),
+                                          ("total_tokens", usage.get("total_tokens")))
+                        if v is not None}
+    return out
 
 
 def _model_name(serialized, kwargs, metadata):
@@ -196,6 +247,8 @@ class NemoFlowCallbackHandler(BaseCallbackHandler):
     def on_chat_model_start(self, serialized, messages, *, run_id, parent_run_id=None,
                             tags=None, metadata=None, **kwargs: Any) -> None:
         """A chat model call starts: an LLM call whose request holds the messages."""
+        if _take_managed("llm"):
+            return
         try:
             content = {"messages": [_message(m) for m in (messages[0] if messages else [])]}
             model = _model_name(serialized, kwargs, metadata)
@@ -243,6 +296,8 @@ class NemoFlowCallbackHandler(BaseCallbackHandler):
     def on_tool_start(self, serialized, input_str, *, run_id, parent_run_id=None, tags=None,
                       metadata=None, inputs=None, **kwargs: Any) -> None:
         """A tool starts: a tool call with its arguments."""
+        if _take_managed("tool"):
+            return
         try:
             args = inputs if isinstance(inputs, dict) else {"input": input_str}
             call_id = kwargs.get("tool_call_id")
