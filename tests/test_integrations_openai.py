@@ -379,3 +379,29 @@ def test_concurrent_calls_in_tasks(inst, events, server):
         assert s.parent_uuid == scopes[i]
         marks = [e for e in events if e.kind == "mark" and e.parent_uuid == s.uuid]
         assert len(marks) == (3 if i % 2 else 0)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_stream_intercepts_see_the_sdk_chunks(inst, events, server, client, kind):
+    """LLM stream intercepts (async iterators) wrap the SDK's chunks, for a sync client too."""
+    nf = inst
+    seen = []
+
+    async def relay(request, nxt):
+        async for chunk in nxt(request):
+            seen.append(chunk.choices[0].delta.content if chunk.choices else None)
+            yield chunk
+
+    async def consume():
+        async with aclient(server) as c:
+            stream = await c.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+            return [chunk async for chunk in stream]
+
+    nf.intercepts.register_llm_stream_execution("relay", 0, relay)
+    if kind == "sync":
+        chunks = list(client.chat.completions.create(model="m", messages=MESSAGES, stream=True))
+    else:
+        chunks = asyncio.run(consume())
+    assert len(chunks) == 3 and seen == ["Hel", "lo!", None]
+    assert llm_events(events)[-1].data == {k: v for k, v in chat_completion("m").items()
+                                           if k != "usage"}
