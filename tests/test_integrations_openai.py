@@ -405,3 +405,23 @@ def test_stream_intercepts_see_the_sdk_chunks(inst, events, server, client, kind
     assert len(chunks) == 3 and seen == ["Hel", "lo!", None]
     assert llm_events(events)[-1].data == {k: v for k, v in chat_completion("m").items()
                                            if k != "usage"}
+
+
+def test_stream_intercept_may_serve_without_the_sdk(inst, events, server, client):
+    from fake_llm_server import chat_chunks
+
+    nf = inst
+
+    async def cached(request, nxt):
+        for chunk in chat_chunks("cached", False):
+            yield chunk
+
+    nf.intercepts.register_llm_stream_execution("cache", 0, cached)
+    before = len(server.requests)
+    stream = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+    assert list(stream) == chat_chunks("cached", False)
+    with pytest.raises(AttributeError):
+        stream.response  # noqa: B018  (no SDK stream behind it)
+    assert len(server.requests) == before
+    end = llm_events(events)[-1]
+    assert end.data["model"] == "cached" and end.metadata == OK

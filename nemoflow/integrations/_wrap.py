@@ -9,7 +9,6 @@ SDK's own typed response or stream; the events record its JSON shape.
 from __future__ import annotations
 
 import functools
-import inspect
 
 from .. import _managed, _middleware
 from .._backend import core as _core
@@ -233,7 +232,7 @@ class SyncStream:
         self.close()
 
     def __getattr__(self, name):
-        return getattr(self._holder["sdk"], name)
+        return _sdk_attribute(self, name)
 
 
 class AsyncStream:
@@ -263,8 +262,12 @@ class AsyncStream:
         await self.close()
 
     def __getattr__(self, name):
-        return getattr(self._holder["sdk"], name)
+        return _sdk_attribute(self, name)
 
 
-def is_async(fn) -> bool:
-    return inspect.iscoroutinefunction(fn)
+def _sdk_attribute(stream, name):
+    # Only public attributes pass through; a stream an intercept produced has no SDK stream.
+    sdk = stream.__dict__.get("_holder", {}).get("sdk")
+    if sdk is None or name.startswith("_"):
+        raise AttributeError(name)
+    return getattr(sdk, name)
