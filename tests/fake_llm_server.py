@@ -217,6 +217,13 @@ class FakeLLMServer:
         self.thread.join(5)
 
 
+def request_data(data):
+    """An LLM start event's data without the ``x-dynamo-*`` session headers that managed calls
+    add under agent scopes (what the tests compare is the SDK call's own request)."""
+    headers = {k: v for k, v in data["headers"].items() if not k.startswith("x-dynamo-")}
+    return {**data, "headers": headers}
+
+
 def wait_for(predicate, timeout=5.0):
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -9,7 +9,12 @@ import pytest
 
 anthropic = pytest.importorskip("anthropic")
 
-from fake_llm_server import USAGE_ANTHROPIC, FakeLLMServer, anthropic_message  # noqa: E402
+from fake_llm_server import (  # noqa: E402
+    USAGE_ANTHROPIC,
+    FakeLLMServer,
+    anthropic_message,
+    request_data,
+)
 
 OK = {"otel.status_code": "OK"}
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -91,9 +96,9 @@ def test_messages_create(inst, events, server, client):
     assert isinstance(out, anthropic.types.Message) and out.content[0].text == "Hello!"
     start, end = llm_events(events)
     assert start.parent_uuid == agent.uuid and start.category == "llm"
-    assert start.data == {"headers": {}, "content": {"model": "claude-test", "max_tokens": 8,
-                                                     "messages": MESSAGES,
-                                                     "system": "be brief"}}
+    assert request_data(start.data) == {
+        "headers": {}, "content": {"model": "claude-test", "max_tokens": 8,
+                                   "messages": MESSAGES, "system": "be brief"}}
     assert end.data == anthropic_message("claude-test")
     assert end.metadata == usage_meta()
     assert start.category_profile == {"model_name": "claude-test"}
@@ -130,8 +135,8 @@ def test_stream_helper(inst, events, server, client):
             final = stream.get_final_message()
     assert text == "Hello!" and final.usage.output_tokens == 2
     start, _ = check_stream(events, "s", agent.uuid)
-    assert start.data == {"headers": {}, "content": {"model": "s", "max_tokens": 8,
-                                                     "messages": MESSAGES}}
+    assert request_data(start.data) == {
+        "headers": {}, "content": {"model": "s", "max_tokens": 8, "messages": MESSAGES}}
     assert server.requests[-1]["headers"]["x-stainless-helper-method"] == "stream"
 
 

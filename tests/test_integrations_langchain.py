@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("langchain_core")
 
+from fake_llm_server import request_data
 from langchain_core.callbacks.manager import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.language_models.fake_chat_models import (
@@ -309,7 +310,7 @@ def test_agent_middleware_runs_managed_calls(nf, events, mode):
     llms = t["_ToolModel"]  # recorded once each, by the middleware
     assert [(cat, parent) for cat, parent, _, _ in llms] == [("llm", "model")] * 2
     _, _, start, end = llms[0]
-    assert start.data == {"headers": {}, "content": {"messages": [
+    assert request_data(start.data) == {"headers": {}, "content": {"messages": [
         {"role": "user", "content": "weather?"}]}}
     assert end.data["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == \
         "get_weather"

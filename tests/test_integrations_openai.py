@@ -15,6 +15,7 @@ from fake_llm_server import (  # noqa: E402
     USAGE_CHAT,
     FakeLLMServer,
     chat_completion,
+    request_data,
     response_object,
 )
 
@@ -115,7 +116,7 @@ def test_chat_completion(inst, events, server, client):
     start, end = llm_events(events)
     assert (start.scope_category, end.scope_category) == ("start", "end")
     assert start.category == "llm" and start.parent_uuid == agent.uuid
-    assert start.data == {"headers": {"x-tag": "a"},
+    assert request_data(start.data) == {"headers": {"x-tag": "a"},
                           "content": {"model": "gpt-test", "messages": MESSAGES,
                                       "temperature": 0.5}}
     assert end.data == chat_completion("gpt-test")  # the JSON the server sent
@@ -153,7 +154,8 @@ def test_middleware_applies_to_sdk_calls(inst, events, server, client):
     assert sent["headers"]["x-intercepted"] == "openai.chat.completions"
     assert sent["body"]["temperature"] == 0
     start, end = llm_events(events)
-    assert start.data["headers"] == {"x-intercepted": "openai.chat.completions"}
+    assert request_data(start.data)["headers"] == {
+        "x-intercepted": "openai.chat.completions"}
     assert end.data == {"redacted": True}
 
 
@@ -308,8 +310,8 @@ def test_responses_create_and_stream(inst, events, client):
     out = client.responses.create(model="r", input="hi", instructions="be brief")
     assert out.output_text == "Hello!"
     start, end = llm_events(events, "openai.responses")
-    assert start.data == {"headers": {}, "content": {"model": "r", "input": "hi",
-                                                      "instructions": "be brief"}}
+    assert request_data(start.data) == {
+        "headers": {}, "content": {"model": "r", "input": "hi", "instructions": "be brief"}}
     assert end.data == response_object("r")
     assert end.metadata == {**OK, "llm.usage.input_tokens": 5, "llm.usage.output_tokens": 2,
                             "llm.usage.total_tokens": 7}
@@ -425,3 +427,16 @@ def test_stream_intercept_may_serve_without_the_sdk(inst, events, server, client
     assert len(server.requests) == before
     end = llm_events(events)[-1]
     assert end.data["model"] == "cached" and end.metadata == OK
+
+
+def test_trace_headers_reach_the_provider(inst, events, server, client):
+    """The managed pipeline's trace headers (where the package propagates trace context) are
+    sent with the SDK's request: the LLM span's own id in ``traceparent``."""
+    nf = inst
+    if not hasattr(nf, "propagation"):
+        pytest.skip("this build does not propagate trace context")
+    with nf.scope.scope("agent", nf.ScopeType.Agent):
+        client.chat.completions.create(model="m", messages=MESSAGES)
+    start = llm_events(events)[0]
+    traceparent = server.requests[-1]["headers"]["traceparent"]
+    assert traceparent.split("-")[2] == start.uuid.replace("-", "")[16:]
