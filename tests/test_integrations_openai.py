@@ -91,6 +91,8 @@ def test_instrument_is_idempotent_thread_safe_and_undone(nf, events, client):
     events.clear()
     client.chat.completions.create(model="m", messages=MESSAGES)
     assert events == []
+    assert "openai" in nf.instrument()  # no name: every installed SDK
+    assert nf.uninstrument() == [] and Completions.__dict__["create"] is original
 
 
 def test_missing_library_is_a_noop_with_a_warning(nf, monkeypatch):
