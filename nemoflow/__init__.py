@@ -57,6 +57,7 @@ from .exporters.otlp import (
     OpenTelemetryConfig,
     OpenTelemetrySubscriber,
 )
+from .integrations import instrument, uninstrument
 from .llm import LLMRequest
 from .propagation import (
     PropagationContext,
@@ -133,6 +134,7 @@ __all__ = [
     "get_scope_stack",
     "guardrails",
     "inject_traceparent",
+    "instrument",
     "intercepts",
     "llm",
     "mark",
@@ -146,6 +148,7 @@ __all__ = [
     "subscribers",
     "tools",
     "trace",
+    "uninstrument",
     "use_scope_stack",
     "wrap",
 ]
