@@ -1,4 +1,4 @@
-"""A small LangGraph agent, traced without decorating it, written to ATOF JSONL and OTLP/JSON.
+"""A small LangGraph agent, traced without decorating it: ATOF JSONL, OTLP/JSON and ATIF.
 
     pip install 'nemoflow[langgraph]'
     python examples/langgraph_agent.py [OUTPUT_DIR]
@@ -86,16 +86,23 @@ def main() -> None:
         "openinference", transport="otlp_json_file", output_directory=out_dir,
         filename="langgraph_agent.otlp.jsonl", service_name="langgraph-agent"))
     otlp.register("otlp")
+    atif = nf.AtifExporter("weather-1", "weather-request", "1.0")
+    atif.register("atif")
     try:
         with nf.scope.scope("weather-request", nf.ScopeType.Agent):
             result = build().invoke({"messages": [HumanMessage("Weather in Paris?")],
                                      "notes": []})
+        trajectory = os.path.join(out_dir, "langgraph_agent.atif.json")
+        with open(trajectory, "w", encoding="utf-8") as f:
+            f.write(atif.export_json())
     finally:
         jsonl.shutdown()
         otlp.shutdown()
+        atif.shutdown()
     print(result["messages"][-1].content)
     print(f"ATOF JSONL: {jsonl.path}")
     print(f"OTLP/JSON: {os.path.join(out_dir, 'langgraph_agent.otlp.jsonl')}")
+    print(f"ATIF trajectory: {trajectory}")
     print(summary(read_events(jsonl.path)))
 
 
