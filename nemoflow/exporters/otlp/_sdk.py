@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextvars
 import threading
-import warnings
 
 from ..._backend import core as _core
 from .._base import Exporter
@@ -135,18 +134,12 @@ class OpenTelemetrySdkSubscriber(Exporter):
         if not callable(getattr(processor, "on_start", None)) or not callable(
                 getattr(processor, "on_end", None)):
             raise TypeError("processor must be an OpenTelemetry SpanProcessor")
-        from .projections import PROJECTIONS
+        from .projections import ProjectionDiagnostics, projection_for
 
         self.config = config
         self._processor = processor
-        self._diag_lock = threading.Lock()
-        self._diagnostics: dict = {}
-        self._projection = PROJECTIONS[config.type](
-            mark_projection=config.mark_projection,
-            mark_exclude_names=list(config.mark_exclude_names),
-            attribute_mappings=config.attribute_mappings,
-            promote_metadata_prefixes=config.promote_metadata_prefixes,
-            report=self._diagnose)
+        self._diagnostics = ProjectionDiagnostics(self)
+        self._projection = projection_for(config, self._diagnostics.report)
         if resource is None:
             ours = Resource.for_service(config.service_name,
                                         service_namespace=config.service_namespace,
@@ -282,17 +275,6 @@ class OpenTelemetrySdkSubscriber(Exporter):
         except Exception as exc:
             self._report("flush", f"the span processor's force_flush failed: {exc}")
 
-    def _diagnose(self, code: str, message: str) -> None:
-        with self._diag_lock:
-            entry = self._diagnostics.get(code)
-            if entry is None:
-                self._diagnostics[code] = [message, 1]
-            else:
-                entry[1] += 1
-        if entry is None:
-            warnings.warn(f"nemoflow: exporter {self.name!r}: {message} ({code}); further "
-                          "occurrences are counted in nemoflow.diagnostics()", RuntimeWarning)
-
     def stats(self) -> dict:
         """Spans handed to the processor, the projection's counters and diagnostics."""
         out = super().stats()
@@ -300,8 +282,7 @@ class OpenTelemetrySdkSubscriber(Exporter):
             out["spans_exported"] = self._exported
         out["otel_parent_failures"] = _capture_failures
         out.update(self._projection.stats())
-        with self._diag_lock:
-            out["diagnostics"] = {code: e[1] for code, e in self._diagnostics.items()}
+        out["diagnostics"] = self._diagnostics.counts()
         return out
 
     def __repr__(self):

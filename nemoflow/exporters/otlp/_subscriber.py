@@ -5,15 +5,18 @@
 from __future__ import annotations
 
 import os
-import threading
-import warnings
 
 from ._exporter import OtlpExporter
 from ._model import InstrumentationScope, Resource
 from ._sdk import _PROJECTION_OPTIONS as _SDK_OPTIONS
 from ._sdk import OpenTelemetrySdkSubscriber
 from ._transport import HttpBinaryTransport, OtlpJsonFileTransport, validate_headers
-from .projections import PROJECTIONS, check_attribute_mappings, check_promote_prefixes
+from .projections import (
+    ProjectionDiagnostics,
+    check_attribute_mappings,
+    check_promote_prefixes,
+    projection_for,
+)
 
 __all__ = ["OpenInferenceConfig", "OpenInferenceSubscriber", "OpenTelemetryConfig",
            "OpenTelemetryRuntimeDiagnostic", "OpenTelemetryRuntimeDiagnostics",
@@ -331,14 +334,8 @@ class OpenTelemetrySubscriber(OtlpExporter):
             raise TypeError(f"config must be an OpenTelemetryConfig, not "
                             f"{type(config).__name__}")
         config.validate()
-        self._diag_lock = threading.Lock()
-        self._diagnostics: dict = {}
-        projection = PROJECTIONS[config.type](
-            mark_projection=config.mark_projection,
-            mark_exclude_names=list(config.mark_exclude_names),
-            attribute_mappings=config.attribute_mappings,
-            promote_metadata_prefixes=config.promote_metadata_prefixes,
-            report=self._diagnose)
+        self._diagnostics = ProjectionDiagnostics(self)
+        projection = projection_for(config, self._diagnostics.report)
         transport: HttpBinaryTransport | OtlpJsonFileTransport
         if config.transport == "http_binary":
             transport = HttpBinaryTransport(config.endpoint, headers=config.resolved_headers(),
@@ -389,23 +386,10 @@ class OpenTelemetrySubscriber(OtlpExporter):
         config.validate()
         return config
 
-    def _diagnose(self, code: str, message: str) -> None:
-        # Delivery thread: count, and warn about the first of each code.
-        with self._diag_lock:
-            entry = self._diagnostics.get(code)
-            if entry is None:
-                self._diagnostics[code] = [message, 1]
-            else:
-                entry[1] += 1
-        if entry is None:
-            warnings.warn(f"nemoflow: exporter {self.name!r}: {message} ({code}); further "
-                          "occurrences are counted in nemoflow.diagnostics()", RuntimeWarning)
-
     def stats(self) -> dict:
         """The exporter's counters plus ``diagnostics`` (code → count)."""
         out = super().stats()
-        with self._diag_lock:
-            out["diagnostics"] = {code: e[1] for code, e in self._diagnostics.items()}
+        out["diagnostics"] = self._diagnostics.counts()
         return out
 
     def runtime_diagnostics(self) -> OpenTelemetryRuntimeDiagnostics:
@@ -421,9 +405,8 @@ class OpenTelemetrySubscriber(OtlpExporter):
             entries.append(OpenTelemetryRuntimeDiagnostic(
                 "otel.spans_dropped", "the span queue was full and spans were dropped",
                 stats["spans_dropped"]))
-        with self._diag_lock:
-            for code, (message, n) in self._diagnostics.items():
-                entries.append(OpenTelemetryRuntimeDiagnostic(code, message, n))
+        for code, message, n in self._diagnostics.entries():
+            entries.append(OpenTelemetryRuntimeDiagnostic(code, message, n))
         entries.sort(key=lambda e: e.code)
         return OpenTelemetryRuntimeDiagnostics(entries)
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import collections
 import logging
 import re
+import threading
 import uuid as _uuid
 from typing import Any
 
 import orjson
 
 from ... import propagation as _propagation
+from ..._backend import core as _core
 from ...codecs import normalize as _nz
 from ._model import (
     FLAGS_LOCAL,
@@ -1123,3 +1125,43 @@ class GenAIProjection(_Projection):
 
 PROJECTIONS = {"full": FullProjection, "gen_ai": GenAIProjection,
                "openinference": OpenInferenceProjection}
+
+
+class ProjectionDiagnostics:
+    """The projection's diagnostics by code (``runtime_diagnostics``): each counted, the first
+    of each code warned about; ``report`` is what a projection is given to call."""
+
+    def __init__(self, owner):
+        self._owner = owner  # the exporter, for its name in the warning
+        self._lock = threading.Lock()
+        self._entries: dict = {}  # code -> [message, count]
+
+    def report(self, code: str, message: str) -> None:
+        with self._lock:
+            entry = self._entries.get(code)
+            if entry is None:
+                self._entries[code] = [message, 1]
+            else:
+                entry[1] += 1
+        if entry is None:
+            _core._warn_quietly(f"nemoflow: exporter {self._owner.name!r}: {message} ({code}); "
+                                "further occurrences are counted in nemoflow.diagnostics()")
+
+    def counts(self) -> dict:
+        with self._lock:
+            return {code: e[1] for code, e in self._entries.items()}
+
+    def entries(self) -> list:
+        """``[(code, message, count)]``."""
+        with self._lock:
+            return [(code, e[0], e[1]) for code, e in self._entries.items()]
+
+
+def projection_for(config, report):
+    """The projection an ``OpenTelemetryConfig`` names, reporting through ``report``."""
+    return PROJECTIONS[config.type](
+        mark_projection=config.mark_projection,
+        mark_exclude_names=list(config.mark_exclude_names),
+        attribute_mappings=config.attribute_mappings,
+        promote_metadata_prefixes=config.promote_metadata_prefixes,
+        report=report)
