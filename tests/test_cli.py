@@ -232,7 +232,7 @@ def test_no_arguments_print_the_help_with_exit_2(capsys):
 
 
 def test_usage_errors_exit_2():
-    code, out, err = _run("summary")
+    code, _out, err = _run("summary")
     assert code == 2
     assert "the following arguments are required: TRACE" in err
     code, _out, err = _run("convert", "x.jsonl", "--to", "pdf")
