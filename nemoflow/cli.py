@@ -289,8 +289,24 @@ def _validate_file(path: str, out) -> int:
     return 1 if problems else 0
 
 
-def summary(events: list) -> str:
+_STATUS_KEYS = ("otel.status_code", "otel.status_description")
+
+
+def _slim(ev: dict) -> dict:
+    """What the tree shows of an event: payloads of scopes are not kept for a large file."""
+    if ev["kind"] == "mark":
+        return {k: ev[k] for k in (*_NEEDED_MARK, "kind")}
+    out = {k: ev[k] for k in ("category", "kind", "name", "parent_uuid", "scope_category",
+                              "timestamp", "uuid")}
+    meta = ev["metadata"]
+    out["metadata"] = ({k: meta[k] for k in _STATUS_KEYS if k in meta}
+                       if isinstance(meta, dict) else meta)
+    return out
+
+
+def summary(events) -> str:
     """A readable tree of the scopes (with durations and status) and marks of a trace."""
+    events = list(events)
     starts: dict = {}
     ends: dict = {}
     children: dict = {}
@@ -418,8 +434,8 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args) -> int:
     if args.command == "validate":
         return _validate_file(args.path, sys.stdout)
-    events = list(iter_events(args.path))
     if args.command == "convert":
+        events = list(iter_events(args.path))
         text = to_atif(events, args.session_id, args.agent_name, args.agent_version)
         if args.output == "-":
             sys.stdout.write(text + "\n")
@@ -430,7 +446,7 @@ def _run(args) -> int:
             except OSError as exc:
                 raise TraceError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
         return 0
-    print(summary(events))
+    print(summary(_slim(ev) for ev in iter_events(args.path)))
     return 0
 
 
