@@ -12,6 +12,8 @@ import tracemalloc
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nemoflow import cli
 
@@ -300,3 +302,26 @@ def test_reading_is_line_by_line(tmp_path):
         tracemalloc.stop()
     assert size > 4_000_000
     assert peak < 1_000_000, peak
+
+
+_MUTATED_LINES = st.lists(
+    st.sampled_from(_trace().splitlines(keepends=True)).flatmap(
+        lambda line: st.tuples(st.just(line), st.integers(0, len(line)), st.binary(max_size=8))
+    ).map(lambda t: t[0][:t[1]] + t[2] + t[0][t[1] + len(t[2]):]),
+    max_size=8,
+)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=300), _MUTATED_LINES.map(b"".join)),
+       compress=st.booleans())
+def test_any_bytes_give_a_result_or_one_line(tmp_path, capsys, data, compress):
+    path = _write(tmp_path, "f.jsonl", gzip.compress(data) if compress else data)
+    for args in (["summary", path], ["validate", path], ["convert", path, "--to", "atif"]):
+        code = cli.main(args)
+        err = capsys.readouterr().err
+        assert code in (0, 1)
+        assert "cannot read (" not in err  # the catch-all for what the reader did not foresee
+        # validate reports bad lines on stdout: stderr only for a file it cannot read at all
+        assert err.count("\n") == code if args[0] != "validate" else err.count("\n") <= code
