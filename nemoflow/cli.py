@@ -3,12 +3,18 @@
     nemoflow summary TRACE.jsonl    the scope tree with durations, status and marks
     nemoflow validate TRACE.jsonl   check every line against the ATOF 0.1 envelope
     nemoflow convert TRACE.jsonl --to atif [-o OUT]   the run as an ATIF trajectory
+
+``-`` reads standard input; gzip-compressed input (``.jsonl.gz``) is read transparently. A file
+that cannot be read ends the command with one line on stderr naming the file and line.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import os
 import sys
+import zlib
 from datetime import datetime
 
 import orjson
@@ -17,12 +23,181 @@ _SCOPE_KEYS = frozenset({"atof_version", "attributes", "category", "category_pro
                          "data_schema", "kind", "metadata", "name", "parent_uuid",
                          "scope_category", "timestamp", "uuid"})
 _MARK_KEYS = _SCOPE_KEYS - {"attributes", "scope_category"}
+# What the tree and the conversion read from each event.
+_NEEDED_MARK = ("data", "name", "parent_uuid", "timestamp", "uuid")
+_NEEDED_SCOPE = (*_NEEDED_MARK, "category", "metadata", "scope_category")
+
+
+class TraceError(ValueError):
+    """A trace that cannot be read; the message names the file and, when known, the line."""
+
+
+def _display(path: str) -> str:
+    return "<stdin>" if path == "-" else path
+
+
+def _open(path: str):
+    """A binary stream of the file's bytes, decompressed when it is gzip (by content)."""
+    name = _display(path)
+    if path == "-":
+        raw = sys.stdin.buffer
+    else:
+        try:
+            raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+        except FileNotFoundError:
+            raise TraceError(f"{name}: no such file") from None
+        except IsADirectoryError:
+            raise TraceError(f"{name}: is a directory, not a trace file") from None
+        except PermissionError:
+            raise TraceError(f"{name}: permission denied") from None
+        except OSError as exc:
+            raise TraceError(f"{name}: cannot open ({exc.strerror or exc})") from None
+    try:
+        magic = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+    except OSError as exc:
+        if raw is not sys.stdin.buffer:
+            raw.close()
+        if isinstance(exc, IsADirectoryError):
+            raise TraceError(f"{name}: is a directory, not a trace file") from None
+        raise TraceError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    if magic == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+    return raw, raw
+
+
+def _json_problem(line: bytes, exc: Exception) -> str:
+    text = str(exc)
+    where = text.find(": line ")  # orjson's position is within the line: keep the column only
+    if where >= 0:
+        col = text.find("column ", where)
+        text = text[:where] + (f", {text[col:].split(' (')[0]}" if col >= 0 else "")
+    if not line.endswith(b"\n"):
+        return f"truncated line, no newline at the end of the file (invalid JSON: {text})"
+    return f"invalid JSON ({text})"
+
+
+def _foreign(value) -> str | None:
+    """What a JSON value that is not an ATOF event looks like, when it is a known format."""
+    if isinstance(value, dict):
+        if "traceEvents" in value:
+            return "a Chrome trace (JSON), not ATOF JSONL"
+        for key in ("resourceSpans", "resourceLogs", "resourceMetrics"):
+            if key in value:
+                return "an OTLP/JSON export, not ATOF JSONL"
+        if "steps" in value and "schema_version" in value:
+            return "an ATIF trajectory, not ATOF JSONL"
+        return None
+    if isinstance(value, list):
+        if value and all(isinstance(v, dict) and "ph" in v for v in value):
+            return "a Chrome trace (JSON array), not ATOF JSONL"
+        return "a JSON array, not ATOF JSONL (one event object per line)"
+    return None
+
+
+def _event_problem(ev) -> str | None:
+    """Why a parsed line is not an ATOF event the tree can show (None when it is)."""
+    if not isinstance(ev, dict):
+        return _foreign(ev) or f"not an ATOF event (a JSON {type(ev).__name__}, not an object)"
+    kind = ev.get("kind")
+    if kind not in ("scope", "mark"):
+        foreign = _foreign(ev)
+        if foreign is not None:
+            return foreign
+        if "kind" not in ev:
+            return 'not an ATOF event (no "kind" field)'
+        return f"unknown kind {kind!r}"
+    missing = [k for k in (_NEEDED_SCOPE if kind == "scope" else _NEEDED_MARK) if k not in ev]
+    if missing:
+        return f"{kind} event without {', '.join(missing)}"
+    if not isinstance(ev["uuid"], str):
+        return f"uuid {ev['uuid']!r} is not a string"
+    if ev["parent_uuid"] is not None and not isinstance(ev["parent_uuid"], str):
+        return f"parent_uuid {ev['parent_uuid']!r} is not a string or null"
+    if kind == "scope" and ev["scope_category"] not in ("start", "end"):
+        return f"scope_category {ev['scope_category']!r}"
+    try:
+        _ts(ev["timestamp"])
+    except (TypeError, ValueError, AttributeError, OverflowError, OSError):
+        return f"timestamp {ev['timestamp']!r} is not RFC 3339 or epoch microseconds"
+    return None
+
+
+def _lines(path: str, allow_empty: bool = False):
+    """(line number, bytes) of every non-blank line, read one at a time."""
+    name = _display(path)
+    stream, raw = _open(path)
+    lineno = 0
+    seen = False
+    try:
+        while True:
+            try:
+                line = stream.readline()
+            except (OSError, EOFError, zlib.error) as exc:
+                raise TraceError(f"{name}:{lineno + 1}: corrupt or truncated gzip data "
+                                 f"({exc})") from None
+            if not line:
+                break
+            lineno += 1
+            if not line.strip():
+                continue
+            seen = True
+            yield lineno, line
+    finally:
+        if stream is not raw:
+            stream.close()
+        if raw is not sys.stdin.buffer:
+            raw.close()
+    if not seen and not allow_empty:
+        raise TraceError(f"{name}: empty, no ATOF events")
+
+
+def _records(path: str, allow_empty: bool = False):
+    """(line number, parsed value or None, problem or None) of every non-blank line."""
+    name = _display(path)
+    first = True
+    for lineno, line in _lines(path, allow_empty):
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            if first:
+                head = line.strip()
+                if b'"traceEvents"' in head[:200]:
+                    raise TraceError(f"{name}:{lineno}: a Chrome trace (JSON), not ATOF "
+                                     "JSONL") from None
+                if head in (b"{", b"["):
+                    raise TraceError(f"{name}:{lineno}: a multi-line JSON document (a Chrome "
+                                     "trace, an ATIF file?), not ATOF JSONL (one event object "
+                                     "per line)") from None
+            first = False
+            yield lineno, None, _json_problem(line, exc)
+            continue
+        if first:
+            first = False
+            if not (isinstance(value, dict) and "kind" in value):
+                foreign = _foreign(value)
+                if foreign is not None:  # the whole file is in another format: stop here
+                    raise TraceError(f"{name}:{lineno}: {foreign}")
+        yield lineno, value, None
+
+
+def iter_events(path: str, allow_empty: bool = False):
+    """The events of an ATOF JSONL file (``-``: stdin; gzip read transparently), one at a time.
+
+    Raises ``TraceError`` (a ``ValueError``) naming the file and line at the first line that is
+    not an ATOF event.
+    """
+    name = _display(path)
+    for lineno, ev, problem in _records(path, allow_empty):
+        if problem is None:
+            problem = _event_problem(ev)
+        if problem is not None:
+            raise TraceError(f"{name}:{lineno}: {problem}")
+        yield ev
 
 
 def read_events(path: str) -> list:
     """The events of an ATOF JSONL file, as dicts, in file order."""
-    with open(path, "rb") as f:
-        return [orjson.loads(line) for line in f if line.strip()]
+    return list(iter_events(path, allow_empty=True))
 
 
 def _ts(value) -> float:
@@ -42,41 +217,96 @@ def _ts(value) -> float:
     return datetime.fromisoformat(text).timestamp() + frac_ns / 1e9
 
 
-def validate(events: list) -> list:
-    """Problems found in a list of event dicts (empty when the stream is valid ATOF 0.1)."""
-    problems = []
-    open_scopes = {}
-    for i, ev in enumerate(events, 1):
+class _Validator:
+    """Checks events one at a time, keeping only the scopes still open."""
+
+    def __init__(self):
+        self.open_scopes: dict = {}
+
+    def check(self, ev, line) -> list:
+        """The problems of one event (``line`` is where it is, kept for unclosed scopes)."""
+        if not isinstance(ev, dict):
+            return [_event_problem(ev)]
         kind = ev.get("kind")
         expected = _SCOPE_KEYS if kind == "scope" else _MARK_KEYS if kind == "mark" else None
         if expected is None:
-            problems.append(f"line {i}: unknown kind {kind!r}")
-            continue
+            return [_foreign(ev) or f"unknown kind {kind!r}"]
         if set(ev) != expected:
-            problems.append(f"line {i}: fields {sorted(set(ev) ^ expected)} missing or extra")
-            continue
+            return [f"fields {sorted(set(ev) ^ expected)} missing or extra"]
+        problems = []
         if ev["atof_version"] != "0.1":
-            problems.append(f"line {i}: atof_version {ev['atof_version']!r}")
+            problems.append(f"atof_version {ev['atof_version']!r}")
+        basic = _event_problem(ev)
+        if basic is not None:
+            problems.append(basic)
+            return problems
         if kind == "scope":
             # other writers' categories are kept (ATOF): only the type is checked
             if not isinstance(ev["category"], str):
-                problems.append(f"line {i}: category {ev['category']!r} is not a string")
+                problems.append(f"category {ev['category']!r} is not a string")
             if ev["scope_category"] == "start":
-                open_scopes[ev["uuid"]] = ev
-            elif ev["scope_category"] == "end":
-                if open_scopes.pop(ev["uuid"], None) is None:
-                    problems.append(f"line {i}: end of {ev['uuid']} without a start")
-            else:
-                problems.append(f"line {i}: scope_category {ev['scope_category']!r}")
+                self.open_scopes[ev["uuid"]] = (ev["name"], line)
+            elif self.open_scopes.pop(ev["uuid"], None) is None:
+                problems.append(f"end of {ev['uuid']} without a start")
+        return problems
+
+    def finish(self) -> list:
+        """(line, problem) for every scope that was started and never ended."""
+        return [(line, f"scope {name!r} ({uuid}) has no end event")
+                for uuid, (name, line) in self.open_scopes.items()]
+
+
+def validate(events: list) -> list:
+    """Problems found in a list of event dicts (empty when the stream is valid ATOF 0.1)."""
+    checker = _Validator()
+    problems = [f"line {i}: {problem}"
+                for i, ev in enumerate(events, 1) for problem in checker.check(ev, i)]
     # Implicit roots are never written: a parent that is not in the file must be a root, i.e.
     # never itself have a parent in the file. Anything else is a dangling link.
-    for uuid, ev in open_scopes.items():
-        problems.append(f"scope {ev['name']!r} ({uuid}) has no end event")
-    return problems
+    return problems + [problem for _, problem in checker.finish()]
 
 
-def summary(events: list) -> str:
+def _validate_file(path: str, out) -> int:
+    """Print every problem of a trace file as ``file:line: reason``, then the count."""
+    name = _display(path)
+    checker = _Validator()
+    events = problems = 0
+    try:
+        for lineno, ev, problem in _records(path):
+            events += 1
+            found = [problem] if problem is not None else checker.check(ev, lineno)
+            for text in found:
+                problems += 1
+                out.write(f"{name}:{lineno}: {text}\n")
+    except TraceError as exc:
+        out.flush()
+        print(f"nemoflow: error: {exc}", file=sys.stderr)
+        return 1
+    for lineno, text in checker.finish():
+        problems += 1
+        out.write(f"{name}:{lineno}: {text}\n")
+    out.write(f"{name}: {events} events, {problems} problems\n")
+    return 1 if problems else 0
+
+
+_STATUS_KEYS = ("otel.status_code", "otel.status_description")
+
+
+def _slim(ev: dict) -> dict:
+    """What the tree shows of an event: payloads of scopes are not kept for a large file."""
+    if ev["kind"] == "mark":
+        return {k: ev[k] for k in (*_NEEDED_MARK, "kind")}
+    out = {k: ev[k] for k in ("category", "kind", "name", "parent_uuid", "scope_category",
+                              "timestamp", "uuid")}
+    meta = ev["metadata"]
+    out["metadata"] = ({k: meta[k] for k in _STATUS_KEYS if k in meta}
+                       if isinstance(meta, dict) else meta)
+    return out
+
+
+def summary(events) -> str:
     """A readable tree of the scopes (with durations and status) and marks of a trace."""
+    events = list(events)
     starts: dict = {}
     ends: dict = {}
     children: dict = {}
@@ -167,38 +397,90 @@ def to_atif(events: list, session_id: str | None = None, agent_name: str | None 
     return dumps(events_to_trajectory(events, session_id, agent_info(agent_name, agent_version)))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="nemoflow", description="Read ATOF JSONL traces.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            return version("nemoflow")
+        except PackageNotFoundError:
+            pass
+    except ImportError:
+        pass
+    from . import __version__
+    return __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nemoflow", description="Read ATOF JSONL traces.",
+        epilog="TRACE is a file, a gzip-compressed file (.jsonl.gz) or - for standard input. "
+               "Exit status: 0 success, 1 unreadable or invalid input, 2 usage error.")
+    parser.add_argument("--version", action="version", version=f"nemoflow {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in (("summary", "print the scope tree"), ("validate", "check the format")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("path", help="an ATOF JSONL file")
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("path", metavar="TRACE", help="an ATOF JSONL file (- for stdin)")
     p = sub.add_parser("convert", help="convert a trace to another format")
-    p.add_argument("path", help="an ATOF JSONL file")
+    p.add_argument("path", metavar="TRACE", help="an ATOF JSONL file (- for stdin)")
     p.add_argument("--to", required=True, choices=["atif"], help="the output format")
     p.add_argument("-o", "--output", default="-", help="output file (default: standard output)")
     p.add_argument("--session-id", help="trajectory session id (default: the top-level agent "
                    "scope's uuid)")
     p.add_argument("--agent-name", help="agent name (default: the top-level agent's name)")
     p.add_argument("--agent-version", default="0", help="agent version (default: 0)")
-    args = parser.parse_args(argv)
-    events = read_events(args.path)
+    return parser
+
+
+def _run(args) -> int:
+    if args.command == "validate":
+        return _validate_file(args.path, sys.stdout)
     if args.command == "convert":
+        events = list(iter_events(args.path))
         text = to_atif(events, args.session_id, args.agent_name, args.agent_version)
         if args.output == "-":
             sys.stdout.write(text + "\n")
         else:
-            with open(args.output, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
+            try:
+                with open(args.output, "w", encoding="utf-8") as f:
+                    f.write(text + "\n")
+            except OSError as exc:
+                raise TraceError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
         return 0
-    if args.command == "summary":
-        print(summary(events))
-        return 0
-    problems = validate(events)
-    for problem in problems:
-        print(problem)
-    print(f"{args.path}: {len(events)} events, {len(problems)} problems")
-    return 1 if problems else 0
+    print(summary(_slim(ev) for ev in iter_events(args.path)))
+    return 0
+
+
+def main(argv=None) -> int:
+    """Run the ``nemoflow`` command; the exit status."""
+    parser = _parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    if not argv:  # a bare ``nemoflow``: the help, as a usage error (exit 2)
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    try:
+        code = _run(args)
+        sys.stdout.flush()
+        return code
+    except TraceError as exc:
+        print(f"nemoflow: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (``nemoflow summary big.jsonl | head``): stop quietly, and keep
+        # the interpreter's final flush from failing on the closed pipe.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a trace this reader does not expect: one line, not a traceback
+        print(f"nemoflow: error: {_display(args.path)}: cannot read "
+              f"({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
