@@ -8,6 +8,9 @@ Model, shared with ``_core.pyx``: a scope is an immutable frame that points to i
 ``parent_uuid`` on the wire) and to the frame it was pushed over (restored on pop). The current
 frame of each thread and asyncio task lives in one ``ContextVar``, so a task that starts under a
 scope sees it as parent and its own pushes never touch another task's nesting.
+
+The sections below ("Section payload", "Section record", ...) are those of the compiled core,
+one include file each (``_core_src/<section>.pxi``), in the same order.
 """
 
 from __future__ import annotations
@@ -49,7 +52,15 @@ from ._types import (
     attribute_names,
 )
 
+# =============================================================================================
+# Section constants: module constants.
+# =============================================================================================
+
 BACKEND = "python"
+
+# =============================================================================================
+# Section payload: payloads on the traced thread: JSON encoding, redaction, validation.
+# =============================================================================================
 
 # --------------------------------------------------------------------------------------------
 # JSON payloads: encoded once, at the call, to canonical bytes (sorted keys).
@@ -239,6 +250,10 @@ def _decode(raw):
     return None if raw is None else orjson.loads(raw)
 
 
+# =============================================================================================
+# Section frames: frames (handles), ids and timestamps, the binding of the current frame.
+# =============================================================================================
+
 # --------------------------------------------------------------------------------------------
 # Clock, timestamps and ids.
 
@@ -421,6 +436,62 @@ def imported_frame(uuid: str, name: str, scope_type, prev) -> ScopeHandle:
     return f
 
 
+def is_closed(frame) -> bool:
+    """Whether the scope of ``frame`` has ended."""
+    return frame._closed
+
+
+def stack(frame) -> list:
+    """The uuids of the open scopes on the stack ``frame`` is on, root first, ``frame`` last
+    (the frames it was pushed over, as scope-local delivery walks them)."""
+    out = []
+    f = frame
+    while f is not None:
+        if not f._closed:
+            out.append(f._uuid)
+        f = f._prev
+    out.reverse()
+    return out
+
+
+def open_frames(frame) -> list:
+    """The open frames of the stack ``frame`` is on, root first, ``frame`` last."""
+    out = []
+    f = frame
+    while f is not None:
+        if not f._closed:
+            out.append(f)
+        f = f._prev
+    out.reverse()
+    return out
+
+
+def stack_anchor(frame) -> tuple:
+    """``(outermost, inner_agent, outer_agent)`` of the stack ``frame`` is on, root excluded:
+    the open frame just above the root, and the two innermost open agent scopes (or None)."""
+    above = inner = outer = None
+    f = frame
+    while f is not None and f._prev is not None:
+        if not f._closed:
+            if f._scope_type is ScopeType.Agent and outer is None:
+                if inner is None:
+                    inner = f
+                else:
+                    outer = f
+            above = f
+        f = f._prev
+    return above, inner, outer
+
+
+def root_of(frame) -> ScopeHandle:
+    """The implicit root of the trace ``frame`` belongs to."""
+    while frame._parent is not None:
+        frame = frame._parent
+    if frame._prev is not None:  # an imported parent: the propagated root is below it
+        frame = frame._prev
+    return frame
+
+
 # --------------------------------------------------------------------------------------------
 # Binding: the current frame of this thread / asyncio task.
 
@@ -456,6 +527,10 @@ def unbind(token) -> None:
 
 get_handle = current
 
+
+# =============================================================================================
+# Section events: event objects: what subscribers and exporters receive.
+# =============================================================================================
 
 # --------------------------------------------------------------------------------------------
 # Events.
@@ -677,6 +752,10 @@ class MarkEvent:
     def __repr__(self):
         return f"<MarkEvent {self._name!r} {self._uuid}>"
 
+
+# =============================================================================================
+# Section subscribers: synchronous delivery on the traced thread.
+# =============================================================================================
 
 # --------------------------------------------------------------------------------------------
 # Subscribers. Registries are immutable tuples swapped under a lock; the emit path reads them
@@ -976,6 +1055,10 @@ def _deliver(event, top):
         raise first
 
 
+# =============================================================================================
+# Section record: a record built on the traced thread, put in its per-thread ring.
+# =============================================================================================
+
 # --------------------------------------------------------------------------------------------
 # The pipeline: exporters and buffered subscribers are fed from per-thread rings by one
 # delivery thread, never on the traced thread. Nothing attached: nothing is recorded. (The
@@ -1106,6 +1189,10 @@ def _wait_for_room(ring):
         finally:
             _pipe["waiting"] -= 1
 
+
+# =============================================================================================
+# Section sinks: line sinks: encoded lines appended to files.
+# =============================================================================================
 
 class LineSink:
     """A file descriptor the delivery thread writes ATOF lines to.
@@ -1266,6 +1353,10 @@ def _write_lines(fd, data):
             torn = True
     return keep, torn, err
 
+
+# =============================================================================================
+# Section delivery: the delivery thread: batches from the rings to sinks and consumers.
+# =============================================================================================
 
 def consumer_failed(consumer, exc):
     """Count (and report once) an exporter's failure; never raised into traced code."""
@@ -1459,124 +1550,9 @@ def shutdown(timeout=5.0):
     return flushed and not thread.is_alive()
 
 
-# The compiled core's limit (2**20 records of 128 bytes: 128 MiB per recording thread).
-_MAX_RING = 1 << 20
-
-
-def _exit_begin():
-    """Start the exit clock (once): every wait from now on ends by the exit deadline."""
-    global _exit_deadline
-    if _exit_deadline is None:
-        _exit_deadline = time.monotonic() + _exit_timeout
-    return _exit_deadline
-
-
-def _report_abandoned():
-    # Once exit stopped waiting: count what it leaves behind and say so on stderr.
-    global _abandoned_at_exit
-    n = _pending() + _n_deferred
-    if n > 0:
-        _abandoned_at_exit += n
-        _exit.report_abandoned(n, _exit_timeout)
-
-
-def _at_child_exit():
-    # The end of a multiprocessing child, which leaves through os._exit: atexit will not run.
-    _exit_begin()
-    if _delivery is not None and _delivery.pid == _pid:
-        flush()
-        _report_abandoned()
-
-
-def set_otel_capture(hook, context_var=None) -> None:
-    """Install (or with None remove) the callable a top-level scope or mark calls at its start
-    for the OpenTelemetry parent context; used while ``otel_parent`` is "auto". With
-    ``context_var`` (OpenTelemetry's context ContextVar), it is called only while that
-    context is not empty."""
-    global _otel_hook, _otel_capture, _otel_cv
-    if hook is not None and not callable(hook):
-        raise TypeError("hook must be callable or None")
-    if context_var is not None and not isinstance(context_var, contextvars.ContextVar):
-        raise TypeError("context_var must be a contextvars.ContextVar or None")
-    _otel_cv = context_var
-    _otel_hook = hook
-    _otel_capture = hook if _otel_parent == "auto" else None
-
-
-def configure(ring_size=None, overflow=None, exit_timeout=None, otel_parent=None):
-    """Pipeline settings: ``ring_size`` (records per thread, a power of two from 16 to 2**20,
-    for rings made from now on), ``overflow`` ("block", the lossless default, or "drop"),
-    ``exit_timeout`` (seconds exit waits for delivery, in all) and ``otel_parent`` ("auto":
-    a top-level scope joins the current OpenTelemetry span while an OpenTelemetry exporter is
-    attached; "off")."""
-    global _drop_when_full, _exit_timeout, _otel_parent, _otel_capture
-    # Every value is checked before any is applied: a refused call changes nothing.
-    if ring_size is not None and (
-            not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
-            or ring_size > _MAX_RING or ring_size & (ring_size - 1)):
-        raise ValueError(f"ring_size must be a power of two from 16 to {_MAX_RING}, "
-                         f"not {ring_size!r}")
-    if overflow is not None and overflow not in ("block", "drop"):
-        raise ValueError('overflow must be "block" or "drop"')
-    if otel_parent is not None and otel_parent not in ("auto", "off"):
-        raise ValueError('otel_parent must be "auto" or "off"')
-    if exit_timeout is not None:
-        exit_timeout = _exit.check_timeout(exit_timeout)
-        _exit_timeout = exit_timeout
-    if otel_parent is not None:
-        _otel_parent = otel_parent
-        _otel_capture = _otel_hook if otel_parent == "auto" else None
-    if ring_size is not None:
-        with _pipe_lock:
-            _pipe["capacity"] = ring_size
-    if overflow is not None:
-        _drop_when_full = overflow == "drop"
-
-
-def _before_fork():
-    # Deliver what is buffered before forking, so the child neither loses nor repeats it.
-    if _recording and _delivery is not None:
-        flush(5.0)
-
-
-def _after_fork_in_child():
-    # Only the forking thread exists in the child: new locks, no rings of the parent's (the
-    # parent delivers what they held), a delivery thread of our own before the next record.
-    global _pid, _pipe_lock, _work, _progress, _delivery, _delivery_ident, _registry_lock
-    global _exit_deadline
-    _pid = os.getpid()
-    _pipe_lock = threading.RLock()
-    _work = threading.Condition(_pipe_lock)
-    _progress = threading.Condition(_pipe_lock)
-    _pipe.update(rings=[], flush_requests=0, wake=False, waiting=0, stopping=False)
-    _delivery = None
-    _delivery_ident = 0
-    _exit_deadline = None  # the child's exit has a clock of its own
-    _registry_lock = threading.RLock()
-    for sub in _all_subscribers():
-        sub._lock = threading.RLock()
-    _forget_deferred()  # the parent's delivery thread makes those calls
-    _exit.watch_children(_at_child_exit)
-
-
-def _pipeline_stats():
-    # Only references are taken under the lock; the dicts are built after it.
-    with _pipe_lock:
-        live = list(_pipe["rings"])
-        totals = (_pipe["dropped_freed"], _pipe["waits_freed"], _pipe["capacity"],
-                  _pipe["freed"], _pipe["high_freed"])
-    rings = [{"thread": r.thread_ident, "capacity": r.capacity, "pending": r.head - r.delivered,
-              "high_water": r.high_water, "dropped": r.dropped, "waits": r.waits,
-              "closed": r.closed} for r in live]
-    dropped, waits, capacity, freed, high = totals
-    return {"recording": _recording, "overflow": "drop" if _drop_when_full else "block",
-            "ring_size": capacity, "dropped": dropped + sum(x["dropped"] for x in rings),
-            "waits": waits + sum(x["waits"] for x in rings), "rings": rings,
-            "rings_freed": freed, "high_water_freed": high, "deferred": _n_deferred,
-            "exit_timeout": _exit_timeout, "abandoned_at_detach": _abandoned_at_detach,
-            "abandoned_at_exit": _abandoned_at_exit}
-
-
+# =============================================================================================
+# Section api: Python-facing scope lifecycle: start/end, push/pop, marks.
+# =============================================================================================
 
 # --------------------------------------------------------------------------------------------
 # Scope lifecycle.
@@ -1858,6 +1834,10 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     if _enabled:
         _deliver(ev, top)
 
+
+# =============================================================================================
+# Section spans: Python-facing context managers and decorators.
+# =============================================================================================
 
 # --------------------------------------------------------------------------------------------
 # Context managers: ``scope.scope(...)`` and the span behind ``nf.trace``.
@@ -2162,7 +2142,127 @@ class TracedFunction:
         return f"<traced function {getattr(self, '__qualname__', self._name)} at {id(self):#x}>"
 
 
-# --------------------------------------------------------------------------------------------
+# =============================================================================================
+# Section lifecycle: configuration, diagnostics, exit and fork.
+# =============================================================================================
+
+# The compiled core's limit (2**20 records of 128 bytes: 128 MiB per recording thread).
+_MAX_RING = 1 << 20
+
+
+def _exit_begin():
+    """Start the exit clock (once): every wait from now on ends by the exit deadline."""
+    global _exit_deadline
+    if _exit_deadline is None:
+        _exit_deadline = time.monotonic() + _exit_timeout
+    return _exit_deadline
+
+
+def _report_abandoned():
+    # Once exit stopped waiting: count what it leaves behind and say so on stderr.
+    global _abandoned_at_exit
+    n = _pending() + _n_deferred
+    if n > 0:
+        _abandoned_at_exit += n
+        _exit.report_abandoned(n, _exit_timeout)
+
+
+def _at_child_exit():
+    # The end of a multiprocessing child, which leaves through os._exit: atexit will not run.
+    _exit_begin()
+    if _delivery is not None and _delivery.pid == _pid:
+        flush()
+        _report_abandoned()
+
+
+def set_otel_capture(hook, context_var=None) -> None:
+    """Install (or with None remove) the callable a top-level scope or mark calls at its start
+    for the OpenTelemetry parent context; used while ``otel_parent`` is "auto". With
+    ``context_var`` (OpenTelemetry's context ContextVar), it is called only while that
+    context is not empty."""
+    global _otel_hook, _otel_capture, _otel_cv
+    if hook is not None and not callable(hook):
+        raise TypeError("hook must be callable or None")
+    if context_var is not None and not isinstance(context_var, contextvars.ContextVar):
+        raise TypeError("context_var must be a contextvars.ContextVar or None")
+    _otel_cv = context_var
+    _otel_hook = hook
+    _otel_capture = hook if _otel_parent == "auto" else None
+
+
+def configure(ring_size=None, overflow=None, exit_timeout=None, otel_parent=None):
+    """Pipeline settings: ``ring_size`` (records per thread, a power of two from 16 to 2**20,
+    for rings made from now on), ``overflow`` ("block", the lossless default, or "drop"),
+    ``exit_timeout`` (seconds exit waits for delivery, in all) and ``otel_parent`` ("auto":
+    a top-level scope joins the current OpenTelemetry span while an OpenTelemetry exporter is
+    attached; "off")."""
+    global _drop_when_full, _exit_timeout, _otel_parent, _otel_capture
+    # Every value is checked before any is applied: a refused call changes nothing.
+    if ring_size is not None and (
+            not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
+            or ring_size > _MAX_RING or ring_size & (ring_size - 1)):
+        raise ValueError(f"ring_size must be a power of two from 16 to {_MAX_RING}, "
+                         f"not {ring_size!r}")
+    if overflow is not None and overflow not in ("block", "drop"):
+        raise ValueError('overflow must be "block" or "drop"')
+    if otel_parent is not None and otel_parent not in ("auto", "off"):
+        raise ValueError('otel_parent must be "auto" or "off"')
+    if exit_timeout is not None:
+        exit_timeout = _exit.check_timeout(exit_timeout)
+        _exit_timeout = exit_timeout
+    if otel_parent is not None:
+        _otel_parent = otel_parent
+        _otel_capture = _otel_hook if otel_parent == "auto" else None
+    if ring_size is not None:
+        with _pipe_lock:
+            _pipe["capacity"] = ring_size
+    if overflow is not None:
+        _drop_when_full = overflow == "drop"
+
+
+def _before_fork():
+    # Deliver what is buffered before forking, so the child neither loses nor repeats it.
+    if _recording and _delivery is not None:
+        flush(5.0)
+
+
+def _after_fork_in_child():
+    # Only the forking thread exists in the child: new locks, no rings of the parent's (the
+    # parent delivers what they held), a delivery thread of our own before the next record.
+    global _pid, _pipe_lock, _work, _progress, _delivery, _delivery_ident, _registry_lock
+    global _exit_deadline
+    _pid = os.getpid()
+    _pipe_lock = threading.RLock()
+    _work = threading.Condition(_pipe_lock)
+    _progress = threading.Condition(_pipe_lock)
+    _pipe.update(rings=[], flush_requests=0, wake=False, waiting=0, stopping=False)
+    _delivery = None
+    _delivery_ident = 0
+    _exit_deadline = None  # the child's exit has a clock of its own
+    _registry_lock = threading.RLock()
+    for sub in _all_subscribers():
+        sub._lock = threading.RLock()
+    _forget_deferred()  # the parent's delivery thread makes those calls
+    _exit.watch_children(_at_child_exit)
+
+
+def _pipeline_stats():
+    # Only references are taken under the lock; the dicts are built after it.
+    with _pipe_lock:
+        live = list(_pipe["rings"])
+        totals = (_pipe["dropped_freed"], _pipe["waits_freed"], _pipe["capacity"],
+                  _pipe["freed"], _pipe["high_freed"])
+    rings = [{"thread": r.thread_ident, "capacity": r.capacity, "pending": r.head - r.delivered,
+              "high_water": r.high_water, "dropped": r.dropped, "waits": r.waits,
+              "closed": r.closed} for r in live]
+    dropped, waits, capacity, freed, high = totals
+    return {"recording": _recording, "overflow": "drop" if _drop_when_full else "block",
+            "ring_size": capacity, "dropped": dropped + sum(x["dropped"] for x in rings),
+            "waits": waits + sum(x["waits"] for x in rings), "rings": rings,
+            "rings_freed": freed, "high_water_freed": high, "deferred": _n_deferred,
+            "exit_timeout": _exit_timeout, "abandoned_at_detach": _abandoned_at_detach,
+            "abandoned_at_exit": _abandoned_at_exit}
+
 
 def diagnostics() -> dict:
     """Counters of what the core delivered and what failed, per subscriber."""
@@ -2209,62 +2309,6 @@ def _forget_registrations() -> None:
     global _otel_hook, _otel_capture, _otel_parent, _otel_cv
     _otel_hook = _otel_capture = _otel_cv = None
     _otel_parent = "auto"
-
-
-def is_closed(frame) -> bool:
-    """Whether the scope of ``frame`` has ended."""
-    return frame._closed
-
-
-def stack(frame) -> list:
-    """The uuids of the open scopes on the stack ``frame`` is on, root first, ``frame`` last
-    (the frames it was pushed over, as scope-local delivery walks them)."""
-    out = []
-    f = frame
-    while f is not None:
-        if not f._closed:
-            out.append(f._uuid)
-        f = f._prev
-    out.reverse()
-    return out
-
-
-def open_frames(frame) -> list:
-    """The open frames of the stack ``frame`` is on, root first, ``frame`` last."""
-    out = []
-    f = frame
-    while f is not None:
-        if not f._closed:
-            out.append(f)
-        f = f._prev
-    out.reverse()
-    return out
-
-
-def stack_anchor(frame) -> tuple:
-    """``(outermost, inner_agent, outer_agent)`` of the stack ``frame`` is on, root excluded:
-    the open frame just above the root, and the two innermost open agent scopes (or None)."""
-    above = inner = outer = None
-    f = frame
-    while f is not None and f._prev is not None:
-        if not f._closed:
-            if f._scope_type is ScopeType.Agent and outer is None:
-                if inner is None:
-                    inner = f
-                else:
-                    outer = f
-            above = f
-        f = f._prev
-    return above, inner, outer
-
-
-def root_of(frame) -> ScopeHandle:
-    """The implicit root of the trace ``frame`` belongs to."""
-    while frame._parent is not None:
-        frame = frame._parent
-    if frame._prev is not None:  # an imported parent: the propagated root is below it
-        frame = frame._prev
-    return frame
 
 
 def _at_exit():
