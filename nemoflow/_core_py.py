@@ -1191,170 +1191,6 @@ def _wait_for_room(ring):
 
 
 # =============================================================================================
-# Section sinks: line sinks: encoded lines appended to files.
-# =============================================================================================
-
-class LineSink:
-    """A file descriptor the delivery thread writes ATOF lines to.
-
-    ``reopen(rotate)`` (called when ``max_bytes`` would be exceeded, or when the sink holds no
-    file) returns a new descriptor after the sink closed its own; with ``rotate`` the current
-    file goes to the backups first. A sink whose file could not be (re)opened, or was closed,
-    holds fd -1 and never writes or closes a descriptor it no longer owns: what reaches it is
-    counted as lost. Write errors are counted, kept for ``raise_error()``, and never raised
-    into traced code.
-    """
-
-    def __init__(self, name, fd, max_bytes=0, rotate=None, bytes_in_file=0):
-        if not isinstance(name, str):
-            raise TypeError("name must be str")
-        self.name = name
-        self._fd = int(fd)
-        self.max_bytes = int(max_bytes)
-        self._rotate = rotate
-        self.bytes_in_file = int(bytes_in_file)
-        self.events = self.bytes = self.errors = self.lost = self.lost_bytes = 0
-        self._errno = 0
-        self._open_errno = 0
-        self._torn = False
-        self._reported = False
-
-    @property
-    def fd(self):
-        return self._fd
-
-    def raise_error(self):
-        """Raise the last write error (OSError) and forget it; nothing when there was none."""
-        err, self._errno = self._errno, 0
-        if err:
-            raise OSError(err, f"nemoflow: writing {self.name} failed: {os.strerror(err)}")
-
-    def stats(self):
-        return {"events": self.events, "bytes": self.bytes, "errors": self.errors,
-                "lost": self.lost, "lost_bytes": self.lost_bytes}
-
-    def close(self):
-        """Close the file for good: later batches are counted as lost."""
-        self._rotate = None
-        fd, self._fd = self._fd, -1
-        self._open_errno = errno.EBADF
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def _set_fd(self, fd, bytes_in_file):
-        # Only while nothing is delivered (a forked child before its delivery thread starts).
-        old, self._fd = self._fd, fd
-        self.bytes_in_file = bytes_in_file
-        self._open_errno = 0
-        self._torn = False
-        if old >= 0:
-            with contextlib.suppress(OSError):
-                os.close(old)
-
-    def _reopen_now(self, rotate=False):
-        # The old descriptor is closed and forgotten first: if no new file can be opened the
-        # sink holds -1, never a number the application may get from its next open().
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        if self._rotate is None:
-            self._open_errno = errno.EBADF
-            return
-        try:
-            fd = self._rotate(rotate)
-        except Exception as exc:
-            self._open_errno = getattr(exc, "errno", None) or errno.EIO
-            self._report(exc)
-            return
-        try:
-            self.bytes_in_file = os.fstat(fd).st_size
-        except OSError:
-            self.bytes_in_file = 0
-        self._fd = fd
-        self._open_errno = 0
-        self._torn = False
-
-    def _write(self, data, n_events):
-        size = len(data)
-        if self.max_bytes and self.bytes_in_file and self.bytes_in_file + size > self.max_bytes:
-            self._reopen_now(True)
-        elif self._fd < 0:
-            self._reopen_now(False)
-        whole, torn, err = 0, False, 0
-        if self._fd < 0:
-            err = self._open_errno or errno.EBADF
-        else:
-            if self._torn:
-                # a line cut earlier could not be taken back: end it, so this batch's first
-                # line starts on a line of its own
-                _, _, err = _write_lines(self._fd, b"\n")
-                if not err:
-                    self._torn = False
-                    self.bytes_in_file += 1
-            if not err:
-                whole, torn, err = _write_lines(self._fd, data)
-        lines = n_events if whole == len(data) else data.count(b"\n", 0, whole)
-        self.events += lines
-        self.bytes += whole
-        self.bytes_in_file += whole
-        if not err:
-            return
-        if torn:
-            self._torn = True
-        if err == errno.EBADF and self._fd >= 0:
-            # closed behind our back: the number may already be someone else's file
-            self._fd = -1
-            self._open_errno = errno.EBADF
-        self.errors += 1
-        self._errno = err
-        self.lost += n_events - lines
-        self.lost_bytes += len(data) - whole
-        self._report(None)
-
-    def _report(self, exc):
-        if exc is not None:
-            self._errno = getattr(exc, "errno", None) or errno.EIO
-        if not self._reported:
-            self._reported = True
-            _warn_quietly(f"nemoflow: exporter {self.name!r} could not write: "
-                          f"{exc if exc is not None else os.strerror(self._errno)}; further "
-                          "errors are counted in nemoflow.diagnostics()")
-
-
-def _write_lines(fd, data):
-    # Never leaves a cut line in the file: when a write fails part way (a full disk, a file
-    # size limit), the bytes of the line it cut are truncated away. Returns the length of the
-    # whole lines written, whether a cut line could not be taken back, and the errno or 0.
-    view = memoryview(data)
-    done = 0
-    try:
-        while done < len(data):
-            n = os.write(fd, view[done:])
-            if n == 0:
-                raise OSError(errno.EIO, "write returned 0")
-            done += n
-    except OSError as exc:
-        err = exc.errno or errno.EIO
-    else:
-        return done, False, 0
-    keep = data.rfind(b"\n", 0, done) + 1
-    torn = False
-    if keep < done:
-        # O_APPEND leaves the offset at the end of what this write added; truncate only if
-        # nothing was appended after it (by another process sharing the file)
-        try:
-            end = os.lseek(fd, 0, os.SEEK_CUR)
-            if os.fstat(fd).st_size != end:
-                raise OSError(errno.EAGAIN, "the file grew")
-            os.ftruncate(fd, end - (done - keep))
-        except OSError:
-            torn = True
-    return keep, torn, err
-
-
-# =============================================================================================
 # Section delivery: the delivery thread: batches from the rings to sinks and consumers.
 # =============================================================================================
 
@@ -1548,6 +1384,170 @@ def shutdown(timeout=5.0):
     with _registry_lock:
         _delivery = None
     return flushed and not thread.is_alive()
+
+
+# =============================================================================================
+# Section sinks: line sinks: encoded lines appended to files.
+# =============================================================================================
+
+class LineSink:
+    """A file descriptor the delivery thread writes ATOF lines to.
+
+    ``reopen(rotate)`` (called when ``max_bytes`` would be exceeded, or when the sink holds no
+    file) returns a new descriptor after the sink closed its own; with ``rotate`` the current
+    file goes to the backups first. A sink whose file could not be (re)opened, or was closed,
+    holds fd -1 and never writes or closes a descriptor it no longer owns: what reaches it is
+    counted as lost. Write errors are counted, kept for ``raise_error()``, and never raised
+    into traced code.
+    """
+
+    def __init__(self, name, fd, max_bytes=0, rotate=None, bytes_in_file=0):
+        if not isinstance(name, str):
+            raise TypeError("name must be str")
+        self.name = name
+        self._fd = int(fd)
+        self.max_bytes = int(max_bytes)
+        self._rotate = rotate
+        self.bytes_in_file = int(bytes_in_file)
+        self.events = self.bytes = self.errors = self.lost = self.lost_bytes = 0
+        self._errno = 0
+        self._open_errno = 0
+        self._torn = False
+        self._reported = False
+
+    @property
+    def fd(self):
+        return self._fd
+
+    def raise_error(self):
+        """Raise the last write error (OSError) and forget it; nothing when there was none."""
+        err, self._errno = self._errno, 0
+        if err:
+            raise OSError(err, f"nemoflow: writing {self.name} failed: {os.strerror(err)}")
+
+    def stats(self):
+        return {"events": self.events, "bytes": self.bytes, "errors": self.errors,
+                "lost": self.lost, "lost_bytes": self.lost_bytes}
+
+    def close(self):
+        """Close the file for good: later batches are counted as lost."""
+        self._rotate = None
+        fd, self._fd = self._fd, -1
+        self._open_errno = errno.EBADF
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _set_fd(self, fd, bytes_in_file):
+        # Only while nothing is delivered (a forked child before its delivery thread starts).
+        old, self._fd = self._fd, fd
+        self.bytes_in_file = bytes_in_file
+        self._open_errno = 0
+        self._torn = False
+        if old >= 0:
+            with contextlib.suppress(OSError):
+                os.close(old)
+
+    def _reopen_now(self, rotate=False):
+        # The old descriptor is closed and forgotten first: if no new file can be opened the
+        # sink holds -1, never a number the application may get from its next open().
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self._rotate is None:
+            self._open_errno = errno.EBADF
+            return
+        try:
+            fd = self._rotate(rotate)
+        except Exception as exc:
+            self._open_errno = getattr(exc, "errno", None) or errno.EIO
+            self._report(exc)
+            return
+        try:
+            self.bytes_in_file = os.fstat(fd).st_size
+        except OSError:
+            self.bytes_in_file = 0
+        self._fd = fd
+        self._open_errno = 0
+        self._torn = False
+
+    def _write(self, data, n_events):
+        size = len(data)
+        if self.max_bytes and self.bytes_in_file and self.bytes_in_file + size > self.max_bytes:
+            self._reopen_now(True)
+        elif self._fd < 0:
+            self._reopen_now(False)
+        whole, torn, err = 0, False, 0
+        if self._fd < 0:
+            err = self._open_errno or errno.EBADF
+        else:
+            if self._torn:
+                # a line cut earlier could not be taken back: end it, so this batch's first
+                # line starts on a line of its own
+                _, _, err = _write_lines(self._fd, b"\n")
+                if not err:
+                    self._torn = False
+                    self.bytes_in_file += 1
+            if not err:
+                whole, torn, err = _write_lines(self._fd, data)
+        lines = n_events if whole == len(data) else data.count(b"\n", 0, whole)
+        self.events += lines
+        self.bytes += whole
+        self.bytes_in_file += whole
+        if not err:
+            return
+        if torn:
+            self._torn = True
+        if err == errno.EBADF and self._fd >= 0:
+            # closed behind our back: the number may already be someone else's file
+            self._fd = -1
+            self._open_errno = errno.EBADF
+        self.errors += 1
+        self._errno = err
+        self.lost += n_events - lines
+        self.lost_bytes += len(data) - whole
+        self._report(None)
+
+    def _report(self, exc):
+        if exc is not None:
+            self._errno = getattr(exc, "errno", None) or errno.EIO
+        if not self._reported:
+            self._reported = True
+            _warn_quietly(f"nemoflow: exporter {self.name!r} could not write: "
+                          f"{exc if exc is not None else os.strerror(self._errno)}; further "
+                          "errors are counted in nemoflow.diagnostics()")
+
+
+def _write_lines(fd, data):
+    # Never leaves a cut line in the file: when a write fails part way (a full disk, a file
+    # size limit), the bytes of the line it cut are truncated away. Returns the length of the
+    # whole lines written, whether a cut line could not be taken back, and the errno or 0.
+    view = memoryview(data)
+    done = 0
+    try:
+        while done < len(data):
+            n = os.write(fd, view[done:])
+            if n == 0:
+                raise OSError(errno.EIO, "write returned 0")
+            done += n
+    except OSError as exc:
+        err = exc.errno or errno.EIO
+    else:
+        return done, False, 0
+    keep = data.rfind(b"\n", 0, done) + 1
+    torn = False
+    if keep < done:
+        # O_APPEND leaves the offset at the end of what this write added; truncate only if
+        # nothing was appended after it (by another process sharing the file)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            if os.fstat(fd).st_size != end:
+                raise OSError(errno.EAGAIN, "the file grew")
+            os.ftruncate(fd, end - (done - keep))
+        except OSError:
+            torn = True
+    return keep, torn, err
 
 
 # =============================================================================================
