@@ -125,6 +125,54 @@ cdef extern from "nemoflow_ring.h" nogil:
     int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m) noexcept
 
 
+cdef extern from "Python.h":
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    void *PyUnicode_DATA(object o)
+
+
+cdef extern from "pythread.h":
+    ctypedef void *PyThread_type_lock
+    PyThread_type_lock PyThread_allocate_lock()
+    void PyThread_free_lock(PyThread_type_lock)
+    int PyThread_acquire_lock(PyThread_type_lock, int) nogil
+    int PyThread_acquire_lock_timed(PyThread_type_lock, long long, int) nogil
+    void PyThread_release_lock(PyThread_type_lock) nogil
+    unsigned long PyThread_get_thread_ident()
+    int WAIT_LOCK
+    int NOWAIT_LOCK
+
+
+# Constants of the core (compile-time).
+cdef enum:
+    _KIND_SCOPE = 0
+    _STATUS_NONE = 0
+    _STATUS_OK = 1
+    _STATUS_ERROR = 2
+
+cdef enum:
+    _NON_FINITE = 1                # what _scan looks for inside a payload
+    _FRAGMENT = 2
+
+cdef enum:
+    _SLICE_US = 50000              # waits wake this often: signals, and cycles to give way to
+
+cdef enum:
+    _BATCH = 4096                  # records the delivery thread takes per round
+    _PENDING_REFS = 65536
+
+
+# One phase of the delivery thread's work on a batch (see _guarded).
+ctypedef int (*_phase_fn)(nf_record *, Py_ssize_t) except -1
+
+
+# A ring's counters, copied under the pipeline mutex (see _pipeline_stats).
+cdef struct _RingStat:
+    unsigned long thread
+    uint64_t capacity, pending, high_water, dropped, waits
+    int closed
+
+
 cdef class Encoded:
     cdef readonly bytes raw
 

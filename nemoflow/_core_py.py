@@ -8,6 +8,9 @@ Model, shared with ``_core.pyx``: a scope is an immutable frame that points to i
 ``parent_uuid`` on the wire) and to the frame it was pushed over (restored on pop). The current
 frame of each thread and asyncio task lives in one ``ContextVar``, so a task that starts under a
 scope sees it as parent and its own pushes never touch another task's nesting.
+
+The sections below ("Section payload", "Section record", ...) are those of the compiled core,
+one include file each (``_core_src/<section>.pxi``), in the same order.
 """
 
 from __future__ import annotations
@@ -49,7 +52,15 @@ from ._types import (
     attribute_names,
 )
 
+# =============================================================================================
+# Section constants: module constants.
+# =============================================================================================
+
 BACKEND = "python"
+
+# =============================================================================================
+# Section payload: payloads on the traced thread: JSON encoding, redaction, validation.
+# =============================================================================================
 
 # --------------------------------------------------------------------------------------------
 # JSON payloads: encoded once, at the call, to canonical bytes (sorted keys).
@@ -239,6 +250,10 @@ def _decode(raw):
     return None if raw is None else orjson.loads(raw)
 
 
+# =============================================================================================
+# Section frames: frames (handles), ids and timestamps, the binding of the current frame.
+# =============================================================================================
+
 # --------------------------------------------------------------------------------------------
 # Clock, timestamps and ids.
 
@@ -421,6 +436,62 @@ def imported_frame(uuid: str, name: str, scope_type, prev) -> ScopeHandle:
     return f
 
 
+def is_closed(frame) -> bool:
+    """Whether the scope of ``frame`` has ended."""
+    return frame._closed
+
+
+def stack(frame) -> list:
+    """The uuids of the open scopes on the stack ``frame`` is on, root first, ``frame`` last
+    (the frames it was pushed over, as scope-local delivery walks them)."""
+    out = []
+    f = frame
+    while f is not None:
+        if not f._closed:
+            out.append(f._uuid)
+        f = f._prev
+    out.reverse()
+    return out
+
+
+def open_frames(frame) -> list:
+    """The open frames of the stack ``frame`` is on, root first, ``frame`` last."""
+    out = []
+    f = frame
+    while f is not None:
+        if not f._closed:
+            out.append(f)
+        f = f._prev
+    out.reverse()
+    return out
+
+
+def stack_anchor(frame) -> tuple:
+    """``(outermost, inner_agent, outer_agent)`` of the stack ``frame`` is on, root excluded:
+    the open frame just above the root, and the two innermost open agent scopes (or None)."""
+    above = inner = outer = None
+    f = frame
+    while f is not None and f._prev is not None:
+        if not f._closed:
+            if f._scope_type is ScopeType.Agent and outer is None:
+                if inner is None:
+                    inner = f
+                else:
+                    outer = f
+            above = f
+        f = f._prev
+    return above, inner, outer
+
+
+def root_of(frame) -> ScopeHandle:
+    """The implicit root of the trace ``frame`` belongs to."""
+    while frame._parent is not None:
+        frame = frame._parent
+    if frame._prev is not None:  # an imported parent: the propagated root is below it
+        frame = frame._prev
+    return frame
+
+
 # --------------------------------------------------------------------------------------------
 # Binding: the current frame of this thread / asyncio task.
 
@@ -456,6 +527,10 @@ def unbind(token) -> None:
 
 get_handle = current
 
+
+# =============================================================================================
+# Section events: event objects: what subscribers and exporters receive.
+# =============================================================================================
 
 # --------------------------------------------------------------------------------------------
 # Events.
@@ -677,6 +752,10 @@ class MarkEvent:
     def __repr__(self):
         return f"<MarkEvent {self._name!r} {self._uuid}>"
 
+
+# =============================================================================================
+# Section subscribers: synchronous delivery on the traced thread.
+# =============================================================================================
 
 # --------------------------------------------------------------------------------------------
 # Subscribers. Registries are immutable tuples swapped under a lock; the emit path reads them
@@ -976,6 +1055,10 @@ def _deliver(event, top):
         raise first
 
 
+# =============================================================================================
+# Section record: a record built on the traced thread, put in its per-thread ring.
+# =============================================================================================
+
 # --------------------------------------------------------------------------------------------
 # The pipeline: exporters and buffered subscribers are fed from per-thread rings by one
 # delivery thread, never on the traced thread. Nothing attached: nothing is recorded. (The
@@ -1107,165 +1190,9 @@ def _wait_for_room(ring):
             _pipe["waiting"] -= 1
 
 
-class LineSink:
-    """A file descriptor the delivery thread writes ATOF lines to.
-
-    ``reopen(rotate)`` (called when ``max_bytes`` would be exceeded, or when the sink holds no
-    file) returns a new descriptor after the sink closed its own; with ``rotate`` the current
-    file goes to the backups first. A sink whose file could not be (re)opened, or was closed,
-    holds fd -1 and never writes or closes a descriptor it no longer owns: what reaches it is
-    counted as lost. Write errors are counted, kept for ``raise_error()``, and never raised
-    into traced code.
-    """
-
-    def __init__(self, name, fd, max_bytes=0, rotate=None, bytes_in_file=0):
-        if not isinstance(name, str):
-            raise TypeError("name must be str")
-        self.name = name
-        self._fd = int(fd)
-        self.max_bytes = int(max_bytes)
-        self._rotate = rotate
-        self.bytes_in_file = int(bytes_in_file)
-        self.events = self.bytes = self.errors = self.lost = self.lost_bytes = 0
-        self._errno = 0
-        self._open_errno = 0
-        self._torn = False
-        self._reported = False
-
-    @property
-    def fd(self):
-        return self._fd
-
-    def raise_error(self):
-        """Raise the last write error (OSError) and forget it; nothing when there was none."""
-        err, self._errno = self._errno, 0
-        if err:
-            raise OSError(err, f"nemoflow: writing {self.name} failed: {os.strerror(err)}")
-
-    def stats(self):
-        return {"events": self.events, "bytes": self.bytes, "errors": self.errors,
-                "lost": self.lost, "lost_bytes": self.lost_bytes}
-
-    def close(self):
-        """Close the file for good: later batches are counted as lost."""
-        self._rotate = None
-        fd, self._fd = self._fd, -1
-        self._open_errno = errno.EBADF
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def _set_fd(self, fd, bytes_in_file):
-        # Only while nothing is delivered (a forked child before its delivery thread starts).
-        old, self._fd = self._fd, fd
-        self.bytes_in_file = bytes_in_file
-        self._open_errno = 0
-        self._torn = False
-        if old >= 0:
-            with contextlib.suppress(OSError):
-                os.close(old)
-
-    def _reopen_now(self, rotate=False):
-        # The old descriptor is closed and forgotten first: if no new file can be opened the
-        # sink holds -1, never a number the application may get from its next open().
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        if self._rotate is None:
-            self._open_errno = errno.EBADF
-            return
-        try:
-            fd = self._rotate(rotate)
-        except Exception as exc:
-            self._open_errno = getattr(exc, "errno", None) or errno.EIO
-            self._report(exc)
-            return
-        try:
-            self.bytes_in_file = os.fstat(fd).st_size
-        except OSError:
-            self.bytes_in_file = 0
-        self._fd = fd
-        self._open_errno = 0
-        self._torn = False
-
-    def _write(self, data, n_events):
-        size = len(data)
-        if self.max_bytes and self.bytes_in_file and self.bytes_in_file + size > self.max_bytes:
-            self._reopen_now(True)
-        elif self._fd < 0:
-            self._reopen_now(False)
-        whole, torn, err = 0, False, 0
-        if self._fd < 0:
-            err = self._open_errno or errno.EBADF
-        else:
-            if self._torn:
-                # a line cut earlier could not be taken back: end it, so this batch's first
-                # line starts on a line of its own
-                _, _, err = _write_lines(self._fd, b"\n")
-                if not err:
-                    self._torn = False
-                    self.bytes_in_file += 1
-            if not err:
-                whole, torn, err = _write_lines(self._fd, data)
-        lines = n_events if whole == len(data) else data.count(b"\n", 0, whole)
-        self.events += lines
-        self.bytes += whole
-        self.bytes_in_file += whole
-        if not err:
-            return
-        if torn:
-            self._torn = True
-        if err == errno.EBADF and self._fd >= 0:
-            # closed behind our back: the number may already be someone else's file
-            self._fd = -1
-            self._open_errno = errno.EBADF
-        self.errors += 1
-        self._errno = err
-        self.lost += n_events - lines
-        self.lost_bytes += len(data) - whole
-        self._report(None)
-
-    def _report(self, exc):
-        if exc is not None:
-            self._errno = getattr(exc, "errno", None) or errno.EIO
-        if not self._reported:
-            self._reported = True
-            _warn_quietly(f"nemoflow: exporter {self.name!r} could not write: "
-                          f"{exc if exc is not None else os.strerror(self._errno)}; further "
-                          "errors are counted in nemoflow.diagnostics()")
-
-
-def _write_lines(fd, data):
-    # Never leaves a cut line in the file: when a write fails part way (a full disk, a file
-    # size limit), the bytes of the line it cut are truncated away. Returns the length of the
-    # whole lines written, whether a cut line could not be taken back, and the errno or 0.
-    view = memoryview(data)
-    done = 0
-    try:
-        while done < len(data):
-            n = os.write(fd, view[done:])
-            if n == 0:
-                raise OSError(errno.EIO, "write returned 0")
-            done += n
-    except OSError as exc:
-        err = exc.errno or errno.EIO
-    else:
-        return done, False, 0
-    keep = data.rfind(b"\n", 0, done) + 1
-    torn = False
-    if keep < done:
-        # O_APPEND leaves the offset at the end of what this write added; truncate only if
-        # nothing was appended after it (by another process sharing the file)
-        try:
-            end = os.lseek(fd, 0, os.SEEK_CUR)
-            if os.fstat(fd).st_size != end:
-                raise OSError(errno.EAGAIN, "the file grew")
-            os.ftruncate(fd, end - (done - keep))
-        except OSError:
-            torn = True
-    return keep, torn, err
-
+# =============================================================================================
+# Section delivery: the delivery thread: batches from the rings to sinks and consumers.
+# =============================================================================================
 
 def consumer_failed(consumer, exc):
     """Count (and report once) an exporter's failure; never raised into traced code."""
@@ -1459,124 +1386,173 @@ def shutdown(timeout=5.0):
     return flushed and not thread.is_alive()
 
 
-# The compiled core's limit (2**20 records of 128 bytes: 128 MiB per recording thread).
-_MAX_RING = 1 << 20
+# =============================================================================================
+# Section sinks: line sinks: encoded lines appended to files.
+# =============================================================================================
+
+class LineSink:
+    """A file descriptor the delivery thread writes ATOF lines to.
+
+    ``reopen(rotate)`` (called when ``max_bytes`` would be exceeded, or when the sink holds no
+    file) returns a new descriptor after the sink closed its own; with ``rotate`` the current
+    file goes to the backups first. A sink whose file could not be (re)opened, or was closed,
+    holds fd -1 and never writes or closes a descriptor it no longer owns: what reaches it is
+    counted as lost. Write errors are counted, kept for ``raise_error()``, and never raised
+    into traced code.
+    """
+
+    def __init__(self, name, fd, max_bytes=0, rotate=None, bytes_in_file=0):
+        if not isinstance(name, str):
+            raise TypeError("name must be str")
+        self.name = name
+        self._fd = int(fd)
+        self.max_bytes = int(max_bytes)
+        self._rotate = rotate
+        self.bytes_in_file = int(bytes_in_file)
+        self.events = self.bytes = self.errors = self.lost = self.lost_bytes = 0
+        self._errno = 0
+        self._open_errno = 0
+        self._torn = False
+        self._reported = False
+
+    @property
+    def fd(self):
+        return self._fd
+
+    def raise_error(self):
+        """Raise the last write error (OSError) and forget it; nothing when there was none."""
+        err, self._errno = self._errno, 0
+        if err:
+            raise OSError(err, f"nemoflow: writing {self.name} failed: {os.strerror(err)}")
+
+    def stats(self):
+        return {"events": self.events, "bytes": self.bytes, "errors": self.errors,
+                "lost": self.lost, "lost_bytes": self.lost_bytes}
+
+    def close(self):
+        """Close the file for good: later batches are counted as lost."""
+        self._rotate = None
+        fd, self._fd = self._fd, -1
+        self._open_errno = errno.EBADF
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _set_fd(self, fd, bytes_in_file):
+        # Only while nothing is delivered (a forked child before its delivery thread starts).
+        old, self._fd = self._fd, fd
+        self.bytes_in_file = bytes_in_file
+        self._open_errno = 0
+        self._torn = False
+        if old >= 0:
+            with contextlib.suppress(OSError):
+                os.close(old)
+
+    def _reopen_now(self, rotate=False):
+        # The old descriptor is closed and forgotten first: if no new file can be opened the
+        # sink holds -1, never a number the application may get from its next open().
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self._rotate is None:
+            self._open_errno = errno.EBADF
+            return
+        try:
+            fd = self._rotate(rotate)
+        except Exception as exc:
+            self._open_errno = getattr(exc, "errno", None) or errno.EIO
+            self._report(exc)
+            return
+        try:
+            self.bytes_in_file = os.fstat(fd).st_size
+        except OSError:
+            self.bytes_in_file = 0
+        self._fd = fd
+        self._open_errno = 0
+        self._torn = False
+
+    def _write(self, data, n_events):
+        size = len(data)
+        if self.max_bytes and self.bytes_in_file and self.bytes_in_file + size > self.max_bytes:
+            self._reopen_now(True)
+        elif self._fd < 0:
+            self._reopen_now(False)
+        whole, torn, err = 0, False, 0
+        if self._fd < 0:
+            err = self._open_errno or errno.EBADF
+        else:
+            if self._torn:
+                # a line cut earlier could not be taken back: end it, so this batch's first
+                # line starts on a line of its own
+                _, _, err = _write_lines(self._fd, b"\n")
+                if not err:
+                    self._torn = False
+                    self.bytes_in_file += 1
+            if not err:
+                whole, torn, err = _write_lines(self._fd, data)
+        lines = n_events if whole == len(data) else data.count(b"\n", 0, whole)
+        self.events += lines
+        self.bytes += whole
+        self.bytes_in_file += whole
+        if not err:
+            return
+        if torn:
+            self._torn = True
+        if err == errno.EBADF and self._fd >= 0:
+            # closed behind our back: the number may already be someone else's file
+            self._fd = -1
+            self._open_errno = errno.EBADF
+        self.errors += 1
+        self._errno = err
+        self.lost += n_events - lines
+        self.lost_bytes += len(data) - whole
+        self._report(None)
+
+    def _report(self, exc):
+        if exc is not None:
+            self._errno = getattr(exc, "errno", None) or errno.EIO
+        if not self._reported:
+            self._reported = True
+            _warn_quietly(f"nemoflow: exporter {self.name!r} could not write: "
+                          f"{exc if exc is not None else os.strerror(self._errno)}; further "
+                          "errors are counted in nemoflow.diagnostics()")
 
 
-def _exit_begin():
-    """Start the exit clock (once): every wait from now on ends by the exit deadline."""
-    global _exit_deadline
-    if _exit_deadline is None:
-        _exit_deadline = time.monotonic() + _exit_timeout
-    return _exit_deadline
+def _write_lines(fd, data):
+    # Never leaves a cut line in the file: when a write fails part way (a full disk, a file
+    # size limit), the bytes of the line it cut are truncated away. Returns the length of the
+    # whole lines written, whether a cut line could not be taken back, and the errno or 0.
+    view = memoryview(data)
+    done = 0
+    try:
+        while done < len(data):
+            n = os.write(fd, view[done:])
+            if n == 0:
+                raise OSError(errno.EIO, "write returned 0")
+            done += n
+    except OSError as exc:
+        err = exc.errno or errno.EIO
+    else:
+        return done, False, 0
+    keep = data.rfind(b"\n", 0, done) + 1
+    torn = False
+    if keep < done:
+        # O_APPEND leaves the offset at the end of what this write added; truncate only if
+        # nothing was appended after it (by another process sharing the file)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            if os.fstat(fd).st_size != end:
+                raise OSError(errno.EAGAIN, "the file grew")
+            os.ftruncate(fd, end - (done - keep))
+        except OSError:
+            torn = True
+    return keep, torn, err
 
 
-def _report_abandoned():
-    # Once exit stopped waiting: count what it leaves behind and say so on stderr.
-    global _abandoned_at_exit
-    n = _pending() + _n_deferred
-    if n > 0:
-        _abandoned_at_exit += n
-        _exit.report_abandoned(n, _exit_timeout)
-
-
-def _at_child_exit():
-    # The end of a multiprocessing child, which leaves through os._exit: atexit will not run.
-    _exit_begin()
-    if _delivery is not None and _delivery.pid == _pid:
-        flush()
-        _report_abandoned()
-
-
-def set_otel_capture(hook, context_var=None) -> None:
-    """Install (or with None remove) the callable a top-level scope or mark calls at its start
-    for the OpenTelemetry parent context; used while ``otel_parent`` is "auto". With
-    ``context_var`` (OpenTelemetry's context ContextVar), it is called only while that
-    context is not empty."""
-    global _otel_hook, _otel_capture, _otel_cv
-    if hook is not None and not callable(hook):
-        raise TypeError("hook must be callable or None")
-    if context_var is not None and not isinstance(context_var, contextvars.ContextVar):
-        raise TypeError("context_var must be a contextvars.ContextVar or None")
-    _otel_cv = context_var
-    _otel_hook = hook
-    _otel_capture = hook if _otel_parent == "auto" else None
-
-
-def configure(ring_size=None, overflow=None, exit_timeout=None, otel_parent=None):
-    """Pipeline settings: ``ring_size`` (records per thread, a power of two from 16 to 2**20,
-    for rings made from now on), ``overflow`` ("block", the lossless default, or "drop"),
-    ``exit_timeout`` (seconds exit waits for delivery, in all) and ``otel_parent`` ("auto":
-    a top-level scope joins the current OpenTelemetry span while an OpenTelemetry exporter is
-    attached; "off")."""
-    global _drop_when_full, _exit_timeout, _otel_parent, _otel_capture
-    # Every value is checked before any is applied: a refused call changes nothing.
-    if ring_size is not None and (
-            not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
-            or ring_size > _MAX_RING or ring_size & (ring_size - 1)):
-        raise ValueError(f"ring_size must be a power of two from 16 to {_MAX_RING}, "
-                         f"not {ring_size!r}")
-    if overflow is not None and overflow not in ("block", "drop"):
-        raise ValueError('overflow must be "block" or "drop"')
-    if otel_parent is not None and otel_parent not in ("auto", "off"):
-        raise ValueError('otel_parent must be "auto" or "off"')
-    if exit_timeout is not None:
-        exit_timeout = _exit.check_timeout(exit_timeout)
-        _exit_timeout = exit_timeout
-    if otel_parent is not None:
-        _otel_parent = otel_parent
-        _otel_capture = _otel_hook if otel_parent == "auto" else None
-    if ring_size is not None:
-        with _pipe_lock:
-            _pipe["capacity"] = ring_size
-    if overflow is not None:
-        _drop_when_full = overflow == "drop"
-
-
-def _before_fork():
-    # Deliver what is buffered before forking, so the child neither loses nor repeats it.
-    if _recording and _delivery is not None:
-        flush(5.0)
-
-
-def _after_fork_in_child():
-    # Only the forking thread exists in the child: new locks, no rings of the parent's (the
-    # parent delivers what they held), a delivery thread of our own before the next record.
-    global _pid, _pipe_lock, _work, _progress, _delivery, _delivery_ident, _registry_lock
-    global _exit_deadline
-    _pid = os.getpid()
-    _pipe_lock = threading.RLock()
-    _work = threading.Condition(_pipe_lock)
-    _progress = threading.Condition(_pipe_lock)
-    _pipe.update(rings=[], flush_requests=0, wake=False, waiting=0, stopping=False)
-    _delivery = None
-    _delivery_ident = 0
-    _exit_deadline = None  # the child's exit has a clock of its own
-    _registry_lock = threading.RLock()
-    for sub in _all_subscribers():
-        sub._lock = threading.RLock()
-    _forget_deferred()  # the parent's delivery thread makes those calls
-    _exit.watch_children(_at_child_exit)
-
-
-def _pipeline_stats():
-    # Only references are taken under the lock; the dicts are built after it.
-    with _pipe_lock:
-        live = list(_pipe["rings"])
-        totals = (_pipe["dropped_freed"], _pipe["waits_freed"], _pipe["capacity"],
-                  _pipe["freed"], _pipe["high_freed"])
-    rings = [{"thread": r.thread_ident, "capacity": r.capacity, "pending": r.head - r.delivered,
-              "high_water": r.high_water, "dropped": r.dropped, "waits": r.waits,
-              "closed": r.closed} for r in live]
-    dropped, waits, capacity, freed, high = totals
-    return {"recording": _recording, "overflow": "drop" if _drop_when_full else "block",
-            "ring_size": capacity, "dropped": dropped + sum(x["dropped"] for x in rings),
-            "waits": waits + sum(x["waits"] for x in rings), "rings": rings,
-            "rings_freed": freed, "high_water_freed": high, "deferred": _n_deferred,
-            "exit_timeout": _exit_timeout, "abandoned_at_detach": _abandoned_at_detach,
-            "abandoned_at_exit": _abandoned_at_exit}
-
-
+# =============================================================================================
+# Section api: Python-facing scope lifecycle: start/end, push/pop, marks.
+# =============================================================================================
 
 # --------------------------------------------------------------------------------------------
 # Scope lifecycle.
@@ -1858,6 +1834,10 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     if _enabled:
         _deliver(ev, top)
 
+
+# =============================================================================================
+# Section spans: Python-facing context managers and decorators.
+# =============================================================================================
 
 # --------------------------------------------------------------------------------------------
 # Context managers: ``scope.scope(...)`` and the span behind ``nf.trace``.
@@ -2162,7 +2142,127 @@ class TracedFunction:
         return f"<traced function {getattr(self, '__qualname__', self._name)} at {id(self):#x}>"
 
 
-# --------------------------------------------------------------------------------------------
+# =============================================================================================
+# Section lifecycle: configuration, diagnostics, exit and fork.
+# =============================================================================================
+
+# The compiled core's limit (2**20 records of 128 bytes: 128 MiB per recording thread).
+_MAX_RING = 1 << 20
+
+
+def _exit_begin():
+    """Start the exit clock (once): every wait from now on ends by the exit deadline."""
+    global _exit_deadline
+    if _exit_deadline is None:
+        _exit_deadline = time.monotonic() + _exit_timeout
+    return _exit_deadline
+
+
+def _report_abandoned():
+    # Once exit stopped waiting: count what it leaves behind and say so on stderr.
+    global _abandoned_at_exit
+    n = _pending() + _n_deferred
+    if n > 0:
+        _abandoned_at_exit += n
+        _exit.report_abandoned(n, _exit_timeout)
+
+
+def _at_child_exit():
+    # The end of a multiprocessing child, which leaves through os._exit: atexit will not run.
+    _exit_begin()
+    if _delivery is not None and _delivery.pid == _pid:
+        flush()
+        _report_abandoned()
+
+
+def set_otel_capture(hook, context_var=None) -> None:
+    """Install (or with None remove) the callable a top-level scope or mark calls at its start
+    for the OpenTelemetry parent context; used while ``otel_parent`` is "auto". With
+    ``context_var`` (OpenTelemetry's context ContextVar), it is called only while that
+    context is not empty."""
+    global _otel_hook, _otel_capture, _otel_cv
+    if hook is not None and not callable(hook):
+        raise TypeError("hook must be callable or None")
+    if context_var is not None and not isinstance(context_var, contextvars.ContextVar):
+        raise TypeError("context_var must be a contextvars.ContextVar or None")
+    _otel_cv = context_var
+    _otel_hook = hook
+    _otel_capture = hook if _otel_parent == "auto" else None
+
+
+def configure(ring_size=None, overflow=None, exit_timeout=None, otel_parent=None):
+    """Pipeline settings: ``ring_size`` (records per thread, a power of two from 16 to 2**20,
+    for rings made from now on), ``overflow`` ("block", the lossless default, or "drop"),
+    ``exit_timeout`` (seconds exit waits for delivery, in all) and ``otel_parent`` ("auto":
+    a top-level scope joins the current OpenTelemetry span while an OpenTelemetry exporter is
+    attached; "off")."""
+    global _drop_when_full, _exit_timeout, _otel_parent, _otel_capture
+    # Every value is checked before any is applied: a refused call changes nothing.
+    if ring_size is not None and (
+            not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
+            or ring_size > _MAX_RING or ring_size & (ring_size - 1)):
+        raise ValueError(f"ring_size must be a power of two from 16 to {_MAX_RING}, "
+                         f"not {ring_size!r}")
+    if overflow is not None and overflow not in ("block", "drop"):
+        raise ValueError('overflow must be "block" or "drop"')
+    if otel_parent is not None and otel_parent not in ("auto", "off"):
+        raise ValueError('otel_parent must be "auto" or "off"')
+    if exit_timeout is not None:
+        exit_timeout = _exit.check_timeout(exit_timeout)
+        _exit_timeout = exit_timeout
+    if otel_parent is not None:
+        _otel_parent = otel_parent
+        _otel_capture = _otel_hook if otel_parent == "auto" else None
+    if ring_size is not None:
+        with _pipe_lock:
+            _pipe["capacity"] = ring_size
+    if overflow is not None:
+        _drop_when_full = overflow == "drop"
+
+
+def _before_fork():
+    # Deliver what is buffered before forking, so the child neither loses nor repeats it.
+    if _recording and _delivery is not None:
+        flush(5.0)
+
+
+def _after_fork_in_child():
+    # Only the forking thread exists in the child: new locks, no rings of the parent's (the
+    # parent delivers what they held), a delivery thread of our own before the next record.
+    global _pid, _pipe_lock, _work, _progress, _delivery, _delivery_ident, _registry_lock
+    global _exit_deadline
+    _pid = os.getpid()
+    _pipe_lock = threading.RLock()
+    _work = threading.Condition(_pipe_lock)
+    _progress = threading.Condition(_pipe_lock)
+    _pipe.update(rings=[], flush_requests=0, wake=False, waiting=0, stopping=False)
+    _delivery = None
+    _delivery_ident = 0
+    _exit_deadline = None  # the child's exit has a clock of its own
+    _registry_lock = threading.RLock()
+    for sub in _all_subscribers():
+        sub._lock = threading.RLock()
+    _forget_deferred()  # the parent's delivery thread makes those calls
+    _exit.watch_children(_at_child_exit)
+
+
+def _pipeline_stats():
+    # Only references are taken under the lock; the dicts are built after it.
+    with _pipe_lock:
+        live = list(_pipe["rings"])
+        totals = (_pipe["dropped_freed"], _pipe["waits_freed"], _pipe["capacity"],
+                  _pipe["freed"], _pipe["high_freed"])
+    rings = [{"thread": r.thread_ident, "capacity": r.capacity, "pending": r.head - r.delivered,
+              "high_water": r.high_water, "dropped": r.dropped, "waits": r.waits,
+              "closed": r.closed} for r in live]
+    dropped, waits, capacity, freed, high = totals
+    return {"recording": _recording, "overflow": "drop" if _drop_when_full else "block",
+            "ring_size": capacity, "dropped": dropped + sum(x["dropped"] for x in rings),
+            "waits": waits + sum(x["waits"] for x in rings), "rings": rings,
+            "rings_freed": freed, "high_water_freed": high, "deferred": _n_deferred,
+            "exit_timeout": _exit_timeout, "abandoned_at_detach": _abandoned_at_detach,
+            "abandoned_at_exit": _abandoned_at_exit}
+
 
 def diagnostics() -> dict:
     """Counters of what the core delivered and what failed, per subscriber."""
@@ -2209,62 +2309,6 @@ def _forget_registrations() -> None:
     global _otel_hook, _otel_capture, _otel_parent, _otel_cv
     _otel_hook = _otel_capture = _otel_cv = None
     _otel_parent = "auto"
-
-
-def is_closed(frame) -> bool:
-    """Whether the scope of ``frame`` has ended."""
-    return frame._closed
-
-
-def stack(frame) -> list:
-    """The uuids of the open scopes on the stack ``frame`` is on, root first, ``frame`` last
-    (the frames it was pushed over, as scope-local delivery walks them)."""
-    out = []
-    f = frame
-    while f is not None:
-        if not f._closed:
-            out.append(f._uuid)
-        f = f._prev
-    out.reverse()
-    return out
-
-
-def open_frames(frame) -> list:
-    """The open frames of the stack ``frame`` is on, root first, ``frame`` last."""
-    out = []
-    f = frame
-    while f is not None:
-        if not f._closed:
-            out.append(f)
-        f = f._prev
-    out.reverse()
-    return out
-
-
-def stack_anchor(frame) -> tuple:
-    """``(outermost, inner_agent, outer_agent)`` of the stack ``frame`` is on, root excluded:
-    the open frame just above the root, and the two innermost open agent scopes (or None)."""
-    above = inner = outer = None
-    f = frame
-    while f is not None and f._prev is not None:
-        if not f._closed:
-            if f._scope_type is ScopeType.Agent and outer is None:
-                if inner is None:
-                    inner = f
-                else:
-                    outer = f
-            above = f
-        f = f._prev
-    return above, inner, outer
-
-
-def root_of(frame) -> ScopeHandle:
-    """The implicit root of the trace ``frame`` belongs to."""
-    while frame._parent is not None:
-        frame = frame._parent
-    if frame._prev is not None:  # an imported parent: the propagated root is below it
-        frame = frame._prev
-    return frame
 
 
 def _at_exit():

@@ -1,0 +1,256 @@
+# Event objects: what subscribers and exporters receive.
+# Included by _core.pyx, in the order listed there; declarations live in _core.pxd.
+
+# ---------------------------------------------------------------------------------------------
+# Events.
+
+cdef object _merge_metadata(object start_raw, object end_raw, int status, object desc):
+    if end_raw is None and status == _STATUS_NONE:
+        return start_raw
+    merged = _decode(start_raw)
+    end = _decode(end_raw)
+    if end is not None:
+        if isinstance(merged, dict) and isinstance(end, dict):
+            merged = {**merged, **end}
+        else:
+            merged = end
+    if status != _STATUS_NONE:
+        if merged is None:
+            merged = {}
+        if isinstance(merged, dict):
+            merged = dict(merged)
+            merged["otel.status_code"] = "OK" if status == _STATUS_OK else "ERROR"
+            if status == _STATUS_ERROR:
+                merged["otel.status_description"] = desc
+    return _dumps(merged, option=_SORT)
+
+
+cdef str _line(nf_record *r):
+    # The one ATOF encoder (C), shared by to_json() and the exporters' lines.
+    cdef nf_buf buf
+    buf.data = NULL
+    buf.len = 0
+    buf.cap = 0
+    try:
+        if nf_encode(&buf, r) < 0:
+            raise MemoryError()
+        return PyUnicode_DecodeUTF8(buf.data, <Py_ssize_t>buf.len, NULL)
+    finally:
+        nf_buf_free(&buf)
+
+
+cdef inline str _uuid_or_none(uint64_t hi, uint64_t lo):
+    return None if hi == 0 and lo == 0 else _format_uuid(hi, lo)
+
+
+@cython.freelist(128)
+cdef class ScopeEvent:
+    """The start or end of a scope, tool call or LLM call (ATOF ``kind: "scope"``)."""
+
+    kind = "scope"
+    atof_version = ATOF_VERSION
+    data_schema = None
+
+    @property
+    def uuid(self):
+        return _format_uuid(self._hi, self._lo)
+
+    @property
+    def parent_uuid(self):
+        return _uuid_or_none(self._phi, self._plo)
+
+    @property
+    def timestamp(self):
+        return _format_ts(self._ts)
+
+    @property
+    def timestamp_ns(self):
+        return self._ts
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def data(self):
+        return _decode(self._data)
+
+    cdef object _metadata_raw(self):
+        if not self._is_end:
+            return self._meta
+        if self._meta_cache is None:
+            self._meta_cache = (_merge_metadata(self._meta, self._end_meta, self._status,
+                                                self._desc),)
+        return self._meta_cache[0]
+
+    @property
+    def metadata(self):
+        return _decode(self._metadata_raw())
+
+    @property
+    def scope_category(self):
+        return "end" if self._is_end else "start"
+
+    @property
+    def attributes(self):
+        return attribute_names(_ATTR_CLASS[self._kind], self._attrs)
+
+    @property
+    def category(self):
+        return _CATEGORIES[self._category]
+
+    @property
+    def category_profile(self):
+        return _decode(self._profile)
+
+    @property
+    def otel_parent(self):
+        """The OpenTelemetry ``SpanContext`` current when this top-level scope started (start
+        events, while an OpenTelemetry exporter asks for it), else None. Never in ATOF."""
+        return self._otel
+
+    def to_json(self):
+        """The canonical ATOF line (without the newline), as the JSONL exporter writes it."""
+        cdef nf_record r
+        _record_of_scope_event(&r, self)
+        merged = self._metadata_raw() if nf_needs_merge(&r) else None
+        r.merged = NULL if merged is None else <void *>merged
+        return _line(&r)
+
+    def to_dict(self):
+        """The event as a dict with every ATOF field (a fresh copy on every call)."""
+        return _loads(self.to_json())
+
+    def __repr__(self):
+        return f"<ScopeEvent {self.scope_category} {self.name!r} {self.uuid}>"
+
+
+cdef void _record_of_scope_event(nf_record *r, ScopeEvent ev) noexcept:
+    # Borrowed pointers: for encoding while ev is alive.
+    r.uuid_hi = ev._hi
+    r.uuid_lo = ev._lo
+    r.parent_hi = ev._phi
+    r.parent_lo = ev._plo
+    r.ts = ev._ts
+    r.name = <void *>ev._name
+    r.data = NULL if ev._data is None else <void *>ev._data
+    r.meta = NULL if ev._meta is None else <void *>ev._meta
+    r.extra = NULL if ev._end_meta is None else <void *>ev._end_meta
+    r.text = NULL if ev._desc is None else <void *>ev._desc
+    r.profile = NULL if ev._profile is None else <void *>ev._profile
+    r.merged = NULL
+    r.attrs = <unsigned int>ev._attrs
+    r.type = NF_REC_END if ev._is_end else NF_REC_START
+    r.kind = <unsigned char>ev._kind
+    r.status = <unsigned char>ev._status
+    r.category = <unsigned char>ev._category
+    r.name_len = 0
+
+
+cdef ScopeEvent _scope_event(ScopeHandle f, bint is_end, int64_t ts, object data,
+                             object end_meta, int status, object desc):
+    cdef ScopeEvent ev = ScopeEvent.__new__(ScopeEvent)
+    ev._hi = f._hi
+    ev._lo = f._lo
+    if f._parent is not None:
+        ev._phi = f._parent._hi
+        ev._plo = f._parent._lo
+    ev._name = f._name
+    ev._attrs = f._attrs
+    ev._kind = f._kind
+    ev._category = f._category
+    ev._meta = f._meta
+    ev._profile = f._profile
+    ev._is_end = is_end
+    ev._ts = ts
+    ev._data = data
+    ev._end_meta = end_meta
+    ev._status = status
+    ev._desc = desc
+    if not is_end:
+        ev._otel = f._otel
+    return ev
+
+
+@cython.freelist(64)
+cdef class MarkEvent:
+    """A point-in-time event (ATOF ``kind: "mark"``)."""
+
+    kind = "mark"
+    atof_version = ATOF_VERSION
+
+    @property
+    def uuid(self):
+        return _format_uuid(self._hi, self._lo)
+
+    @property
+    def parent_uuid(self):
+        return _uuid_or_none(self._phi, self._plo)
+
+    @property
+    def timestamp(self):
+        return _format_ts(self._ts)
+
+    @property
+    def timestamp_ns(self):
+        return self._ts
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def data(self):
+        return _decode(self._data)
+
+    @property
+    def metadata(self):
+        return _decode(self._meta)
+
+    @property
+    def data_schema(self):
+        return _decode(self._schema)
+
+    @property
+    def category(self):
+        return self._category
+
+    @property
+    def category_profile(self):
+        return _decode(self._profile)
+
+    @property
+    def otel_parent(self):
+        """The OpenTelemetry ``SpanContext`` current when this top-level mark was emitted
+        (while an OpenTelemetry exporter asks for it), else None. Never in ATOF."""
+        return self._otel
+
+    def to_json(self):
+        """The canonical ATOF line (without the newline), as the JSONL exporter writes it."""
+        cdef nf_record r
+        r.uuid_hi = self._hi
+        r.uuid_lo = self._lo
+        r.parent_hi = self._phi
+        r.parent_lo = self._plo
+        r.ts = self._ts
+        r.name = <void *>self._name
+        r.data = NULL if self._data is None else <void *>self._data
+        r.meta = NULL if self._meta is None else <void *>self._meta
+        r.extra = NULL if self._schema is None else <void *>self._schema
+        r.text = NULL if self._category is None else <void *>self._category
+        r.profile = NULL if self._profile is None else <void *>self._profile
+        r.merged = NULL
+        r.attrs = 0
+        r.type = NF_REC_MARK
+        r.kind = 0
+        r.status = 0
+        r.category = 0
+        r.name_len = 0
+        return _line(&r)
+
+    def to_dict(self):
+        """The event as a dict with every ATOF field (a fresh copy on every call)."""
+        return _loads(self.to_json())
+
+    def __repr__(self):
+        return f"<MarkEvent {self._name!r} {self.uuid}>"
