@@ -18,7 +18,6 @@ import functools
 import sys
 import threading
 import time
-import warnings
 
 from . import propagation
 from ._backend import core as _core
@@ -407,8 +406,7 @@ def _header_failure(exc):
     global _warned_headers
     if not _warned_headers:
         _warned_headers = True
-        warnings.warn(f"nemoflow: could not add trace headers to an LLM request: {exc!r}",
-                      RuntimeWarning, stacklevel=3)
+        _core._warn_quietly(f"nemoflow: could not add trace headers to an LLM request: {exc!r}")
 
 
 def with_session_headers(request, parent):

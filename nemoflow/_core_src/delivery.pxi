@@ -241,9 +241,9 @@ cdef int _gave_up_detaching(consumer) except -1:
     cdef long long n = <long long>nf_pipe_pending()
     _abandoned_at_detach += n
     if _exit_deadline is None:  # at exit, the exit report says it
-        warnings.warn(f"nemoflow: {getattr(consumer, 'name', type(consumer).__name__)!r} was "
+        _warn_quietly(f"nemoflow: {getattr(consumer, 'name', type(consumer).__name__)!r} was "
                       f"detached after waiting {_exit_timeout:g} s for the delivery thread; up to "
-                      f"{n} events were not delivered to it", RuntimeWarning, stacklevel=3)
+                      f"{n} events were not delivered to it")
     return 0
 
 
