@@ -1,0 +1,150 @@
+"""NeMo Flow programs, as written for its ``nemo_flow`` package, run through nemoflow.
+
+Each test binds the backend under test to the name ``nemo_flow`` and uses it the way NeMo
+Flow's documentation does: streams, standalone middleware chains, type aliases, error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def request(nemo_flow):
+    return nemo_flow.LLMRequest({}, {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def shape(events):
+    return [(e.name, e.scope_category if e.kind == "scope" else "mark") for e in events]
+
+
+async def chunks(req):
+    yield {"token": "hel"}
+    yield {"token": "lo"}
+
+
+# --------------------------------------------------------------------------------------------
+# llm.stream_execute returns an LlmStream: awaitable and async-iterable.
+
+def test_awaited_stream_resolves_to_itself_and_iterates(nf, events):
+    nemo_flow = nf
+    collected = []
+
+    async def main():
+        stream = await nemo_flow.llm.stream_execute(
+            "provider", request(nemo_flow), chunks, collected.append,
+            lambda: {"text": "".join(c["token"] for c in collected)})
+        assert isinstance(stream, nemo_flow.llm.LlmStream)
+        assert await stream is stream
+        return [chunk async for chunk in stream]
+
+    assert run(main()) == [{"token": "hel"}, {"token": "lo"}]
+    assert shape(events) == [("provider", "start"), ("llm.chunk", "mark"),
+                             ("llm.chunk", "mark"), ("provider", "end")]
+    assert events[-1].data == {"text": "hello"}
+
+
+def test_stream_iterated_without_await(nf, events):
+    nemo_flow = nf
+
+    async def main():
+        return [c async for c in nemo_flow.llm.stream_execute(
+            "provider", request(nemo_flow), chunks, lambda c: None, lambda: None)]
+
+    assert run(main()) == [{"token": "hel"}, {"token": "lo"}]
+    assert shape(events)[-1] == ("provider", "end")
+
+
+def test_stream_aclose_ends_the_call(nf, events):
+    nemo_flow = nf
+
+    async def main():
+        stream = await nemo_flow.llm.stream_execute(
+            "provider", request(nemo_flow), chunks, lambda c: None, lambda: "partial")
+        first = await stream.__anext__()
+        await stream.aclose()
+        with pytest.raises(StopAsyncIteration):
+            await stream.__anext__()
+        return first
+
+    assert run(main()) == {"token": "hel"}
+    assert shape(events) == [("provider", "start"), ("llm.chunk", "mark"), ("provider", "end")]
+    assert events[-1].data == "partial"
+
+
+def test_awaited_stream_raises_a_rejection_at_the_await(nf, events):
+    nemo_flow = nf
+    nemo_flow.guardrails.register_llm_conditional_execution("deny", 0, lambda r: "no")
+
+    async def main():
+        with pytest.raises(nemo_flow.GuardrailRejectedError, match="no"):
+            await nemo_flow.llm.stream_execute("provider", request(nemo_flow), chunks,
+                                               lambda c: None, lambda: None)
+
+    run(main())
+    assert not any(e.name == "provider" and e.kind == "scope" for e in events)
+
+
+def test_awaited_stream_raises_the_sources_error_on_iteration(nf, events):
+    nemo_flow = nf
+
+    async def broken(req):
+        raise ConnectionError("lost")
+        yield  # pragma: no cover
+
+    async def main():
+        stream = await nemo_flow.llm.stream_execute("provider", request(nemo_flow), broken,
+                                                    lambda c: None, lambda: None)
+        with pytest.raises(ConnectionError, match="lost"):
+            async for _ in stream:
+                pass
+
+    run(main())
+    assert events[-1].name == "provider" and events[-1].metadata["error.type"] == \
+        "ConnectionError"
+
+
+# --------------------------------------------------------------------------------------------
+# Standalone LLM chains.
+
+def test_llm_request_intercepts_returns_the_request_and_unpacks(nf):
+    nemo_flow = nf
+
+    def add_header(name, req, annotated):
+        req.headers["X-Trace"] = name
+        return req, {"seen": annotated}
+
+    nemo_flow.intercepts.register_llm_request("trace", 10, False, add_header)
+    out = nemo_flow.llm.request_intercepts("demo", request(nemo_flow))
+    assert isinstance(out, nemo_flow.LLMRequest)
+    assert out.headers["X-Trace"] == "demo"  # NeMo Flow 0.2: the request itself
+    req, annotated = nemo_flow.llm.request_intercepts("demo", request(nemo_flow), "a")
+    assert req.headers["X-Trace"] == "demo" and annotated == {"seen": "a"}
+
+
+def test_llm_conditional_execution_both_forms(nf, events):
+    nemo_flow = nf
+    assert nemo_flow.llm.conditional_execution(request(nemo_flow)) is None
+    nemo_flow.guardrails.register_llm_conditional_execution(
+        "deny", 0, lambda r: "blocked" if r.content["model"] == "m" else None)
+    with pytest.raises(RuntimeError, match="blocked"):
+        nemo_flow.llm.conditional_execution(request(nemo_flow))
+    with pytest.raises(nemo_flow.GuardrailRejectedError, match="^guardrail rejected: blocked$"):
+        nemo_flow.llm.conditional_execution("chat", request(nemo_flow))
+    assert ("chat", "mark") in shape(events)
+
+
+def test_llm_conditional_execution_async_guardrail_is_awaitable(nf):
+    nemo_flow = nf
+
+    async def deny(r):
+        return "later"
+
+    nemo_flow.guardrails.register_llm_conditional_execution("deny", 0, deny)
+    with pytest.raises(nemo_flow.GuardrailRejectedError, match="later"):
+        run(nemo_flow.llm.conditional_execution("chat", request(nemo_flow)))
