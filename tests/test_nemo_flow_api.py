@@ -148,3 +148,92 @@ def test_llm_conditional_execution_async_guardrail_is_awaitable(nf):
     nemo_flow.guardrails.register_llm_conditional_execution("deny", 0, deny)
     with pytest.raises(nemo_flow.GuardrailRejectedError, match="later"):
         run(nemo_flow.llm.conditional_execution("chat", request(nemo_flow)))
+
+
+# --------------------------------------------------------------------------------------------
+# Names: type aliases, ScopeStack, utils.
+
+ALIASES = ("JsonPrimitive", "JsonValue", "JsonObject", "Json", "UnsupportedBehavior",
+           "ToolSanitizeGuardrail", "ToolConditionalExecutionGuardrail",
+           "LlmSanitizeRequestGuardrail", "LlmSanitizeResponseGuardrail",
+           "LlmConditionalExecutionGuardrail", "ToolRequestIntercept", "ToolExecutionIntercept",
+           "LlmRequestIntercept", "LlmExecutionIntercept", "LlmStreamExecutionIntercept")
+
+
+def test_type_aliases_importable_where_nemo_flow_has_them(nf):
+    nemo_flow = nf
+    for name in ALIASES:
+        assert name in nemo_flow.__all__ and getattr(nemo_flow, name) is not None
+    for name in ALIASES[5:10]:
+        assert getattr(nemo_flow.guardrails, name) is getattr(nemo_flow, name)
+    for name in ALIASES[10:]:
+        assert getattr(nemo_flow.intercepts, name) is getattr(nemo_flow, name)
+        assert name in nemo_flow.intercepts.__all__
+    exec("from nemoflow import Json, JsonObject, LlmRequestIntercept, ToolSanitizeGuardrail\n"
+         "from nemoflow.guardrails import ToolConditionalExecutionGuardrail\n"
+         "from nemoflow.intercepts import LlmStreamExecutionIntercept\n"
+         "from nemoflow.llm import LlmStream\n"
+         "from nemoflow.codecs import LlmCodec, LlmResponseCodec\n", {})
+    assert isinstance(nemo_flow.codecs.OpenAIChatCodec(), nemo_flow.codecs.LlmCodec)
+    assert isinstance(nemo_flow.codecs.AnthropicMessagesCodec(),
+                      nemo_flow.codecs.LlmResponseCodec)
+
+
+def test_a_cast_to_an_alias_runs_as_in_nemo_flow(nf):
+    from typing import cast
+
+    nemo_flow = nf
+    nemo_flow.guardrails.register_tool_conditional_execution(
+        "bad", 1, cast(nemo_flow.guardrails.ToolConditionalExecutionGuardrail,
+                       lambda name, args: 123))
+    with pytest.raises(RuntimeError, match="expected str or None"):
+        nemo_flow.tools.conditional_execution("bad_type_tool", {})
+
+
+def test_scope_stack_repr_and_identity_within_a_context(nf):
+    nemo_flow = nf
+    stack = nemo_flow.get_scope_stack()
+    assert repr(stack) == "<ScopeStack>"
+    assert isinstance(stack, nemo_flow.ScopeStack)
+    assert nemo_flow.get_scope_stack() is stack
+    assert nemo_flow.scope_stack_active()
+
+    async def in_task():
+        return nemo_flow.get_scope_stack()
+
+    assert run(in_task()).handle is stack.handle  # a task starts at its creator's position
+
+
+def test_scope_stack_set_in_a_worker_thread(nf, events):
+    import threading
+
+    nemo_flow = nf
+    with nemo_flow.scope.scope("parent", nemo_flow.ScopeType.Agent) as parent:
+        stack = nemo_flow.propagate_scope_to_thread()
+
+        def worker():
+            nemo_flow.set_thread_scope_stack(stack)
+            nemo_flow.scope.event("worker-ran", data={"source": "thread"})
+
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join(5)
+    mark = next(e for e in events if e.name == "worker-ran")
+    assert mark.parent_uuid == parent.uuid
+
+
+def test_utils_run_sync_inside_and_outside_a_loop(nf, events):
+    nemo_flow = nf
+
+    async def work():
+        nemo_flow.scope.event("ran")
+        return 7
+
+    with nemo_flow.scope.scope("outer", nemo_flow.ScopeType.Agent) as outer:
+        assert nemo_flow.utils.run_sync(work()) == 7
+
+        async def in_loop():
+            return nemo_flow.utils.run_sync(work())
+
+        assert run(in_loop()) == 7
+    assert [e.parent_uuid for e in events if e.name == "ran"] == [outer.uuid, outer.uuid]
