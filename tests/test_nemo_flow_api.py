@@ -237,3 +237,72 @@ def test_utils_run_sync_inside_and_outside_a_loop(nf, events):
 
         assert run(in_loop()) == 7
     assert [e.parent_uuid for e in events if e.name == "ran"] == [outer.uuid, outer.uuid]
+
+
+# --------------------------------------------------------------------------------------------
+# Error messages, as NeMo Flow words them (the error classes stay nemoflow's own).
+
+def boom(*args):
+    raise KeyError("nope")
+
+
+def test_a_raising_request_intercept_or_guardrail_says_callable_failed(nf):
+    nemo_flow = nf
+    nemo_flow.intercepts.register_tool_request("bad", 0, False, boom)
+    with pytest.raises(RuntimeError, match="callable failed") as info:
+        nemo_flow.tools.request_intercepts("search", {})
+    assert isinstance(info.value, nemo_flow.InternalError)
+    assert str(info.value) == \
+        "internal error: Python tool callable failed for 'search': KeyError: 'nope'"
+    assert isinstance(info.value.__cause__, KeyError)
+
+    nemo_flow.guardrails.register_tool_conditional_execution("bad", 0, boom)
+    with pytest.raises(nemo_flow.InternalError, match="callable failed"):
+        nemo_flow.tools.conditional_execution("search", {})
+
+    req = request(nemo_flow)
+    nemo_flow.intercepts.register_llm_request("bad", 0, False, boom)
+    with pytest.raises(nemo_flow.InternalError,
+                       match="^internal error: LLM request intercept callable failed: "
+                             "KeyError: 'nope'$"):
+        nemo_flow.llm.request_intercepts("m", req)
+
+    nemo_flow.guardrails.register_llm_conditional_execution("bad", 0, boom)
+    with pytest.raises(nemo_flow.InternalError,
+                       match="^internal error: LLM conditional guardrail callable failed: "):
+        run(nemo_flow.llm.execute("m", req, lambda r: {}))
+
+
+def test_a_conditional_guardrail_returning_a_non_string_says_expected_str_or_none(nf):
+    nemo_flow = nf
+    nemo_flow.guardrails.register_llm_conditional_execution("weird", 0, lambda r: 5)
+    with pytest.raises(nemo_flow.InternalError, match=r"\(expected str or None\)"):
+        nemo_flow.llm.conditional_execution(request(nemo_flow))
+    with pytest.raises(RuntimeError, match="expected str or None"):
+        run(nemo_flow.llm.execute("m", request(nemo_flow), lambda r: {}))
+
+
+@pytest.mark.parametrize("result", [
+    lambda r, a: r,  # the request alone, not the pair
+    lambda r, a: ({"messages": []}, a),  # not an LLMRequest
+    lambda r, a: None,
+])
+def test_a_request_intercept_result_without_a_request_says_extraction_failed(nf, events, result):
+    nemo_flow = nf
+    nemo_flow.intercepts.register_llm_request("bad", 0, False,
+                                              lambda name, r, a: result(r, a))
+    with pytest.raises(nemo_flow.InternalError,
+                       match=r"^internal error: LLM request intercept result\[0\] extraction "
+                             r"failed: TypeError: "):
+        run(nemo_flow.llm.execute("m", request(nemo_flow), lambda r: {}))
+    with pytest.raises(RuntimeError, match=r"result\[0\] extraction failed"):
+        nemo_flow.llm.request_intercepts("m", request(nemo_flow))
+    assert not any(e.name == "m" for e in events)
+
+
+def test_a_naive_timestamp_says_timezone_aware(nf):
+    import datetime
+
+    nemo_flow = nf
+    with pytest.raises(ValueError, match="timezone-aware"):
+        nemo_flow.tools.call("t", {}, timestamp=datetime.datetime(2024, 1, 1))
