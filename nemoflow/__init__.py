@@ -14,7 +14,6 @@ from . import (
     scope_local,
     subscribers,
     tools,
-    types,
     utils,
 )
 from ._backend import BACKEND
@@ -183,7 +182,6 @@ __all__ = [
     "subscribers",
     "tools",
     "trace",
-    "types",
     "uninstrument",
     "use_scope_stack",
     "utils",

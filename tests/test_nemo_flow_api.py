@@ -306,3 +306,10 @@ def test_a_naive_timestamp_says_timezone_aware(nf):
     nemo_flow = nf
     with pytest.raises(ValueError, match="timezone-aware"):
         nemo_flow.tools.call("t", {}, timestamp=datetime.datetime(2024, 1, 1))
+
+
+def test_star_import_leaves_the_standard_types_module_alone(nf):
+    namespace = {}
+    exec("import types\nfrom nemoflow import *\n", namespace)
+    assert namespace["types"].__name__ == "types"
+    assert "Json" in namespace and "LlmStream" in namespace

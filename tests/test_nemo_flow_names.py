@@ -50,15 +50,16 @@ SUBMODULES = {
     "tools": ("call", "call_end", "execute", "request_intercepts", "conditional_execution"),
     "llm": ("call", "call_end", "execute", "stream_execute", "request_intercepts",
             "conditional_execution", "LLMRequest", "LlmStream"),
-    "guardrails": _register_pairs(_GUARDRAILS) + (
-        "ToolSanitizeGuardrail", "ToolConditionalExecutionGuardrail",
-        "LlmSanitizeRequestGuardrail", "LlmSanitizeResponseGuardrail",
-        "LlmConditionalExecutionGuardrail"),
-    "intercepts": _register_pairs(_INTERCEPTS) + (
-        "ToolRequestIntercept", "ToolExecutionIntercept", "LlmRequestIntercept",
-        "LlmExecutionIntercept", "LlmStreamExecutionIntercept"),
+    "guardrails": (
+        *_register_pairs(_GUARDRAILS), "ToolSanitizeGuardrail",
+        "ToolConditionalExecutionGuardrail", "LlmSanitizeRequestGuardrail",
+        "LlmSanitizeResponseGuardrail", "LlmConditionalExecutionGuardrail"),
+    "intercepts": (
+        *_register_pairs(_INTERCEPTS), "ToolRequestIntercept", "ToolExecutionIntercept",
+        "LlmRequestIntercept", "LlmExecutionIntercept", "LlmStreamExecutionIntercept"),
     "subscribers": ("register", "deregister"),
-    "scope_local": _register_pairs(_MIDDLEWARE) + ("register_subscriber", "deregister_subscriber"),
+    "scope_local": (*_register_pairs(_MIDDLEWARE), "register_subscriber",
+                    "deregister_subscriber"),
     "codecs": ("AnnotatedLLMRequest", "AnthropicMessagesCodec", "LlmCodec", "LlmResponseCodec",
                "OpenAIChatCodec", "OpenAIResponsesCodec"),
     "utils": ("run_sync",),
@@ -123,7 +124,7 @@ def test_every_nemo_flow_name_exists_or_is_listed(nf):
 def test_the_exception_lists_hold_only_missing_names(nf):
     missing = set(_missing(nf))
     assert set(OMITTED) <= missing, "an omitted name exists now: drop it from OMITTED"
-    assert NOT_BUILT_YET <= missing, "a name was built: drop it from NOT_BUILT_YET"
+    assert missing >= NOT_BUILT_YET, "a name was built: drop it from NOT_BUILT_YET"
 
 
 def test_top_level_names_are_exported(nf):
