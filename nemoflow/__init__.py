@@ -14,6 +14,7 @@ from . import (
     scope_local,
     subscribers,
     tools,
+    utils,
 )
 from ._backend import BACKEND
 from ._backend import core as _core
@@ -58,7 +59,7 @@ from .exporters.otlp import (
     OpenTelemetrySubscriber,
 )
 from .integrations import instrument, uninstrument
-from .llm import LLMRequest
+from .llm import LLMRequest, LlmStream
 from .propagation import (
     PropagationContext,
     capture_propagation_context,
@@ -70,6 +71,23 @@ from .propagation import (
     inject_traceparent,
 )
 from .trace import mark, trace
+from .types import (
+    Json,
+    JsonObject,
+    JsonPrimitive,
+    JsonValue,
+    LlmConditionalExecutionGuardrail,
+    LlmExecutionIntercept,
+    LlmRequestIntercept,
+    LlmSanitizeRequestGuardrail,
+    LlmSanitizeResponseGuardrail,
+    LlmStreamExecutionIntercept,
+    ToolConditionalExecutionGuardrail,
+    ToolExecutionIntercept,
+    ToolRequestIntercept,
+    ToolSanitizeGuardrail,
+    UnsupportedBehavior,
+)
 
 ScopeHandle = _core.ScopeHandle
 ToolHandle = _core.ToolHandle
@@ -97,9 +115,20 @@ __all__ = [
     "GuardrailRejectedError",
     "InternalError",
     "InvalidArgumentError",
+    "Json",
+    "JsonObject",
+    "JsonPrimitive",
+    "JsonValue",
     "LLMAttributes",
     "LLMHandle",
     "LLMRequest",
+    "LlmConditionalExecutionGuardrail",
+    "LlmExecutionIntercept",
+    "LlmRequestIntercept",
+    "LlmSanitizeRequestGuardrail",
+    "LlmSanitizeResponseGuardrail",
+    "LlmStream",
+    "LlmStreamExecutionIntercept",
     "MarkEvent",
     "NemoFlowError",
     "NotFoundError",
@@ -116,7 +145,12 @@ __all__ = [
     "ScopeStack",
     "ScopeType",
     "ToolAttributes",
+    "ToolConditionalExecutionGuardrail",
+    "ToolExecutionIntercept",
     "ToolHandle",
+    "ToolRequestIntercept",
+    "ToolSanitizeGuardrail",
+    "UnsupportedBehavior",
     "bind",
     "capture",
     "capture_propagation_context",
@@ -150,5 +184,6 @@ __all__ = [
     "trace",
     "uninstrument",
     "use_scope_stack",
+    "utils",
     "wrap",
 ]

@@ -67,18 +67,27 @@ def payload(value, lenient):
 
 async def check_conditions(snap, family, parent, call_name, args, start_data, settle):
     """Run the conditional guardrails; each is a guardrail scope; a rejection raises."""
+    if family == "tool_conditional_execution":
+        failed = f"Python tool conditional callable failed for '{call_name}'"
+        wrong = (f"tool conditional guardrail for '{call_name}' returned unexpected type "
+                 f"(expected str or None)")
+    else:
+        failed = "LLM conditional guardrail callable failed"
+        wrong = "LLM conditional guardrail returned unexpected type (expected str or None)"
     for entry in snap.chain(family):
         g = _core.start(entry.name, ScopeType.Guardrail, parent, None, None, None, start_data,
                         None)
+        context = failed
         try:
             verdict = await settle(entry.fn(*args))
             if verdict is not None and not isinstance(verdict, str):
+                context = wrong
                 raise TypeError(f"a conditional guardrail returns str or None, not "
                                 f"{type(verdict).__name__}")
         except BaseException as exc:
             _core.end(g, None, None, None, _ERROR, _core.describe(exc))
             if isinstance(exc, Exception):
-                raise internal_error(exc) from exc
+                raise internal_error(exc, context) from exc
             raise
         if verdict is None:
             _core.end(g, {"allowed": True, "rejected": False}, None, None)
@@ -203,12 +212,13 @@ async def tool_prelude(snap, name, args, parent, attributes, data, metadata, too
     await check_conditions(snap, "tool_conditional_execution", parent, name, (name, args),
                            {"kind": "tool_conditional_execution", "target_name": name}, settle)
     for entry in snap.chain("tool_request"):
-        try:
-            args = await settle(entry.fn(name, args))
-            if not lenient:
+        args = await apply_tool_request(entry, name, args, settle)
+        if not lenient:
+            try:
                 _core.encode(args)
-        except Exception as exc:
-            raise internal_error(exc) from exc
+            except Exception as exc:
+                raise internal_error(exc, f"tool callback py_to_json failed for '{name}'") \
+                    from exc
         if entry.break_chain:
             break
     event_args = await event_payload(snap.chain("tool_sanitize_request"), args, _with_name(name),
@@ -217,6 +227,14 @@ async def tool_prelude(snap, name, args, parent, attributes, data, metadata, too
                         None, _core.KIND_TOOL, profile(tool_call_id=tool_call_id),
                         _core.ToolHandle)
     return frame, args
+
+
+async def apply_tool_request(entry, name, args, settle):
+    """One tool request intercept: its result, or ``InternalError`` if it raises."""
+    try:
+        return await settle(entry.fn(name, args))
+    except Exception as exc:
+        raise internal_error(exc, f"Python tool callable failed for '{name}'") from exc
 
 
 def _with_name(name):
@@ -351,29 +369,34 @@ def _sanitized_request(request):
     return json_payload(request_data(request))
 
 
-async def apply_request_intercepts(snap, name, request, settle):
+async def apply_request_intercepts(snap, name, request, settle, annotated=None):
     """``(request, annotated)`` after the LLM request intercepts of ``snap``."""
-    annotated = None
     for entry in snap.chain("llm_request"):
         try:
             out = await settle(entry.fn(name, request, annotated))
-            if (not isinstance(out, tuple) or len(out) != 2
-                    or not isinstance(out[0], LLMRequest)):
+        except Exception as exc:
+            raise internal_error(exc, "LLM request intercept callable failed") from exc
+        try:
+            if not isinstance(out, (tuple, list)) or len(out) != 2:
                 raise TypeError(f"an LLM request intercept returns (LLMRequest, annotated), "
                                 f"not {type(out).__name__}")
-            request, annotated = out
-        except Exception as exc:
-            raise internal_error(exc) from exc
+            if not isinstance(out[0], LLMRequest):
+                raise TypeError(f"result[0] is not an LLMRequest: {type(out[0]).__name__}")
+        except TypeError as exc:
+            raise internal_error(exc, "LLM request intercept result[0] extraction failed") \
+                from exc
+        request, annotated = out
         if entry.break_chain:
             break
     return request, annotated
 
 
-async def request_intercepts(name, request, settle):
+async def request_intercepts(name, request, settle, annotated=None):
     """The LLM request intercepts alone, then the session and trace headers of the current
     position (as the request a managed call made here would carry them)."""
     top = _core.current()
-    request, annotated = await apply_request_intercepts(Snapshot(top), name, request, settle)
+    request, annotated = await apply_request_intercepts(Snapshot(top), name, request, settle,
+                                                        annotated)
     request = with_session_headers(request, top)
     try:
         request = propagation.with_current_traceparent(request)

@@ -250,8 +250,12 @@ def snapshot(parent=None) -> Snapshot:
 # --------------------------------------------------------------------------------------------
 # Calling callbacks.
 
-def internal_error(exc) -> InternalError:
-    err = InternalError(f"internal error: {type(exc).__name__}: {_core.describe(exc)}")
+def internal_error(exc, context=None) -> InternalError:
+    """``InternalError`` for a middleware callback's failure ``exc``; ``context`` (NeMo Flow's
+    wording, e.g. ``"LLM request intercept callable failed"``) goes before the exception."""
+    what = f"{type(exc).__name__}: {_core.describe(exc)}"
+    err = InternalError(f"internal error: {context}: {what}" if context else
+                        f"internal error: {what}")
     err.__cause__ = exc
     return err
 

@@ -64,6 +64,14 @@ class ScopeStack(Binding):
 
     __slots__ = ()
 
+    def __repr__(self):
+        return "<ScopeStack>"
+
+
+# The ScopeStack get_scope_stack() last returned in this context: the same object is returned
+# again while the context's position is unchanged.
+_last_stack: contextvars.ContextVar = contextvars.ContextVar("nemoflow_scope_stack")
+
 
 def capture() -> Binding:
     """The current scope, to bind later in another thread, callback or executor job."""
@@ -109,7 +117,12 @@ def wrap(fn):
 
 def get_scope_stack() -> ScopeStack:
     """The current context's stack; creates (and binds) a fresh trace root on first use."""
-    return ScopeStack(_core.current())
+    frame = _core.current()
+    stack = _last_stack.get(None)
+    if stack is None or stack._frame is not frame:
+        stack = ScopeStack(frame)
+        _last_stack.set(stack)
+    return stack
 
 
 def create_scope_stack() -> ScopeStack:

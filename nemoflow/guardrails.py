@@ -10,6 +10,13 @@ from __future__ import annotations
 
 from ._middleware import deregister as _deregister
 from ._middleware import register as _register
+from .types import (  # noqa: F401  (NeMo Flow code imports them from here)
+    LlmConditionalExecutionGuardrail,
+    LlmSanitizeRequestGuardrail,
+    LlmSanitizeResponseGuardrail,
+    ToolConditionalExecutionGuardrail,
+    ToolSanitizeGuardrail,
+)
 
 __all__ = [
     "deregister_llm_conditional_execution",

@@ -11,8 +11,20 @@ from __future__ import annotations
 
 from ._middleware import deregister as _deregister
 from ._middleware import register as _register
+from .types import (
+    LlmExecutionIntercept,
+    LlmRequestIntercept,
+    LlmStreamExecutionIntercept,
+    ToolExecutionIntercept,
+    ToolRequestIntercept,
+)
 
 __all__ = [
+    "LlmExecutionIntercept",
+    "LlmRequestIntercept",
+    "LlmStreamExecutionIntercept",
+    "ToolExecutionIntercept",
+    "ToolRequestIntercept",
     "deregister_llm_execution",
     "deregister_llm_request",
     "deregister_llm_stream_execution",

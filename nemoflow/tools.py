@@ -93,10 +93,7 @@ def request_intercepts(name, args):
     async def apply(settle):
         nonlocal args
         for entry in chain:
-            try:
-                args = await settle(entry.fn(name, args))
-            except Exception as exc:
-                raise _managed.internal_error(exc) from exc
+            args = await _managed.apply_tool_request(entry, name, args, settle)
             if entry.break_chain:
                 break
         return args

@@ -102,7 +102,8 @@ def test_request_intercepts_get_and_return_request_and_annotation(nf, events):
 
 def test_request_intercept_wrong_return_type_is_internal_error(nf, events):
     nf.intercepts.register_llm_request("bad", 0, False, lambda n, r, a: r)
-    with pytest.raises(nf.InternalError, match="^internal error: TypeError: "):
+    with pytest.raises(nf.InternalError, match=r"^internal error: LLM request intercept "
+                       r"result\[0\] extraction failed: TypeError: "):
         run(nf.llm.execute("chat", request(nf), lambda r: "ok"))
     assert events == []
 

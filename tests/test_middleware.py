@@ -147,12 +147,16 @@ def test_failing_middleware_raises_internal_error(nf, events):
         raise KeyError("nope")
 
     nf.intercepts.register_tool_request("bad", 0, False, bad)
-    with pytest.raises(nf.InternalError, match=r"^internal error: KeyError: 'nope'$"):
+    with pytest.raises(nf.InternalError,
+                       match=r"^internal error: Python tool callable failed for 't': "
+                             r"KeyError: 'nope'$"):
         execute(nf)
     assert events == []  # nothing started
     nf.intercepts.deregister_tool_request("bad")
     nf.intercepts.register_tool_request("nonjson", 0, False, lambda n, a: {"o": object()})
-    with pytest.raises(nf.InternalError, match="^internal error: ValueError: Failed to conv"):
+    with pytest.raises(nf.InternalError,
+                       match="^internal error: tool callback py_to_json failed for 't': "
+                             "ValueError: Failed to conv"):
         execute(nf)
 
 
@@ -207,7 +211,8 @@ def test_conditional_guardrail_rejection_event_sequence(nf, events):
 
 def test_conditional_guardrail_wrong_type_or_raise_is_internal_error(nf, events):
     nf.guardrails.register_tool_conditional_execution("weird", 0, lambda n, a: 42)
-    with pytest.raises(nf.InternalError, match="^internal error: TypeError: "):
+    with pytest.raises(nf.InternalError, match=r"^internal error: tool conditional guardrail "
+                       r"for 't' returned unexpected type \(expected str or None\): TypeError: "):
         execute(nf)
     assert shape(events) == [("weird", "start"), ("weird", "end")]
     assert events[1].metadata["otel.status_code"] == "ERROR"

@@ -9,6 +9,8 @@ JSON).
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 from . import normalize
 from ._types import AnnotatedLLMRequest, AnnotatedLLMResponse
 from .anthropic import AnthropicMessagesCodec
@@ -21,6 +23,8 @@ __all__ = [
     "AnnotatedLLMRequest",
     "AnnotatedLLMResponse",
     "AnthropicMessagesCodec",
+    "LlmCodec",
+    "LlmResponseCodec",
     "OpenAIChatCodec",
     "OpenAIResponsesCodec",
     "StreamAccumulator",
@@ -28,3 +32,19 @@ __all__ = [
     "codec_for",
     "normalize",
 ]
+
+
+@runtime_checkable
+class LlmCodec(Protocol):
+    """What a request codec provides: ``decode`` a provider request, ``encode`` it back."""
+
+    def decode(self, request) -> AnnotatedLLMRequest: ...
+
+    def encode(self, annotated: AnnotatedLLMRequest, original): ...
+
+
+@runtime_checkable
+class LlmResponseCodec(Protocol):
+    """What a response codec provides: ``decode_response`` a provider response."""
+
+    def decode_response(self, response) -> AnnotatedLLMResponse: ...
