@@ -487,10 +487,27 @@ def _run(args) -> int:
                 raise TraceError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
         return 0
     paths = _expand(args.paths)
-    if len(paths) == 1 and not (args.stats or args.json or args.sort):
-        print(summary(_slim(ev) for ev in iter_events(paths[0])))
-        return 0
-    return _stats(paths, args)
+    progress = _progress(paths, args.progress)
+    on_read = progress.advance if progress is not None else None
+    try:
+        if len(paths) == 1 and not (args.stats or args.json or args.sort):
+            text = summary(_slim(ev) for ev in iter_events(paths[0], on_read=on_read))
+        else:
+            text = None
+            result = _stats(paths, on_read, args.sort or "total")
+    finally:
+        if progress is not None:
+            progress.close()
+    if text is not None:
+        print(text)
+    elif args.json:
+        result["files"] = [_display(p) for p in paths]
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        from ._cli_stats import render
+
+        render(result, len(paths))
+    return 0
 
 
 _GB = 1 << 30
@@ -523,29 +540,27 @@ def _size(path: str) -> int | None:
         return None
 
 
-def _stats(paths: list, args) -> int:
-    from ._cli_stats import Progress, Stats, render
-
+def _progress(paths: list, asked: bool):
+    """A progress bar on stderr when asked, or for 1 GB or more of input on a terminal."""
     sizes = [_size(p) for p in paths]
     known = sum(s for s in sizes if s is not None)
-    show = args.progress or (known >= _GB and sys.stderr.isatty())
-    progress = Progress(None if None in sizes else known) if show else None
+    if not (asked or (known >= _GB and sys.stderr.isatty())):
+        return None
+    from ._cli_stats import Progress
+
+    return Progress(None if None in sizes else known)
+
+
+def _stats(paths: list, on_read, sort: str) -> dict:
+    """The statistics over the events of every file, read one event at a time."""
+    from ._cli_stats import Stats
+
     stats = Stats(_ts_ns)
     add = stats.add
-    try:
-        for path in paths:
-            for ev in iter_events(path, on_read=progress.advance if progress else None):
-                add(ev)
-    finally:
-        if progress is not None:
-            progress.close()
-    result = stats.result(args.sort or "total")
-    if args.json:
-        result["files"] = [_display(p) for p in paths]
-        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        render(result, len(paths))
-    return 0
+    for path in paths:
+        for ev in iter_events(path, on_read=on_read):
+            add(ev)
+    return stats.result(sort)
 
 
 def main(argv=None) -> int:

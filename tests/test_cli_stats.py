@@ -226,6 +226,9 @@ def test_rich_tables(tmp_path, capsys):
     assert code == 0
     assert "┃" in out or "│" in out  # drawn by rich
     assert "search" in out and "gpt-4o-2024-08-06" in out
+    # the tree reads with a progress bar too, on stderr only
+    code, out, err = _inproc(capsys, "summary", "--progress", path)
+    assert code == 0 and out.startswith("21 events: 10 scopes") and "reading" in err
 
 
 def test_real_command(tmp_path):
