@@ -489,11 +489,11 @@ def _run(args) -> int:
     paths = _expand(args.paths)
     progress = _progress(paths, args.progress)
     on_read = progress.advance if progress is not None else None
+    text: str | None = None
     try:
         if len(paths) == 1 and not (args.stats or args.json or args.sort):
             text = summary(_slim(ev) for ev in iter_events(paths[0], on_read=on_read))
         else:
-            text = None
             result = _stats(paths, on_read, args.sort or "total")
     finally:
         if progress is not None:
