@@ -489,17 +489,17 @@ def _run(args) -> int:
     paths = _expand(args.paths)
     progress = _progress(paths, args.progress)
     on_read = progress.advance if progress is not None else None
-    text: str | None = None
+    tree = None
     try:
         if len(paths) == 1 and not (args.stats or args.json or args.sort):
-            text = summary(_slim(ev) for ev in iter_events(paths[0], on_read=on_read))
+            tree = summary(_slim(ev) for ev in iter_events(paths[0], on_read=on_read))
         else:
             result = _stats(paths, on_read, args.sort or "total")
     finally:
         if progress is not None:
             progress.close()
-    if text is not None:
-        print(text)
+    if tree is not None:
+        print(tree)
     elif args.json:
         result["files"] = [_display(p) for p in paths]
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
