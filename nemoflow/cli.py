@@ -1,6 +1,7 @@
 """The ``nemoflow`` command: read ATOF JSONL files.
 
     nemoflow summary TRACE.jsonl    the scope tree with durations, status and marks
+    nemoflow summary --stats TRACE...   latency, error and token statistics per scope name
     nemoflow validate TRACE.jsonl   check every line against the ATOF 0.1 envelope
     nemoflow convert TRACE.jsonl --to atif [-o OUT]   the run as an ATIF trajectory
 
@@ -11,8 +12,11 @@ that cannot be read ends the command with one line on stderr naming the file and
 from __future__ import annotations
 
 import argparse
+import functools
+import glob
 import gzip
 import os
+import re
 import sys
 import zlib
 from datetime import datetime
@@ -122,12 +126,14 @@ def _event_problem(ev) -> str | None:
     return None
 
 
-def _lines(path: str, allow_empty: bool = False):
-    """(line number, bytes) of every non-blank line, read one at a time."""
+def _lines(path: str, allow_empty: bool = False, on_read=None):
+    """(line number, bytes) of every non-blank line, read one at a time; ``on_read(n)`` is
+    told of the bytes read, about every megabyte."""
     name = _display(path)
     stream, raw = _open(path)
     lineno = 0
     seen = False
+    pending = 0
     try:
         while True:
             try:
@@ -137,12 +143,19 @@ def _lines(path: str, allow_empty: bool = False):
                                  f"({exc})") from None
             if not line:
                 break
+            if on_read is not None:
+                pending += len(line)
+                if pending >= 1 << 20:
+                    on_read(pending)
+                    pending = 0
             lineno += 1
             if not line.strip():
                 continue
             seen = True
             yield lineno, line
     finally:
+        if pending:
+            on_read(pending)
         if stream is not raw:
             stream.close()
         if raw is not sys.stdin.buffer:
@@ -151,11 +164,11 @@ def _lines(path: str, allow_empty: bool = False):
         raise TraceError(f"{name}: empty, no ATOF events")
 
 
-def _records(path: str, allow_empty: bool = False):
+def _records(path: str, allow_empty: bool = False, on_read=None):
     """(line number, parsed value or None, problem or None) of every non-blank line."""
     name = _display(path)
     first = True
-    for lineno, line in _lines(path, allow_empty):
+    for lineno, line in _lines(path, allow_empty, on_read):
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
@@ -180,14 +193,14 @@ def _records(path: str, allow_empty: bool = False):
         yield lineno, value, None
 
 
-def iter_events(path: str, allow_empty: bool = False):
+def iter_events(path: str, allow_empty: bool = False, on_read=None):
     """The events of an ATOF JSONL file (``-``: stdin; gzip read transparently), one at a time.
 
     Raises ``TraceError`` (a ``ValueError``) naming the file and line at the first line that is
-    not an ATOF event.
+    not an ATOF event. ``on_read(n)``, when given, is told of the bytes read as they are.
     """
     name = _display(path)
-    for lineno, ev, problem in _records(path, allow_empty):
+    for lineno, ev, problem in _records(path, allow_empty, on_read):
         if problem is None:
             problem = _event_problem(ev)
         if problem is not None:
@@ -202,19 +215,29 @@ def read_events(path: str) -> list:
 
 def _ts(value) -> float:
     """Seconds since the epoch of an ATOF timestamp (RFC 3339 or integer epoch µs)."""
+    return _ts_ns(value) / 1e9
+
+
+_RFC3339 = re.compile(r"([^.]*)(?:\.(\d*))?(.*)\Z", re.S)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epoch_s(text: str) -> int:
+    # Events of a trace share their date, hour and zone: parse each second once.
+    return int(datetime.fromisoformat(text).timestamp())
+
+
+def _ts_ns(value) -> int:
+    """Exact nanoseconds since the epoch of an ATOF timestamp (RFC 3339 or integer epoch µs)."""
     if isinstance(value, int):
-        return value / 1e6
-    text = value.replace("Z", "+00:00")
-    frac_ns = 0
-    if "." in text:  # datetime keeps µs only: carry the nanosecond digits separately
-        head, rest = text.split(".", 1)
-        n = 0
-        while n < len(rest) and rest[n].isdigit():
-            n += 1
-        digits, tz = rest[:n], rest[n:]
-        frac_ns = int(digits.ljust(9, "0")[:9])
-        text = head + tz
-    return datetime.fromisoformat(text).timestamp() + frac_ns / 1e9
+        return value * 1000
+    match = _RFC3339.match(value)
+    if match is None:
+        raise ValueError(f"not a timestamp: {value!r}")
+    head, digits, tz = match.groups()
+    # datetime keeps µs only: the nanosecond digits are carried separately
+    frac_ns = int(digits.ljust(9, "0")[:9]) if digits else 0
+    return _epoch_s((head + tz).replace("Z", "+00:00")) * 1_000_000_000 + frac_ns
 
 
 class _Validator:
@@ -417,9 +440,26 @@ def _parser() -> argparse.ArgumentParser:
                "Exit status: 0 success, 1 unreadable or invalid input, 2 usage error.")
     parser.add_argument("--version", action="version", version=f"nemoflow {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, text in (("summary", "print the scope tree"), ("validate", "check the format")):
-        p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("path", metavar="TRACE", help="an ATOF JSONL file (- for stdin)")
+    from ._cli_stats import SORT_KEYS
+
+    text = "print the scope tree, or statistics per scope type and name"
+    p = sub.add_parser("summary", help=text, description=text + ". One trace file: the tree; "
+                       "several files (or globs), --stats, --json or --sort: the statistics "
+                       "over all of them.")
+    p.add_argument("paths", nargs="+", metavar="TRACE",
+                   help="ATOF JSONL files or glob patterns (- for stdin)")
+    p.add_argument("--stats", action="store_true",
+                   help="count, errors, total and self time, p50/p90/p99/max latency, tokens "
+                   "per LLM model, time to first chunk")
+    p.add_argument("--sort", choices=SORT_KEYS, default=None,
+                   help="order of the statistics rows, largest first (default: total)")
+    p.add_argument("--json", action="store_true", help="the statistics as JSON")
+    p.add_argument("--progress", action="store_true",
+                   help="show a progress bar on stderr (shown anyway for inputs of 1 GB or "
+                   "more when stderr is a terminal)")
+    text = "check the format"
+    p = sub.add_parser("validate", help=text, description=text)
+    p.add_argument("path", metavar="TRACE", help="an ATOF JSONL file (- for stdin)")
     p = sub.add_parser("convert", help="convert a trace to another format")
     p.add_argument("path", metavar="TRACE", help="an ATOF JSONL file (- for stdin)")
     p.add_argument("--to", required=True, choices=["atif"], help="the output format")
@@ -446,8 +486,81 @@ def _run(args) -> int:
             except OSError as exc:
                 raise TraceError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
         return 0
-    print(summary(_slim(ev) for ev in iter_events(args.path)))
+    paths = _expand(args.paths)
+    progress = _progress(paths, args.progress)
+    on_read = progress.advance if progress is not None else None
+    tree = None
+    try:
+        if len(paths) == 1 and not (args.stats or args.json or args.sort):
+            tree = summary(_slim(ev) for ev in iter_events(paths[0], on_read=on_read))
+        else:
+            result = _stats(paths, on_read, args.sort or "total")
+    finally:
+        if progress is not None:
+            progress.close()
+    if tree is not None:
+        print(tree)
+    elif args.json:
+        result["files"] = [_display(p) for p in paths]
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        from ._cli_stats import render
+
+        render(result, len(paths))
     return 0
+
+
+_GB = 1 << 30
+
+
+def _expand(patterns) -> list:
+    """The files named, glob patterns expanded (sorted); a pattern matching nothing is an error."""
+    paths = []
+    for pattern in patterns:
+        if pattern == "-" or os.path.exists(pattern) or not glob.has_magic(pattern):
+            paths.append(pattern)
+            continue
+        found = sorted(glob.glob(pattern))
+        if not found:
+            raise TraceError(f"{pattern}: no file matches")
+        paths.extend(found)
+    return paths
+
+
+def _size(path: str) -> int | None:
+    """The bytes the reader will see, when known (not for stdin or compressed files)."""
+    if path == "-":
+        return None
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":
+                return None
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def _progress(paths: list, asked: bool):
+    """A progress bar on stderr when asked, or for 1 GB or more of input on a terminal."""
+    sizes = [_size(p) for p in paths]
+    known = sum(s for s in sizes if s is not None)
+    if not (asked or (known >= _GB and sys.stderr.isatty())):
+        return None
+    from ._cli_stats import Progress
+
+    return Progress(None if None in sizes else known)
+
+
+def _stats(paths: list, on_read, sort: str) -> dict:
+    """The statistics over the events of every file, read one event at a time."""
+    from ._cli_stats import Stats
+
+    stats = Stats(_ts_ns)
+    add = stats.add
+    for path in paths:
+        for ev in iter_events(path, on_read=on_read):
+            add(ev)
+    return stats.result(sort)
 
 
 def main(argv=None) -> int:
@@ -478,7 +591,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a trace this reader does not expect: one line, not a traceback
-        print(f"nemoflow: error: {_display(args.path)}: cannot read "
+        where = getattr(args, "path", None) or ", ".join(args.paths)
+        print(f"nemoflow: error: {_display(where)}: cannot read "
               f"({type(exc).__name__}: {exc})", file=sys.stderr)
         return 1
 

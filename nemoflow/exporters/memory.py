@@ -25,7 +25,7 @@ import weakref
 
 from ._base import Exporter
 
-__all__ = ["InMemoryRecorder"]
+__all__ = ["InMemoryRecorder", "rows_to_numpy"]
 
 _live: weakref.WeakSet = weakref.WeakSet()
 
@@ -34,6 +34,18 @@ _live: weakref.WeakSet = weakref.WeakSet()
 _FIELDS = [("uuid", "U36"), ("parent_uuid", "U36"), ("name", "O"), ("kind", "U5"),
            ("category", "U16"), ("start_ns", "i8"), ("end_ns", "i8"), ("duration_ns", "i8"),
            ("status", "U5"), ("depth", "i4")]
+
+
+def rows_to_numpy(rows):
+    """The ``to_numpy()`` table of (uuid, parent, name, kind, category, start, end, status,
+    depth) rows."""
+    import numpy as np  # imported here: `import nemoflow` must stay cheap
+
+    table = np.empty(len(rows), dtype=_FIELDS)
+    if rows:
+        table[:] = [(u, p, n, k, c, s, e, -1 if s < 0 or e < 0 else e - s, st, d)
+                    for u, p, n, k, c, s, e, st, d in rows]
+    return table
 
 
 class InMemoryRecorder(Exporter):
@@ -83,8 +95,6 @@ class InMemoryRecorder(Exporter):
         Rows are in the order their first event was delivered; a scope whose start was not
         recorded (the recorder was registered while it was open) has ``start_ns`` -1.
         """
-        import numpy as np  # imported here: `import nemoflow` must stay cheap
-
         rows: dict = {}  # uuid -> [uuid, parent, name, kind, category, start, end, status]
         for ev in self.events:
             uuid = ev.uuid
@@ -121,11 +131,7 @@ class InMemoryRecorder(Exporter):
                 d += 1
                 depth[u] = d
 
-        table = np.empty(len(rows), dtype=_FIELDS)
-        if rows:
-            table[:] = [(u, p, n, k, c, s, e, -1 if s < 0 or e < 0 else e - s, st, depth[u])
-                        for u, p, n, k, c, s, e, st in rows.values()]
-        return table
+        return rows_to_numpy([(*row, depth[row[0]]) for row in rows.values()])
 
     def __repr__(self):
         return f"<InMemoryRecorder {self.name!r} events={len(self._events)}>"
