@@ -16,6 +16,9 @@ cdef extern from "nemoflow_core.h" nogil:
 
 
 cdef extern from "nemoflow_ring.h" nogil:
+    void *nf_malloc(size_t n)
+    void *nf_realloc(void *p, size_t n)
+    void nf_free(void *p)
     enum:
         NF_REC_START
         NF_REC_END

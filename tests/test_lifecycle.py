@@ -507,3 +507,44 @@ def test_past_its_growth_limit_the_delivery_threads_ring_drops_and_counts(nf):
     assert proc.returncode == 0, proc.stderr
     kept, dropped = map(int, proc.stdout.split())
     assert 16 <= kept < 1000 and kept + dropped == 1000   # 8 x ring_size at most, the rest counted
+
+
+TRACEMALLOC_SCRIPT = """
+import sys, threading, time, tracemalloc, nemoflow as nf
+exporter = nf.AtofExporter(nf.AtofExporterConfig(sys.argv[1], "tm.jsonl"))
+exporter.register("jsonl")
+recorder = nf.exporters.InMemoryRecorder()      # a Python consumer: the GIL is taken per batch
+recorder.register("memory")
+
+def work(tag, n):
+    for i in range(n):
+        nf.mark(tag, data={"i": i})
+
+for round in range(2):
+    threads = [threading.Thread(target=work, args=(f"t{n}", 5000)) for n in range(3)]
+    for t in threads:
+        t.start()
+    tracemalloc.start(5)         # the delivery thread busy, then idle, without the GIL
+    for t in threads:
+        t.join()
+    nf.subscribers.flush()
+    deadline = time.monotonic() + 0.3
+    junk = []
+    while time.monotonic() < deadline:   # allocate while the idle delivery thread ticks
+        junk.append([object() for _ in range(100)])
+        if len(junk) > 200:
+            junk.clear()
+    tracemalloc.stop()
+exporter.shutdown()
+print("ok")
+"""
+
+
+def test_tracemalloc_started_while_the_delivery_thread_runs(nf, tmp_path):
+    # The delivery thread allocates without the GIL; with tracemalloc on, Python's raw
+    # allocator hooks walk the thread's frames, which crashed it (SIGSEGV) mid-batch.
+    proc, _ = run(nf, TRACEMALLOC_SCRIPT, tmp_path, timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.split() == ["ok"]
+    with open(tmp_path / "tm.jsonl", "rb") as f:
+        assert sum(1 for _ in f) == 30000

@@ -71,8 +71,8 @@ def _delivery_main():
     """
     global _delivery_ident
     _delivery_ident = PyThread_get_thread_ident()
-    cdef nf_record *batch = <nf_record *>PyMem_RawMalloc(_BATCH * sizeof(nf_record))
-    cdef void **refs = <void **>PyMem_RawMalloc(_PENDING_REFS * sizeof(void *))
+    cdef nf_record *batch = <nf_record *>nf_malloc(_BATCH * sizeof(nf_record))
+    cdef void **refs = <void **>nf_malloc(_PENDING_REFS * sizeof(void *))
     cdef uint64_t *counts = NULL
     cdef nf_ring **rings = NULL
     cdef nf_sink *sinks[NF_MAX_SINKS]
@@ -94,7 +94,7 @@ def _delivery_main():
                 if nrings < 0:
                     failed = 1
                     break
-                counts = <uint64_t *>PyMem_RawRealloc(counts, (nrings + 1) * sizeof(uint64_t))
+                counts = <uint64_t *>nf_realloc(counts, (nrings + 1) * sizeof(uint64_t))
                 if counts == NULL:
                     failed = 1
                     break
@@ -158,10 +158,10 @@ def _delivery_main():
     finally:
         if n_refs:
             _release_refs(refs, n_refs)
-        PyMem_RawFree(batch)
-        PyMem_RawFree(refs)
-        PyMem_RawFree(counts)
-        PyMem_RawFree(rings)
+        nf_free(batch)
+        nf_free(refs)
+        nf_free(counts)
+        nf_free(rings)
         nf_buf_free(&buf)
 
 

@@ -108,9 +108,9 @@ def _pipeline_stats():
         if n <= cap:
             break
         pthread_mutex_unlock(&nf_pipe.mutex)
-        PyMem_RawFree(copy)
+        nf_free(copy)
         cap = n + 16
-        copy = <_RingStat *>PyMem_RawMalloc(cap * sizeof(_RingStat))
+        copy = <_RingStat *>nf_malloc(cap * sizeof(_RingStat))
         if copy == NULL:
             raise MemoryError()
     i = 0
@@ -137,7 +137,7 @@ def _pipeline_stats():
                   "dropped": copy[i].dropped, "waits": copy[i].waits,
                   "closed": bool(copy[i].closed)} for i in range(n)]
     finally:
-        PyMem_RawFree(copy)
+        nf_free(copy)
     return {"recording": _recording, "overflow": "drop" if _drop_when_full else "block",
             "ring_size": capacity,
             "dropped": dropped + sum([x["dropped"] for x in rings]) + _lost_no_memory,

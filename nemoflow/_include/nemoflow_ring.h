@@ -25,6 +25,15 @@
 
 #include "nemoflow_core.h"
 
+/* Memory the pipeline allocates, frees or grows without the GIL (rings, batches, the encoder's
+ * buffer) comes from libc, not PyMem_Raw*: with tracemalloc running, the raw allocator's hooks
+ * take the GIL and walk the calling thread's Python frames, which crashed the delivery thread
+ * mid-batch and could also deadlock a thread that allocates while holding the pipeline mutex. */
+#define nf_malloc(n) malloc(n)
+#define nf_calloc(n, size) calloc((n), (size))
+#define nf_realloc(p, n) realloc((p), (n))
+#define nf_free(p) free(p)
+
 enum { NF_REC_START = 0, NF_REC_END = 1, NF_REC_MARK = 2 };
 enum { NF_STATUS_NONE = 0, NF_STATUS_OK = 1, NF_STATUS_ERROR = 2 };
 
@@ -118,7 +127,7 @@ static nf_pipeline nf_pipe = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZE
                               0, {NULL}, 0};
 
 static nf_sink *nf_sink_new(int fd) {
-    nf_sink *k = (nf_sink *)PyMem_RawCalloc(1, sizeof(nf_sink));
+    nf_sink *k = (nf_sink *)nf_calloc(1, sizeof(nf_sink));
     if (k != NULL) {
         k->fd = fd;
         k->refs = 1;
@@ -127,7 +136,7 @@ static nf_sink *nf_sink_new(int fd) {
 }
 
 static void nf_sink_release_locked(nf_sink *k) {
-    if (--k->refs == 0) PyMem_RawFree(k);
+    if (--k->refs == 0) nf_free(k);
 }
 
 static void nf_sink_release(nf_sink *k) {
@@ -207,7 +216,7 @@ static nf_ring *nf_ring_get(void) {
     pthread_mutex_lock(&nf_pipe.mutex);
     uint64_t cap = nf_pipe.capacity;
     pthread_mutex_unlock(&nf_pipe.mutex);
-    ring->slots = (nf_record *)PyMem_RawCalloc((size_t)cap, sizeof(nf_record));
+    ring->slots = (nf_record *)nf_calloc((size_t)cap, sizeof(nf_record));
     if (ring->slots == NULL) {
         free(ring);
         return NULL;
@@ -311,7 +320,7 @@ static int nf_ring_grow(nf_ring *ring) {
     uint64_t cap = ring->mask + 1;
     if (cap >= __atomic_load_n(&nf_pipe.capacity, __ATOMIC_RELAXED) * NF_OWN_RING_GROWTH)
         return -1;
-    nf_record *slots = (nf_record *)PyMem_RawCalloc((size_t)(2 * cap), sizeof(nf_record));
+    nf_record *slots = (nf_record *)nf_calloc((size_t)(2 * cap), sizeof(nf_record));
     if (slots == NULL) return -1;
     for (uint64_t i = ring->tail; i != ring->head; i++)
         slots[i & (2 * cap - 1)] = ring->slots[i & ring->mask];
@@ -320,7 +329,7 @@ static int nf_ring_grow(nf_ring *ring) {
     ring->slots = slots;
     ring->mask = 2 * cap - 1;
     pthread_mutex_unlock(&nf_pipe.mutex);
-    PyMem_RawFree(old);
+    nf_free(old);
     return 0;
 }
 
@@ -359,7 +368,7 @@ static Py_ssize_t nf_pipe_next(nf_ring ***rings, size_t *cap, int64_t tick_ns, i
     while (n > *cap) {
         /* grown with the mutex released: nothing that may take the GIL runs under it */
         pthread_mutex_unlock(&nf_pipe.mutex);
-        nf_ring **grown = (nf_ring **)PyMem_RawRealloc(*rings, (n + 16) * sizeof(nf_ring *));
+        nf_ring **grown = (nf_ring **)nf_realloc(*rings, (n + 16) * sizeof(nf_ring *));
         if (grown == NULL) return -1;
         *rings = grown;
         *cap = n + 16;
@@ -414,7 +423,7 @@ static void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n, nf
     while (gone != NULL) {
         nf_ring *r = gone;
         gone = r->next;
-        PyMem_RawFree(r->slots);
+        nf_free(r->slots);
         free(r);
     }
 }
@@ -463,9 +472,9 @@ static int nf_pipe_flush_begin(nf_flush *f) {
         if (n <= cap) break;
         /* allocated with the mutex released: nothing that may take the GIL runs under it */
         pthread_mutex_unlock(&nf_pipe.mutex);
-        PyMem_RawFree(f->targets);
+        nf_free(f->targets);
         cap = n + 16;
-        f->targets = (uint64_t *)PyMem_RawMalloc(2 * cap * sizeof(uint64_t));
+        f->targets = (uint64_t *)nf_malloc(2 * cap * sizeof(uint64_t));
         if (f->targets == NULL) return -1;
         pthread_mutex_lock(&nf_pipe.mutex);
     }
@@ -510,7 +519,7 @@ static void nf_pipe_flush_end(nf_flush *f) {
     pthread_mutex_lock(&nf_pipe.mutex);
     nf_pipe.flush_requests--;
     pthread_mutex_unlock(&nf_pipe.mutex);
-    PyMem_RawFree(f->targets);
+    nf_free(f->targets);
     f->targets = NULL;
 }
 
@@ -525,7 +534,7 @@ static int nf_buf_reserve(nf_buf *b, size_t extra) {
     if (b->len + extra <= b->cap) return 0;
     size_t cap = b->cap ? b->cap : 65536;
     while (cap < b->len + extra) cap *= 2;
-    char *d = (char *)PyMem_RawRealloc(b->data, cap);
+    char *d = (char *)nf_realloc(b->data, cap);
     if (d == NULL) return -1;
     b->data = d;
     b->cap = cap;
@@ -533,7 +542,7 @@ static int nf_buf_reserve(nf_buf *b, size_t extra) {
 }
 
 static void nf_buf_free(nf_buf *b) {
-    PyMem_RawFree(b->data);
+    nf_free(b->data);
     b->data = NULL;
     b->len = b->cap = 0;
 }
