@@ -569,6 +569,11 @@ class _Registration:
         self.attached = False
 
 
+def _exporter_registration(exporter: Any, name: str) -> _Registration:
+    return _Registration(lambda: exporter.register(name), lambda: exporter.deregister(name),
+                         exporter.shutdown)
+
+
 class PluginContext:
     """What a component's ``register`` installs through; names are scoped to the component
     (``<kind>.<name>``) and everything is removed when the configuration is cleared."""
@@ -870,9 +875,7 @@ def _initialize(config: object, plugins_toml: object) -> Activation:
                                 f"{where}: {name.removeprefix('observability.')} could not "
                                 f"be started: {exc}") from exc
                         new.exporters[name] = exporter
-                        new._add(_Registration(lambda e=exporter, n=name: e.register(n),
-                                               lambda e=exporter, n=name: e.deregister(n),
-                                               exporter.shutdown))
+                        new._add(_exporter_registration(exporter, name))
                     continue
                 try:
                     _kinds[kind].register(comp_config, PluginContext(kind, new))
