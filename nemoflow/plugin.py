@@ -897,13 +897,7 @@ def _initialize(config: object, plugins_toml: object) -> Activation:
 async def initialize(config: PluginConfig | JsonObject | str | os.PathLike[str] | None = None,
                      additional_plugins_toml: str | os.PathLike[str] | None = None
                      ) -> ConfigReport:
-    """Validate and start a configuration, replacing the active one; returns its report.
-
-    ``config`` may be the path of a ``plugins.toml``; with ``additional_plugins_toml`` too,
-    ``config`` is merged over the file's document. ``PluginConfigError`` if the configuration
-    is invalid, ``PluginActivationError`` if a component fails to start: either way the
-    previous configuration stays in force.
-    """
+    """Validate and start a configuration (a dict, ``PluginConfig`` or ``plugins.toml`` path)."""
     activation = await asyncio.to_thread(_initialize, config, additional_plugins_toml)
     return activation.report
 
@@ -980,8 +974,7 @@ class _PluginScope:
 
 def plugin(config: PluginConfig | JsonObject | str | os.PathLike[str] | None = None,
            plugins_toml: str | os.PathLike[str] | None = None) -> _PluginScope:
-    """A context manager (``with`` or ``async with``) that initializes ``config`` for its block
-    and clears it at the end; it gives the ``Activation``."""
+    """``with`` / ``async with``: ``config`` in force for the block, cleared at its end."""
     return _PluginScope(config, plugins_toml)
 
 

@@ -330,12 +330,7 @@ def llm_stream_execute(
     codec: Any = None,
     response_codec: Any = None,
 ) -> llm.LlmStream:
-    """``llm.stream_execute`` with typed chunks: ``collector`` gets them decoded, ``finalizer``
-    returns the typed response; the stream yields the JSON chunks, as NeMo Flow's does.
-
-    Awaiting the result gives the ``LlmStream`` (``stream = await llm_stream_execute(...)``);
-    it can also be iterated directly.
-    """
+    """``llm.stream_execute`` with typed chunks for ``collector`` and a typed ``finalizer``."""
     extra = _codec_kwargs(llm.stream_execute, codec, response_codec)
 
     async def json_func(req: LLMRequest) -> AsyncIterator[Json]:

@@ -9,9 +9,7 @@ component that fails to start rolls the whole configuration back.
 from __future__ import annotations
 
 import asyncio
-import glob
 import json
-import os
 import warnings
 
 import pytest
@@ -426,4 +424,3 @@ def test_a_plugin_without_the_methods_is_refused(nemo_flow):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert nemo_flow.plugin.validate({}) == {"diagnostics": []}
-    assert glob.glob(os.path.join(os.getcwd(), "atof-*.jsonl")) == []
