@@ -208,7 +208,8 @@ def _merge(base: dict, over: dict) -> dict:
 
 def _document(config: object, plugins_toml: object) -> tuple[dict, list]:
     found: list = []
-    if isinstance(config, str | os.PathLike):
+    named = isinstance(config, str | os.PathLike)
+    if named:
         config, plugins_toml = plugins_toml, config
     doc = {} if config is None else _normalize(config)
     if not isinstance(doc, dict):
@@ -218,6 +219,10 @@ def _document(config: object, plugins_toml: object) -> tuple[dict, list]:
         path = os.fspath(cast(Any, plugins_toml))
         if os.path.exists(path):
             doc = _merge(load_toml(path), doc)
+        elif named:  # the configuration itself: without it there is nothing to apply
+            message = f"plugin configuration file does not exist: {path}"
+            raise PluginConfigError(message, [{"level": "error", "field": path, "message": message,
+                                               "code": "plugin.configuration_file_missing"}])
         else:
             found.append(({"level": "warning", "code": "plugin.configuration_file_missing",
                            "message": f"plugin configuration file does not exist: {path}",

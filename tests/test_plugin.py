@@ -174,6 +174,11 @@ def test_unknown_fields_warn_and_a_missing_file_is_reported(nemo_flow, tmp_path)
     diagnostics = nemo_flow.plugin.validate({}, missing)["diagnostics"]
     assert diagnostics[0]["code"] == "plugin.configuration_file_missing"
     assert str(missing) in diagnostics[0]["message"]
+    # named as the configuration itself, a missing file is an error: nothing is replaced
+    with pytest.raises(nemo_flow.plugin.PluginConfigError,
+                       match=rf"plugin configuration file does not exist: {missing}"):
+        run(nemo_flow.plugin.initialize(missing))
+    assert nemo_flow.plugin.report() is report
 
 
 # --------------------------------------------------------------------------------------------
