@@ -143,6 +143,12 @@ cdef extern from "nemoflow_ring.h" nogil:
     int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m) noexcept
 
 
+cdef extern from "nemoflow_json.h":
+    enum:
+        NF_JSON_MAX
+    Py_ssize_t nf_json_fast(object v, char *out) noexcept
+
+
 cdef extern from "Python.h":
     bint PyUnicode_IS_COMPACT_ASCII(object o)
     Py_ssize_t PyUnicode_GET_LENGTH(object o)
@@ -318,6 +324,13 @@ cdef class Span(ScopeContext):
 cdef class Tracer:
     cdef object _scope_type
     cdef object _decorate
+
+
+cdef class InputCapture:
+    cdef tuple _names
+    cdef Py_ssize_t _skip
+    cdef object _receiver
+    cdef object _raw(self, tuple args, dict kwargs)
 
 
 cdef class TracedFunction:

@@ -2090,6 +2090,39 @@ class Tracer:
         return f"<nf.trace.{self._scope_type.name.lower()}>"
 
 
+class InputCapture:
+    """Records a call's arguments by parameter name: ``(args, kwargs) -> Encoded or None``."""
+
+    __slots__ = ("_names", "_skip", "_receiver")
+
+    def __init__(self, names, skip_receiver=False, receiver=None):
+        if type(names) is not tuple:
+            raise TypeError(f"names must be a tuple, not {type(names).__name__}")
+        self._names = names
+        self._skip = 1 if skip_receiver else 0
+        self._receiver = receiver
+
+    def _raw(self, args, kwargs):
+        # The encoded arguments, or None when they cannot be encoded; never raises Exception.
+        if self._skip:
+            args = args[1:]
+        if not args and not kwargs:
+            return b"{}"
+        names = self._names
+        values = dict(zip(names, args))
+        if len(args) > len(names):
+            values["*args"] = list(args[len(names):])
+        if kwargs:
+            values.update(kwargs)
+            if self._skip:
+                values.pop(self._receiver, None)
+        return _lenient(values)
+
+    def __call__(self, args, kwargs):
+        raw = self._raw(tuple(args), dict(kwargs) if kwargs else None)
+        return None if raw is None else Encoded(raw)
+
+
 class TracedFunction:
     """A traced sync function: one scope per call, input and output captured when consumed."""
 
@@ -2111,10 +2144,13 @@ class TracedFunction:
     def __call__(self, *args, **kwargs):
         inp = None
         if (_enabled or _recording) and self._capture is not None:
-            try:
-                inp = encode(self._capture(args, kwargs), True)
-            except Exception:  # capture must not break the traced call
-                inp = None
+            if type(self._capture) is InputCapture:
+                inp = self._capture._raw(args, kwargs)
+            else:
+                try:
+                    inp = encode(self._capture(args, kwargs), True)
+                except Exception:  # capture must not break the traced call
+                    inp = None
         frame = _open(self._name, self._scope_type, None, self._attrs, None, self._meta, inp,
                       now_ns(), KIND_SCOPE, None, ScopeHandle)
         token = _current.set(frame)
