@@ -54,7 +54,7 @@ import weakref
 
 import orjson
 
-from nemoflow import _exit
+from nemoflow import _common, _exit
 
 from nemoflow._types import (
     ATOF_VERSION,

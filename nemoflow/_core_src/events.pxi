@@ -4,25 +4,7 @@
 # ---------------------------------------------------------------------------------------------
 # Events.
 
-cdef object _merge_metadata(object start_raw, object end_raw, int status, object desc):
-    if end_raw is None and status == _STATUS_NONE:
-        return start_raw
-    merged = _decode(start_raw)
-    end = _decode(end_raw)
-    if end is not None:
-        if isinstance(merged, dict) and isinstance(end, dict):
-            merged = {**merged, **end}
-        else:
-            merged = end
-    if status != _STATUS_NONE:
-        if merged is None:
-            merged = {}
-        if isinstance(merged, dict):
-            merged = dict(merged)
-            merged["otel.status_code"] = "OK" if status == _STATUS_OK else "ERROR"
-            if status == _STATUS_ERROR:
-                merged["otel.status_description"] = desc
-    return _dumps(merged, option=_SORT)
+cdef object _merge_metadata = _common.merge_metadata  # what the C merge writes, decoded
 
 
 cdef str _line(nf_record *r):
