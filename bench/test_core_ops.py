@@ -129,6 +129,18 @@ def test_trace_decorator(benchmark, nf, attached):
     _record(benchmark, nf, attached, "decorated call", run)
 
 
+def test_traced_call_with_args(benchmark, nf, attached):
+    # The call users make: arguments in, a small dict out (both recorded as payloads).
+    @nf.trace
+    def step(a, b):
+        return {"sum": a + b, "ok": True}
+
+    def run():
+        for _ in R:
+            step(1, 2)
+    _record(benchmark, nf, attached, "traced call (args)", run)
+
+
 def test_nested_depth_3(benchmark, nf, attached):
     scope, kind = nf.scope.scope, nf.ScopeType.Function
 

@@ -170,6 +170,17 @@ def test_decorated_call_jsonl(benchmark, timed, nf, jsonl):
     _traced(benchmark, timed, nf, jsonl, "decorated call", run)
 
 
+def test_traced_call_with_args_jsonl(benchmark, timed, nf, jsonl):
+    @nf.trace
+    def step(a, b):
+        return {"sum": a + b, "ok": True}
+
+    def run():
+        for _ in R:
+            step(1, 2)
+    _traced(benchmark, timed, nf, jsonl, "traced call (args)", run)
+
+
 def test_managed_tool_jsonl(benchmark, timed, nf, jsonl):
     @nf.trace.tool("search")
     def search(q):
@@ -351,6 +362,43 @@ def test_jsonl_end_to_end(benchmark, nf, out_dir, request):
     _end_to_end(benchmark, op="JSONL end to end", backend=nf.BACKEND, pairs=pairs,
                 lines_per_pair=2, open_sink=open_sink, close_sink=close_sink, emit=emit,
                 exact=True)
+    assert nf.diagnostics()["pipeline"]["dropped"] == 0
+
+
+def test_payload_end_to_end(benchmark, nf, out_dir, request):
+    # Scope pairs carrying an input and an output payload, encoded on the traced thread.
+    pairs = (200_000 if nf.BACKEND == "cython" else 20_000) // (100 if _smoke(request) else 1)
+    push, pop, kind, flush = nf.scope.push, nf.scope.pop, nf.ScopeType.Tool, nf.subscribers.flush
+    question, answer = {"query": "weather in Paris", "k": 3}, {"hits": 3, "ok": True}
+
+    def emit(_exporter):
+        for _ in range(pairs):
+            pop(push("search", kind, input=question), output=answer)
+        flush()
+    open_sink, close_sink = _nemoflow_sinks(nf, out_dir)
+    _end_to_end(benchmark, op="payload end to end", backend=nf.BACKEND, pairs=pairs,
+                lines_per_pair=2, open_sink=open_sink, close_sink=close_sink, emit=emit,
+                exact=True)
+    assert nf.diagnostics()["pipeline"]["dropped"] == 0
+
+
+def test_large_payload_end_to_end(benchmark, nf, out_dir, request):
+    # 1 MB payloads: each is larger than a quarter of the default arena.
+    marks = (200 if nf.BACKEND == "cython" else 50) // (10 if _smoke(request) else 1)
+    mark, flush = nf.mark, nf.subscribers.flush
+    blob = {"document": "d" * 1_000_000}
+
+    def emit(_exporter):
+        for _ in range(marks):
+            mark("document", data=blob)
+        flush()
+    open_sink, close_sink = _nemoflow_sinks(nf, out_dir)
+    # a mark is one event: "pairs" here are marks, one line each
+    _end_to_end(benchmark, op="1 MB payloads end to end", backend=nf.BACKEND, pairs=marks,
+                lines_per_pair=1, open_sink=open_sink, close_sink=close_sink, emit=emit,
+                exact=True)
+    benchmark.extra_info["events"] = marks
+    benchmark.extra_info["bytes"] = marks * 1_000_020
     assert nf.diagnostics()["pipeline"]["dropped"] == 0
 
 

@@ -28,24 +28,28 @@ cdef extern from "nemoflow_ring.h" nogil:
 
     enum:
         NF_NAME_INLINE
-        NF_RECORD_REFS
         NF_MAX_SINKS
+        NF_F_NAME
+        NF_F_DATA
+        NF_F_META
+        NF_F_EXTRA
+        NF_F_TEXT
+        NF_F_PROFILE
+        NF_N_FIELDS
+    unsigned int NF_FIELD_MAX
 
     ctypedef struct nf_record:
         uint64_t uuid_hi, uuid_lo, parent_hi, parent_lo
         int64_t ts
-        void *name
-        void *data
-        void *meta
-        void *extra
-        void *text
-        void *profile
-        void *merged
+        const char *blob
+        uint64_t arena_end
+        void *otel
+        unsigned int len[6]
         unsigned int attrs
         unsigned char type, kind, status, category
+        unsigned char present, heap, name_len
         char name_inline[23]
-        unsigned char name_len
-    void **nf_record_ref(nf_record *r, int i) noexcept
+    const char *nf_field(const nf_record *r, int f, size_t *len) noexcept
 
     ctypedef struct nf_sink:
         int fd
@@ -62,7 +66,8 @@ cdef extern from "nemoflow_ring.h" nogil:
 
     ctypedef struct nf_ring:
         uint64_t mask, head, tail, delivered, high_water, dropped, waits, id
-        int closed
+        uint64_t arena_cap, a_tail, arena_high, oversize
+        int closed, heap_out
         unsigned long thread_ident
         nf_ring *next
 
@@ -77,6 +82,7 @@ cdef extern from "nemoflow_ring.h" nogil:
         pthread_cond_t progress
         nf_ring *rings
         uint64_t capacity
+        uint64_t arena_cap
         int flush_requests
         int wake
         int waiting_producers
@@ -85,6 +91,8 @@ cdef extern from "nemoflow_ring.h" nogil:
         uint64_t dropped_freed
         uint64_t high_water_freed
         uint64_t waits_freed
+        uint64_t oversize_freed
+        uint64_t arena_high_freed
 
     nf_pipeline nf_pipe
     int nf_pipe_init() noexcept
@@ -104,10 +112,16 @@ cdef extern from "nemoflow_ring.h" nogil:
     int nf_pipe_someone_waits() noexcept
     nf_ring *nf_ring_get() noexcept
     int nf_ring_full(nf_ring *ring) noexcept
+    int nf_ring_room(nf_ring *ring, size_t need) noexcept
     int nf_ring_grow(nf_ring *ring) noexcept
     void nf_ring_publish(nf_ring *ring, const nf_record *rec) noexcept
+    char *nf_payload_begin(nf_ring *ring, size_t need, nf_record *r) noexcept
+    void nf_payload_end(nf_ring *ring, nf_record *r, size_t used) noexcept
+    uint64_t nf_ring_arena_end(const nf_ring *ring) noexcept
+    void nf_ring_release(nf_ring *ring, const nf_record *last) noexcept
+    void nf_record_free_heap(nf_ring *ring, nf_record *r) noexcept
     void nf_ring_wait_begin(nf_ring *ring) noexcept
-    int nf_ring_wait_slice(nf_ring *ring, int64_t slice_ns) noexcept
+    int nf_ring_wait_slice(nf_ring *ring, size_t need, int64_t slice_ns) noexcept
     void nf_ring_wait_end() noexcept
     uint64_t nf_ring_take(nf_ring *ring, nf_record *out, uint64_t max) noexcept
 
@@ -117,7 +131,8 @@ cdef extern from "nemoflow_ring.h" nogil:
     void nf_buf_free(nf_buf *b) noexcept
     int nf_buf_reserve(nf_buf *b, size_t extra) noexcept
     int nf_encode(nf_buf *b, const nf_record *r) noexcept
-    int nf_needs_merge(const nf_record *r) noexcept
+    size_t nf_utf8_bound(object s) noexcept
+    size_t nf_put_str_utf8(char *p, object s) noexcept
     int nf_write_lines(int fd, const char *data, size_t len, size_t *whole, int *torn) noexcept
     int64_t nf_count_lines(const char *data, size_t len) noexcept
 
@@ -126,6 +141,12 @@ cdef extern from "nemoflow_ring.h" nogil:
     int pthread_cond_signal(pthread_cond_t *c) noexcept
     int pthread_cond_broadcast(pthread_cond_t *c) noexcept
     int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m) noexcept
+
+
+cdef extern from "nemoflow_json.h":
+    enum:
+        NF_JSON_MAX
+    Py_ssize_t nf_json_fast(object v, char *out) noexcept
 
 
 cdef extern from "Python.h":
@@ -162,7 +183,6 @@ cdef enum:
 
 cdef enum:
     _BATCH = 4096                  # records the delivery thread takes per round
-    _PENDING_REFS = 65536
 
 
 # One phase of the delivery thread's work on a batch (see _guarded).
@@ -173,6 +193,7 @@ ctypedef int (*_phase_fn)(nf_record *, Py_ssize_t) except -1
 cdef struct _RingStat:
     unsigned long thread
     uint64_t capacity, pending, high_water, dropped, waits
+    uint64_t arena_cap, arena_high, oversize
     int closed
 
 
@@ -303,6 +324,13 @@ cdef class Span(ScopeContext):
 cdef class Tracer:
     cdef object _scope_type
     cdef object _decorate
+
+
+cdef class InputCapture:
+    cdef tuple _names
+    cdef Py_ssize_t _skip
+    cdef object _receiver
+    cdef object _raw(self, tuple args, dict kwargs)
 
 
 cdef class TracedFunction:

@@ -18,7 +18,7 @@
 # structs, enums, cdef class fields) are in _core.pxd.
 
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Next
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
@@ -34,7 +34,7 @@ from cpython.contextvars cimport (
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8, PyUnicode_FromObject
 from libc.errno cimport EBADF
 from libc.math cimport isfinite
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from cpython.exc cimport PyErr_CheckSignals
 
 from libc.stdint cimport int64_t, uint64_t
@@ -54,7 +54,7 @@ import weakref
 
 import orjson
 
-from nemoflow import _exit
+from nemoflow import _common, _exit
 
 from nemoflow._types import (
     ATOF_VERSION,

@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from . import _exit
+from . import _common, _exit
 from ._types import (
     ATOF_VERSION,
     ATTRIBUTE_NAMES,
@@ -57,6 +57,7 @@ from ._types import (
 # =============================================================================================
 
 BACKEND = "python"
+_NAME_INLINE = _common.NAME_INLINE  # names the compiled core keeps inside the record
 
 # =============================================================================================
 # Section payload: payloads on the traced thread: JSON encoding, redaction, validation.
@@ -535,25 +536,7 @@ get_handle = current
 # --------------------------------------------------------------------------------------------
 # Events.
 
-def _merge_metadata(start_raw, end_raw, status, desc):
-    if end_raw is None and status == STATUS_NONE:
-        return start_raw
-    merged = _decode(start_raw)
-    end = _decode(end_raw)
-    if end is not None:
-        if isinstance(merged, dict) and isinstance(end, dict):
-            merged = {**merged, **end}
-        else:
-            merged = end
-    if status != STATUS_NONE:
-        if merged is None:
-            merged = {}
-        if isinstance(merged, dict):
-            merged = dict(merged)
-            merged["otel.status_code"] = "OK" if status == STATUS_OK else "ERROR"
-            if status == STATUS_ERROR:
-                merged["otel.status_description"] = desc
-    return orjson.dumps(merged, option=orjson.OPT_SORT_KEYS)
+_merge_metadata = _common.merge_metadata
 
 
 def _json_str(s: str) -> bytes:
@@ -1099,16 +1082,22 @@ _work = threading.Condition(_pipe_lock)
 _progress = threading.Condition(_pipe_lock)
 _pipe = {"rings": [], "capacity": 8192, "next_id": 1, "flush_requests": 0, "wake": False,
          "waiting": 0, "stopping": False, "freed": 0, "dropped_freed": 0, "high_freed": 0,
-         "waits_freed": 0}
+         "waits_freed": 0, "arena_size": _common.DEFAULT_ARENA, "oversize_freed": 0,
+         "arena_high_freed": 0}
 _tls = threading.local()
 
 
 class _Ring:
+    # The compiled core's payload arena is modelled by its budget: arena_used bytes of
+    # payloads not yet delivered, at most arena_size, and one oversize payload at a time.
     __slots__ = ("items", "capacity", "head", "tail", "delivered", "high_water", "dropped",
-                 "waits", "closed", "thread_ident", "id", "pid", "wake_sent")
+                 "waits", "closed", "thread_ident", "id", "pid", "wake_sent", "arena_size",
+                 "arena_used", "arena_high", "heap_out", "oversize")
 
-    def __init__(self, capacity, ring_id):
+    def __init__(self, capacity, ring_id, arena_size):
         self.items = collections.deque()
+        self.arena_size = arena_size
+        self.arena_used = self.arena_high = self.heap_out = self.oversize = 0
         self.capacity = capacity
         self.head = self.tail = self.delivered = 0
         self.high_water = self.dropped = self.waits = 0
@@ -1136,50 +1125,87 @@ def _ring():
     if owner is not None and owner.ring.pid == _pid:
         return owner.ring
     with _pipe_lock:
-        ring = _Ring(_pipe["capacity"], _pipe["next_id"])
+        ring = _Ring(_pipe["capacity"], _pipe["next_id"], _pipe["arena_size"])
         _pipe["next_id"] += 1
         _pipe["rings"].append(ring)
     _tls.owner = _RingOwner(ring)
     return ring
 
 
+def _text_size(text):
+    return 0 if text is None else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _payload_size(ev):
+    # The bytes the compiled core copies into its arena for this event.
+    if type(ev) is ScopeEvent:
+        f = ev._frame
+        raws, texts, name = (ev._data, f._meta, ev._end_meta, f._profile), (ev._desc,), f._name
+    else:
+        raws, texts, name = (ev._data, ev._meta, ev._schema, ev._profile), (ev._category,), ev._name
+    n = sum(0 if r is None else len(r) for r in raws) + sum(_text_size(t) for t in texts)
+    if not (name.isascii() and len(name) <= _NAME_INLINE):
+        n += _text_size(name)
+    return n
+
+
+def _has_room(ring, size):
+    if ring.head - ring.tail >= ring.capacity:
+        return False
+    if size > ring.arena_size:
+        return ring.heap_out == 0
+    return ring.arena_used + size <= ring.arena_size
+
+
 def _record(ev):
     if (_delivery is None or _delivery.pid != _pid) and _exit_deadline is None:
         _start_delivery()  # not once exit began: what daemon threads emit then is not waited for
     ring = _ring()
-    if ring.head - ring.tail >= ring.capacity:
-        # The delivery thread cannot wait for itself: its own ring grows instead, and past
-        # that limit an event emitted by one of its consumers is dropped (and counted).
+    size = _payload_size(ev)
+    if not _has_room(ring, size):
+        # The delivery thread cannot wait for itself: its own ring grows instead (its payloads
+        # go outside the arena), and past that limit an event emitted by one of its consumers
+        # is dropped (and counted).
         if threading.get_ident() == _delivery_ident:
-            if ring.capacity < _pipe["capacity"] * _OWN_RING_GROWTH:
-                ring.capacity *= 2
-            else:
-                ring.dropped += 1
-                return
+            if ring.head - ring.tail >= ring.capacity:
+                if ring.capacity < _pipe["capacity"] * _OWN_RING_GROWTH:
+                    ring.capacity *= 2
+                else:
+                    ring.dropped += 1
+                    return
         elif _drop_when_full:
             ring.dropped += 1
             return
         else:
-            _wait_for_room(ring)
-    ring.items.append(ev)
+            _wait_for_room(ring, size)
+    with _pipe_lock:  # the delivery thread gives the budget back under it
+        if size > ring.arena_size or (threading.get_ident() == _delivery_ident
+                                      and ring.arena_used + size > ring.arena_size):
+            ring.heap_out += 1
+            ring.oversize += size > ring.arena_size
+            ring.items.append((ev, -1))
+        else:
+            ring.arena_used += size
+            ring.items.append((ev, size))
     ring.head += 1
     used = ring.head - ring.tail
     if used > ring.high_water:
         ring.high_water = used
     # Past a quarter full, ask for an early drain, once until the consumer takes from the ring.
-    if used > ring.capacity // 4 and not ring.wake_sent:
+    if (used > ring.capacity // 4 or ring.arena_used > ring.arena_size // 4) \
+            and not ring.wake_sent:
         ring.wake_sent = True
         with _pipe_lock:
             _pipe["wake"] = True
             _work.notify()
 
 
-def _wait_for_room(ring):
+def _wait_for_room(ring, size):
     with _pipe_lock:
         ring.waits += 1
         _pipe["waiting"] += 1
         try:
-            while ring.head - ring.tail >= ring.capacity:
+            while not _has_room(ring, size):
                 _pipe["wake"] = True
                 _work.notify()
                 _progress.wait(_SLICE)  # in slices: Ctrl-C raises here promptly
@@ -1238,11 +1264,12 @@ def _delivery_main():
             _pipe["wake"] = False
             stopping = _pipe["stopping"]
             rings = list(_pipe["rings"])
-        batch, counts = [], []
+        batch, counts, sizes = [], [], []
         for ring in rings:
             n = min(ring.head - ring.tail, _BATCH - len(batch))
-            for _ in range(n):
-                batch.append(ring.items.popleft())
+            taken = [ring.items.popleft() for _ in range(n)]
+            batch.extend([ev for ev, _ in taken])
+            sizes.append([size for _, size in taken])
             ring.tail += n
             ring.wake_sent = False
             counts.append(n)
@@ -1260,8 +1287,12 @@ def _delivery_main():
             except BaseException as exc:
                 consumer_failed(_PipelineName, exc)
         with _pipe_lock:
-            for ring, n in zip(rings, counts):
+            for ring, n, taken in zip(rings, counts, sizes):
                 ring.delivered += n
+                arena = sum([size for size in taken if size > 0])
+                ring.arena_high = max(ring.arena_high, arena)
+                ring.arena_used -= arena
+                ring.heap_out -= sum([1 for size in taken if size < 0])
             live = _pipe["rings"]
             for ring in [r for r in live if r.closed and r.delivered == r.head]:
                 live.remove(ring)  # in place: a ring added meanwhile (re-entrant) stays
@@ -1269,6 +1300,8 @@ def _delivery_main():
                 _pipe["dropped_freed"] += ring.dropped
                 _pipe["waits_freed"] += ring.waits
                 _pipe["high_freed"] = max(_pipe["high_freed"], ring.high_water)
+                _pipe["oversize_freed"] += ring.oversize
+                _pipe["arena_high_freed"] = max(_pipe["arena_high_freed"], ring.arena_high)
             _progress.notify_all()
         # Stopping comes after a flush: what was emitted before it is delivered. What threads
         # still emit (daemon threads at exit) is counted, not waited for.
@@ -2090,6 +2123,39 @@ class Tracer:
         return f"<nf.trace.{self._scope_type.name.lower()}>"
 
 
+class InputCapture:
+    """Records a call's arguments by parameter name: ``(args, kwargs) -> Encoded or None``."""
+
+    __slots__ = ("_names", "_skip", "_receiver")
+
+    def __init__(self, names, skip_receiver=False, receiver=None):
+        if type(names) is not tuple:
+            raise TypeError(f"names must be a tuple, not {type(names).__name__}")
+        self._names = names
+        self._skip = 1 if skip_receiver else 0
+        self._receiver = receiver
+
+    def _raw(self, args, kwargs):
+        # The encoded arguments, or None when they cannot be encoded; never raises Exception.
+        if self._skip:
+            args = args[1:]
+        if not args and not kwargs:
+            return b"{}"
+        names = self._names
+        values = dict(zip(names, args))
+        if len(args) > len(names):
+            values["*args"] = list(args[len(names):])
+        if kwargs:
+            values.update(kwargs)
+            if self._skip:
+                values.pop(self._receiver, None)
+        return _lenient(values)
+
+    def __call__(self, args, kwargs):
+        raw = self._raw(tuple(args), dict(kwargs) if kwargs else None)
+        return None if raw is None else Encoded(raw)
+
+
 class TracedFunction:
     """A traced sync function: one scope per call, input and output captured when consumed."""
 
@@ -2111,10 +2177,13 @@ class TracedFunction:
     def __call__(self, *args, **kwargs):
         inp = None
         if (_enabled or _recording) and self._capture is not None:
-            try:
-                inp = encode(self._capture(args, kwargs), True)
-            except Exception:  # capture must not break the traced call
-                inp = None
+            if type(self._capture) is InputCapture:
+                inp = self._capture._raw(args, kwargs)
+            else:
+                try:
+                    inp = encode(self._capture(args, kwargs), True)
+                except Exception:  # capture must not break the traced call
+                    inp = None
         frame = _open(self._name, self._scope_type, None, self._attrs, None, self._meta, inp,
                       now_ns(), KIND_SCOPE, None, ScopeHandle)
         token = _current.set(frame)
@@ -2147,7 +2216,6 @@ class TracedFunction:
 # =============================================================================================
 
 # The compiled core's limit (2**20 records of 128 bytes: 128 MiB per recording thread).
-_MAX_RING = 1 << 20
 
 
 def _exit_begin():
@@ -2190,25 +2258,19 @@ def set_otel_capture(hook, context_var=None) -> None:
     _otel_capture = hook if _otel_parent == "auto" else None
 
 
-def configure(ring_size=None, overflow=None, exit_timeout=None, otel_parent=None):
+def configure(ring_size=None, overflow=None, exit_timeout=None, otel_parent=None,
+              arena_size=None):
     """Pipeline settings: ``ring_size`` (records per thread, a power of two from 16 to 2**20,
-    for rings made from now on), ``overflow`` ("block", the lossless default, or "drop"),
+    for rings made from now on), ``arena_size`` (payload bytes per thread, 4 KiB to 1 GiB, for
+    rings made from now on), ``overflow`` ("block", the lossless default, or "drop"),
     ``exit_timeout`` (seconds exit waits for delivery, in all) and ``otel_parent`` ("auto":
     a top-level scope joins the current OpenTelemetry span while an OpenTelemetry exporter is
     attached; "off")."""
     global _drop_when_full, _exit_timeout, _otel_parent, _otel_capture
     # Every value is checked before any is applied: a refused call changes nothing.
-    if ring_size is not None and (
-            not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
-            or ring_size > _MAX_RING or ring_size & (ring_size - 1)):
-        raise ValueError(f"ring_size must be a power of two from 16 to {_MAX_RING}, "
-                         f"not {ring_size!r}")
-    if overflow is not None and overflow not in ("block", "drop"):
-        raise ValueError('overflow must be "block" or "drop"')
-    if otel_parent is not None and otel_parent not in ("auto", "off"):
-        raise ValueError('otel_parent must be "auto" or "off"')
+    exit_timeout = _common.check_configure(ring_size, overflow, exit_timeout, otel_parent,
+                                           arena_size)
     if exit_timeout is not None:
-        exit_timeout = _exit.check_timeout(exit_timeout)
         _exit_timeout = exit_timeout
     if otel_parent is not None:
         _otel_parent = otel_parent
@@ -2216,6 +2278,9 @@ def configure(ring_size=None, overflow=None, exit_timeout=None, otel_parent=None
     if ring_size is not None:
         with _pipe_lock:
             _pipe["capacity"] = ring_size
+    if arena_size is not None:
+        with _pipe_lock:
+            _pipe["arena_size"] = arena_size
     if overflow is not None:
         _drop_when_full = overflow == "drop"
 
@@ -2250,18 +2315,19 @@ def _pipeline_stats():
     # Only references are taken under the lock; the dicts are built after it.
     with _pipe_lock:
         live = list(_pipe["rings"])
-        totals = (_pipe["dropped_freed"], _pipe["waits_freed"], _pipe["capacity"],
-                  _pipe["freed"], _pipe["high_freed"])
+        p = dict(_pipe)
     rings = [{"thread": r.thread_ident, "capacity": r.capacity, "pending": r.head - r.delivered,
               "high_water": r.high_water, "dropped": r.dropped, "waits": r.waits,
-              "closed": r.closed} for r in live]
-    dropped, waits, capacity, freed, high = totals
-    return {"recording": _recording, "overflow": "drop" if _drop_when_full else "block",
-            "ring_size": capacity, "dropped": dropped + sum(x["dropped"] for x in rings),
-            "waits": waits + sum(x["waits"] for x in rings), "rings": rings,
-            "rings_freed": freed, "high_water_freed": high, "deferred": _n_deferred,
-            "exit_timeout": _exit_timeout, "abandoned_at_detach": _abandoned_at_detach,
-            "abandoned_at_exit": _abandoned_at_exit}
+              "closed": r.closed, "arena_size": r.arena_size, "arena_high": r.arena_high,
+              "oversize": r.oversize} for r in live]
+    return _common.pipeline_stats(
+        recording=_recording, drop=_drop_when_full, ring_size=p["capacity"],
+        arena_size=p["arena_size"], rings=rings, freed=p["freed"],
+        dropped_freed=p["dropped_freed"], waits_freed=p["waits_freed"],
+        high_freed=p["high_freed"], oversize_freed=p["oversize_freed"],
+        arena_high_freed=p["arena_high_freed"], lost_no_memory=0, deferred=_n_deferred,
+        exit_timeout=_exit_timeout, abandoned_at_detach=_abandoned_at_detach,
+        abandoned_at_exit=_abandoned_at_exit)
 
 
 def diagnostics() -> dict:

@@ -28,7 +28,6 @@ mark = _core.event
 # Payloads supplied by the traced program are encoded leniently: a value that is not JSON is
 # recorded as its str() and never raises into the program.
 
-_EMPTY_INPUT = _core.Encoded(b"{}")
 describe = _core.describe
 enabled = _core.enabled
 
@@ -42,7 +41,7 @@ def _lenient(value):
 
 
 def _input_capture(fn):
-    """A function ``(args, kwargs) -> Encoded`` recording the arguments by parameter name."""
+    """An ``InputCapture`` recording the arguments of ``fn`` by parameter name."""
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # no introspectable signature: everything positional
@@ -50,26 +49,9 @@ def _input_capture(fn):
     positional = [p.name for p in params
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     # An unbound method's receiver is not an input of the call.
-    skip = 1 if positional and positional[0] in ("self", "cls") else 0
-    receiver = positional[0] if skip else None
-    names = tuple(positional[skip:])
-    n_named = len(names)
-
-    def capture(args, kwargs):
-        if skip:
-            args = args[1:]
-        if not args and not kwargs:
-            return _EMPTY_INPUT
-        values = dict(zip(names, args))
-        if len(args) > n_named:
-            values["*args"] = list(args[n_named:])
-        if kwargs:
-            values.update(kwargs)
-            if skip:
-                values.pop(receiver, None)
-        return _lenient(values)
-
-    return capture
+    skip = bool(positional) and positional[0] in ("self", "cls")
+    return _core.InputCapture(tuple(positional[1:] if skip else positional), skip,
+                              positional[0] if skip else None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,3 +43,18 @@ def compiled_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def backend_env(nf, **extra) -> dict:
+    """The environment for a subprocess that runs ``nf``'s backend from this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.pop("NEMOFLOW_NO_EXTENSIONS", None)
+    env.pop("NEMOFLOW_EXIT_TIMEOUT", None)
+    if nf.BACKEND == "python":
+        env["NEMOFLOW_NO_EXTENSIONS"] = "1"
+    env.update(extra)
+    return env

@@ -39,53 +39,60 @@ cdef int _python_phase(nf_record *batch, Py_ssize_t n) except -1:
     return 0
 
 
-cdef int _merge_phase(nf_record *batch, Py_ssize_t n) except -1:
-    # With the GIL: end metadata that is a JSON merge, not just a status.
-    cdef Py_ssize_t i
-    cdef nf_record *r
-    for i in range(n):
-        r = &batch[i]
-        if nf_needs_merge(r) and r.merged == NULL:
-            r.merged = _own(_merge_metadata(_borrow(r.meta), _borrow(r.extra), r.status,
-                                            _borrow(r.text)))
-    return 0
-
-
 cdef int _retry_phase(nf_record *batch, Py_ssize_t n) except -1:
     return _retry_deferred()
 
 
-cdef int _release_refs(void **refs, Py_ssize_t n) except -1:
+cdef int _release_otel(nf_record *batch, Py_ssize_t n) except -1:
+    # The only Python objects records hold: OpenTelemetry parent contexts (bridge only).
     cdef Py_ssize_t i
     for i in range(n):
-        Py_XDECREF(<PyObject *>refs[i])
+        if batch[i].otel != NULL:
+            Py_XDECREF(<PyObject *>batch[i].otel)
+            batch[i].otel = NULL
     return 0
+
+
+cdef int _release_batch(nf_ring **rings, uint64_t *counts, Py_ssize_t nrings,
+                        nf_record *batch) noexcept nogil:
+    # Done with the batch: its payloads' memory goes back to the producers. Returns whether
+    # a record holds an OpenTelemetry context (released by the caller, with the GIL).
+    cdef int otel = 0
+    cdef Py_ssize_t i, k, at = 0
+    for i in range(nrings):
+        if counts[i] == 0:
+            continue
+        for k in range(at, at + <Py_ssize_t>counts[i]):
+            nf_record_free_heap(rings[i], &batch[k])
+            otel |= batch[k].otel != NULL
+        nf_ring_release(rings[i], &batch[at + <Py_ssize_t>counts[i] - 1])
+        at += <Py_ssize_t>counts[i]
+    return otel
 
 
 def _delivery_main():
     """The delivery thread: drain every ring in batches, write sinks, feed consumers.
 
-    Encoding and writing run without the GIL. The GIL is taken only when the batch needs
-    Python: consumers to call, metadata to merge, references to release (batched), a file to
-    rotate or a failure to report.
+    Encoding, writing and freeing payloads run without the GIL: records hold no Python object
+    (but an OpenTelemetry parent context, with the bridge on). The GIL is taken only to call
+    Python consumers (once per batch), to release those contexts, to retry a deferred call,
+    or to rotate a file or report a failure.
     """
     global _delivery_ident
     _delivery_ident = PyThread_get_thread_ident()
     cdef nf_record *batch = <nf_record *>nf_malloc(_BATCH * sizeof(nf_record))
-    cdef void **refs = <void **>nf_malloc(_PENDING_REFS * sizeof(void *))
     cdef uint64_t *counts = NULL
     cdef nf_ring **rings = NULL
     cdef nf_sink *sinks[NF_MAX_SINKS]
     cdef int n_sinks = 0
     cdef size_t cap = 0
-    cdef Py_ssize_t nrings = 0, total = 0, i, n_refs = 0
-    cdef int stopping = 0, j, failed = 0, merges
-    cdef void **ref
+    cdef Py_ssize_t nrings = 0, total = 0, i
+    cdef int stopping = 0, failed = 0
     cdef nf_buf buf
     buf.data = NULL
     buf.len = 0
     buf.cap = 0
-    if batch == NULL or refs == NULL:
+    if batch == NULL:
         raise MemoryError()
     try:
         with nogil:
@@ -110,12 +117,6 @@ def _delivery_main():
                     pthread_mutex_unlock(&nf_pipe.mutex)
                 if total:
                     if n_sinks:
-                        merges = 0
-                        for i in range(total):
-                            merges += nf_needs_merge(&batch[i])
-                        if merges:
-                            with gil:
-                                _guarded(_merge_phase, batch, total)
                         buf.len = 0
                         for i in range(total):
                             if nf_encode(&buf, &batch[i]) < 0 or nf_buf_reserve(&buf, 1) < 0:
@@ -124,6 +125,7 @@ def _delivery_main():
                             buf.data[buf.len] = 10  # newline
                             buf.len += 1
                         if failed:
+                            _release_batch(rings, counts, nrings, batch)
                             break
                         _write_sinks(sinks, n_sinks, buf.data, buf.len, total)
                     if _n_consumers:
@@ -132,22 +134,9 @@ def _delivery_main():
                 if _n_deferred:
                     with gil:
                         _guarded(_retry_phase, batch, 0)
-                if total:
-                    # Collect the batch's references; release them with the GIL in bulk.
-                    for i in range(total):
-                        for j in range(NF_RECORD_REFS):
-                            ref = nf_record_ref(&batch[i], j)
-                            if ref[0] != NULL:
-                                if n_refs == _PENDING_REFS:
-                                    with gil:
-                                        _release_refs(refs, n_refs)
-                                    n_refs = 0
-                                refs[n_refs] = ref[0]
-                                n_refs += 1
-                if n_refs and (total < _BATCH or stopping):
+                if total and _release_batch(rings, counts, nrings, batch):
                     with gil:
-                        _release_refs(refs, n_refs)
-                    n_refs = 0
+                        _release_otel(batch, total)
                 nf_pipe_finish(rings, counts, <size_t>nrings, sinks, n_sinks)
                 # Stopping comes after a flush: what was emitted before it is delivered. What
                 # threads still emit (daemon threads at exit) is counted, not waited for.
@@ -156,10 +145,7 @@ def _delivery_main():
         if failed:
             raise MemoryError("nemoflow: the delivery thread ran out of memory")
     finally:
-        if n_refs:
-            _release_refs(refs, n_refs)
         nf_free(batch)
-        nf_free(refs)
         nf_free(counts)
         nf_free(rings)
         nf_buf_free(&buf)

@@ -4,25 +4,7 @@
 # ---------------------------------------------------------------------------------------------
 # Events.
 
-cdef object _merge_metadata(object start_raw, object end_raw, int status, object desc):
-    if end_raw is None and status == _STATUS_NONE:
-        return start_raw
-    merged = _decode(start_raw)
-    end = _decode(end_raw)
-    if end is not None:
-        if isinstance(merged, dict) and isinstance(end, dict):
-            merged = {**merged, **end}
-        else:
-            merged = end
-    if status != _STATUS_NONE:
-        if merged is None:
-            merged = {}
-        if isinstance(merged, dict):
-            merged = dict(merged)
-            merged["otel.status_code"] = "OK" if status == _STATUS_OK else "ERROR"
-            if status == _STATUS_ERROR:
-                merged["otel.status_description"] = desc
-    return _dumps(merged, option=_SORT)
+cdef object _merge_metadata = _common.merge_metadata  # what the C merge writes, decoded
 
 
 cdef str _line(nf_record *r):
@@ -37,6 +19,26 @@ cdef str _line(nf_record *r):
         return PyUnicode_DecodeUTF8(buf.data, <Py_ssize_t>buf.len, NULL)
     finally:
         nf_buf_free(&buf)
+
+
+cdef str _line_of(nf_record *r, str name, object data, object meta, object extra, object text,
+                  object profile):
+    # The line of an event built in Python: its fields copied into a blob of its own.
+    cdef object long_name = None if _inline_name(name) else name
+    cdef size_t need = _fields_need(long_name, data, meta, extra, text, profile)
+    cdef char *blob = <char *>nf_malloc(need + 1)
+    if blob == NULL:
+        raise MemoryError()
+    r.name_len = 0
+    if long_name is None:
+        _set_inline_name(r, name)
+    r.heap = 0
+    try:
+        _put_fields(r, blob, long_name, data, meta, extra, text, profile)
+        r.blob = blob
+        return _line(r)
+    finally:
+        nf_free(blob)
 
 
 cdef inline str _uuid_or_none(uint64_t hi, uint64_t lo):
@@ -112,10 +114,19 @@ cdef class ScopeEvent:
     def to_json(self):
         """The canonical ATOF line (without the newline), as the JSONL exporter writes it."""
         cdef nf_record r
-        _record_of_scope_event(&r, self)
-        merged = self._metadata_raw() if nf_needs_merge(&r) else None
-        r.merged = NULL if merged is None else <void *>merged
-        return _line(&r)
+        r.uuid_hi = self._hi
+        r.uuid_lo = self._lo
+        r.parent_hi = self._phi
+        r.parent_lo = self._plo
+        r.ts = self._ts
+        r.otel = NULL
+        r.attrs = <unsigned int>self._attrs
+        r.type = NF_REC_END if self._is_end else NF_REC_START
+        r.kind = <unsigned char>self._kind
+        r.status = <unsigned char>self._status
+        r.category = <unsigned char>self._category
+        return _line_of(&r, self._name, self._data, self._meta, self._end_meta, self._desc,
+                        self._profile)
 
     def to_dict(self):
         """The event as a dict with every ATOF field (a fresh copy on every call)."""
@@ -123,28 +134,6 @@ cdef class ScopeEvent:
 
     def __repr__(self):
         return f"<ScopeEvent {self.scope_category} {self.name!r} {self.uuid}>"
-
-
-cdef void _record_of_scope_event(nf_record *r, ScopeEvent ev) noexcept:
-    # Borrowed pointers: for encoding while ev is alive.
-    r.uuid_hi = ev._hi
-    r.uuid_lo = ev._lo
-    r.parent_hi = ev._phi
-    r.parent_lo = ev._plo
-    r.ts = ev._ts
-    r.name = <void *>ev._name
-    r.data = NULL if ev._data is None else <void *>ev._data
-    r.meta = NULL if ev._meta is None else <void *>ev._meta
-    r.extra = NULL if ev._end_meta is None else <void *>ev._end_meta
-    r.text = NULL if ev._desc is None else <void *>ev._desc
-    r.profile = NULL if ev._profile is None else <void *>ev._profile
-    r.merged = NULL
-    r.attrs = <unsigned int>ev._attrs
-    r.type = NF_REC_END if ev._is_end else NF_REC_START
-    r.kind = <unsigned char>ev._kind
-    r.status = <unsigned char>ev._status
-    r.category = <unsigned char>ev._category
-    r.name_len = 0
 
 
 cdef ScopeEvent _scope_event(ScopeHandle f, bint is_end, int64_t ts, object data,
@@ -233,20 +222,14 @@ cdef class MarkEvent:
         r.parent_hi = self._phi
         r.parent_lo = self._plo
         r.ts = self._ts
-        r.name = <void *>self._name
-        r.data = NULL if self._data is None else <void *>self._data
-        r.meta = NULL if self._meta is None else <void *>self._meta
-        r.extra = NULL if self._schema is None else <void *>self._schema
-        r.text = NULL if self._category is None else <void *>self._category
-        r.profile = NULL if self._profile is None else <void *>self._profile
-        r.merged = NULL
+        r.otel = NULL
         r.attrs = 0
         r.type = NF_REC_MARK
         r.kind = 0
         r.status = 0
         r.category = 0
-        r.name_len = 0
-        return _line(&r)
+        return _line_of(&r, self._name, self._data, self._meta, self._schema, self._category,
+                        self._profile)
 
     def to_dict(self):
         """The event as a dict with every ATOF field (a fresh copy on every call)."""

@@ -1,8 +1,6 @@
 # Configuration, diagnostics, exit and fork.
 # Included by _core.pyx, in the order listed there; declarations live in _core.pxd.
 
-_MAX_RING = 1 << 20
-
 
 def _exit_begin():
     """Start the exit clock (once): every wait from now on ends by the exit deadline."""
@@ -45,25 +43,19 @@ def set_otel_capture(hook, context_var=None):
     _otel_capture = hook if _otel_parent == "auto" else None
 
 
-def configure(ring_size=None, overflow=None, exit_timeout=None, otel_parent=None):
+def configure(ring_size=None, overflow=None, exit_timeout=None, otel_parent=None,
+              arena_size=None):
     """Pipeline settings: ``ring_size`` (records per thread, a power of two from 16 to 2**20,
-    for rings made from now on), ``overflow`` ("block", the lossless default, or "drop"),
+    for rings made from now on), ``arena_size`` (payload bytes per thread, 4 KiB to 1 GiB, for
+    rings made from now on), ``overflow`` ("block", the lossless default, or "drop"),
     ``exit_timeout`` (seconds exit waits for delivery, in all) and ``otel_parent`` ("auto":
     a top-level scope joins the current OpenTelemetry span while an OpenTelemetry exporter is
     attached; "off")."""
     global _drop_when_full, _exit_timeout, _otel_parent, _otel_capture
     # Every value is checked before any is applied: a refused call changes nothing.
-    if ring_size is not None and (
-            not isinstance(ring_size, int) or isinstance(ring_size, bool) or ring_size < 16
-            or ring_size > _MAX_RING or ring_size & (ring_size - 1)):
-        raise ValueError(f"ring_size must be a power of two from 16 to {_MAX_RING}, "
-                         f"not {ring_size!r}")
-    if overflow is not None and overflow not in ("block", "drop"):
-        raise ValueError('overflow must be "block" or "drop"')
-    if otel_parent is not None and otel_parent not in ("auto", "off"):
-        raise ValueError('otel_parent must be "auto" or "off"')
+    exit_timeout = _common.check_configure(ring_size, overflow, exit_timeout, otel_parent,
+                                           arena_size)
     if exit_timeout is not None:
-        exit_timeout = _exit.check_timeout(exit_timeout)
         _exit_timeout = exit_timeout
     if otel_parent is not None:
         _otel_parent = otel_parent
@@ -71,6 +63,10 @@ def configure(ring_size=None, overflow=None, exit_timeout=None, otel_parent=None
     if ring_size is not None:
         pthread_mutex_lock(&nf_pipe.mutex)
         nf_pipe.capacity = <uint64_t>ring_size
+        pthread_mutex_unlock(&nf_pipe.mutex)
+    if arena_size is not None:
+        pthread_mutex_lock(&nf_pipe.mutex)
+        nf_pipe.arena_cap = <uint64_t>arena_size
         pthread_mutex_unlock(&nf_pipe.mutex)
     if overflow is not None:
         _drop_when_full = overflow == "drop"
@@ -97,7 +93,7 @@ def _pipeline_stats():
     cdef nf_ring *r
     cdef _RingStat *copy = NULL
     cdef size_t n = 0, cap = 0, i
-    cdef uint64_t dropped, waits, high, freed, capacity
+    cdef uint64_t dropped, waits, high, freed, capacity, arena_cap, oversize, arena_high
     while True:
         pthread_mutex_lock(&nf_pipe.mutex)
         n = 0
@@ -123,6 +119,9 @@ def _pipeline_stats():
         copy[i].dropped = r.dropped
         copy[i].waits = r.waits
         copy[i].closed = r.closed
+        copy[i].arena_cap = r.arena_cap
+        copy[i].arena_high = r.arena_high
+        copy[i].oversize = r.oversize
         i += 1
         r = r.next
     dropped = nf_pipe.dropped_freed
@@ -130,21 +129,25 @@ def _pipeline_stats():
     high = nf_pipe.high_water_freed
     freed = nf_pipe.rings_freed
     capacity = nf_pipe.capacity
+    arena_cap = nf_pipe.arena_cap
+    oversize = nf_pipe.oversize_freed
+    arena_high = nf_pipe.arena_high_freed
     pthread_mutex_unlock(&nf_pipe.mutex)
     try:
         rings = [{"thread": copy[i].thread, "capacity": copy[i].capacity,
                   "pending": copy[i].pending, "high_water": copy[i].high_water,
                   "dropped": copy[i].dropped, "waits": copy[i].waits,
-                  "closed": bool(copy[i].closed)} for i in range(n)]
+                  "closed": bool(copy[i].closed), "arena_size": copy[i].arena_cap,
+                  "arena_high": copy[i].arena_high, "oversize": copy[i].oversize}
+                 for i in range(n)]
     finally:
         nf_free(copy)
-    return {"recording": _recording, "overflow": "drop" if _drop_when_full else "block",
-            "ring_size": capacity,
-            "dropped": dropped + sum([x["dropped"] for x in rings]) + _lost_no_memory,
-            "waits": waits + sum([x["waits"] for x in rings]), "rings": rings,
-            "rings_freed": freed, "high_water_freed": high, "deferred": _n_deferred,
-            "exit_timeout": _exit_timeout, "abandoned_at_detach": _abandoned_at_detach,
-            "abandoned_at_exit": _abandoned_at_exit}
+    return _common.pipeline_stats(
+        recording=_recording, drop=_drop_when_full, ring_size=capacity, arena_size=arena_cap,
+        rings=rings, freed=freed, dropped_freed=dropped, waits_freed=waits, high_freed=high,
+        oversize_freed=oversize, arena_high_freed=arena_high, lost_no_memory=_lost_no_memory,
+        deferred=_n_deferred, exit_timeout=_exit_timeout,
+        abandoned_at_detach=_abandoned_at_detach, abandoned_at_exit=_abandoned_at_exit)
 
 
 # ---------------------------------------------------------------------------------------------

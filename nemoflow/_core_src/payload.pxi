@@ -189,12 +189,19 @@ cdef str _redact_text(str text):
 cdef object _encode(object obj, bint lenient):
     cdef bytes raw
     cdef int found
+    cdef char fast[NF_JSON_MAX]
+    cdef Py_ssize_t n
     if obj is None:
         return None
     if type(obj) is Encoded:
         return (<Encoded>obj).raw
     if _redactor is not None:
         obj = _redact(obj, lenient)
+    # Small plain values (most arguments and results): written here, without orjson; the
+    # bytes are the same (nemoflow_json.h).
+    n = nf_json_fast(obj, fast)
+    if n >= 0:
+        return PyBytes_FromStringAndSize(fast, n)
     if lenient:
         return _encode_lenient(obj)
     try:

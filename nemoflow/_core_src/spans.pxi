@@ -261,6 +261,38 @@ cdef class Tracer:
 
 
 @cython.final
+cdef class InputCapture:
+    """Records a call's arguments by parameter name: ``(args, kwargs) -> Encoded or None``."""
+
+    def __init__(self, tuple names, bint skip_receiver=False, receiver=None):
+        self._names = names
+        self._skip = 1 if skip_receiver else 0
+        self._receiver = receiver
+
+    cdef object _raw(self, tuple args, dict kwargs):
+        # The encoded arguments, or None when they cannot be encoded; never raises Exception.
+        cdef Py_ssize_t n = PyTuple_GET_SIZE(args) - self._skip
+        cdef Py_ssize_t named = PyTuple_GET_SIZE(self._names), i
+        if n <= 0 and not kwargs:
+            return b"{}"
+        values = {}
+        for i in range(n if n < named else named):
+            values[<object>PyTuple_GET_ITEM(self._names, i)] = \
+                <object>PyTuple_GET_ITEM(args, self._skip + i)
+        if n > named:
+            values["*args"] = list(args[self._skip + named:])
+        if kwargs:
+            values.update(kwargs)
+            if self._skip:
+                values.pop(self._receiver, None)
+        return _lenient(values)
+
+    def __call__(self, args, kwargs):
+        raw = self._raw(tuple(args), dict(kwargs) if kwargs else None)
+        return None if raw is None else Encoded(raw)
+
+
+@cython.final
 cdef class TracedFunction:
     """A traced sync function: one scope per call, input and output captured when consumed."""
 
@@ -278,10 +310,13 @@ cdef class TracedFunction:
     def __call__(self, *args, **kwargs):
         cdef object inp = None
         if (_enabled or _recording) and self._capture is not None:
-            try:
-                inp = _encode(self._capture(args, kwargs), True)
-            except Exception:  # capture must not break the traced call
-                inp = None
+            if type(self._capture) is InputCapture:
+                inp = (<InputCapture>self._capture)._raw(args, kwargs)
+            else:
+                try:
+                    inp = _encode(self._capture(args, kwargs), True)
+                except Exception:  # capture must not break the traced call
+                    inp = None
         cdef ScopeHandle frame = _open(self._name, self._scope_type, None, self._attrs, None,
                                        self._meta, inp, nf_now_ns(), _KIND_SCOPE, None,
                                        ScopeHandle)

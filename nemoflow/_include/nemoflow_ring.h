@@ -6,9 +6,12 @@
  * head and tail are the only shared words; they are published with release/acquire atomics,
  * so nothing here relies on the GIL for its correctness.
  *
- * Every non-NULL PyObject pointer in a record is a strong reference owned by the record (taken
- * by the producer, released by the consumer with the GIL): objects read without the GIL are
- * immutable (str, bytes) and kept alive by that reference.
+ * A record's payloads (JSON bytes, texts, long names) are copied by the producer into memory
+ * the core owns: its ring's byte arena (a second single-producer ring, of bytes), or for a
+ * payload larger than the whole arena a heap block of its own. The consumer reads and frees
+ * them without the GIL. The only Python object a record can hold is the OpenTelemetry parent
+ * context of a top-level scope (only while the OpenTelemetry bridge asks for it), released by
+ * the consumer with the GIL.
  */
 #ifndef NEMOFLOW_RING_H
 #define NEMOFLOW_RING_H
@@ -39,30 +42,49 @@ enum { NF_STATUS_NONE = 0, NF_STATUS_OK = 1, NF_STATUS_ERROR = 2 };
 
 #define NF_NAME_INLINE 23
 
-/* 128 bytes. A record holds no frame: everything the line needs is copied in, and short ASCII
- * names are copied inline, so a scope without payloads holds no Python reference at all and
- * the delivery thread can write it without ever taking the GIL. */
+/* A record's payload fields, in the order they are laid out in its blob. */
+enum { NF_F_NAME = 0, NF_F_DATA, NF_F_META, NF_F_EXTRA, NF_F_TEXT, NF_F_PROFILE, NF_N_FIELDS };
+
+/* 128 bytes. A record holds no frame: everything the line needs is copied in. Short ASCII
+ * names are copied inline; every other field present is copied into the record's blob, one
+ * after another in NF_F_* order (UTF-8 for texts and names, canonical JSON for payloads):
+ *   NF_F_NAME    the name, when not inline
+ *   NF_F_DATA    data (JSON)
+ *   NF_F_META    start metadata, or a mark's metadata (JSON)
+ *   NF_F_EXTRA   end metadata, or a mark's data_schema (JSON)
+ *   NF_F_TEXT    the status description, or a mark's category (UTF-8)
+ *   NF_F_PROFILE category_profile (JSON) */
 typedef struct {
     uint64_t uuid_hi, uuid_lo;     /* the scope's (or mark's) id */
     uint64_t parent_hi, parent_lo; /* 0, 0: no parent (null) */
     int64_t ts;
-    PyObject *name;                /* str, or NULL when the name is in name_inline */
-    PyObject *data;                /* bytes or NULL */
-    PyObject *meta;                /* bytes or NULL: start metadata, or a mark's */
-    PyObject *extra;               /* bytes or NULL: end metadata, or a mark's data_schema */
-    PyObject *text;                /* str or NULL: status description, or a mark's category */
-    PyObject *profile;             /* bytes or NULL: category_profile */
-    PyObject *merged;              /* bytes or NULL: end metadata merged by the consumer; on a
-                                    * start or mark record, the OpenTelemetry parent context
+    const char *blob;              /* the fields' bytes, or NULL when none is present */
+    uint64_t arena_end;            /* the ring's arena position once this record is consumed */
+    PyObject *otel;                /* start or mark record: the OpenTelemetry parent context
                                     * captured for a top-level scope or mark, or NULL */
+    uint32_t len[NF_N_FIELDS];     /* bytes of each field present */
     uint32_t attrs;
     uint8_t type, kind, status, category;
-    char name_inline[NF_NAME_INLINE]; /* ASCII, not terminated */
+    uint8_t present;               /* bit f: field f is present (else null) */
+    uint8_t heap;                  /* blob is a heap block of its own, freed by the consumer */
     uint8_t name_len;
+    char name_inline[NF_NAME_INLINE]; /* ASCII, not terminated */
 } nf_record;
 
-#define NF_RECORD_REFS 7
-static inline void **nf_record_ref(nf_record *r, int i) { return (void **)(&r->name + i); }
+#define NF_FIELD_MAX 0xFFFFFFFFu   /* the largest field a record can carry */
+
+/* Field f of r (NULL when absent; *len its size). */
+static inline const char *nf_field(const nf_record *r, int f, size_t *len) {
+    if (!(r->present & (1u << f))) {
+        *len = 0;
+        return NULL;
+    }
+    const char *p = r->blob;
+    for (int i = 0; i < f; i++)
+        if (r->present & (1u << i)) p += r->len[i];
+    *len = r->len[f];
+    return p;
+}
 
 /* The producer's and the consumer's fields live on separate cache lines: each side writes
  * only its own line, and the producer reads the consumer's tail only when its cached copy says
@@ -74,15 +96,25 @@ typedef struct nf_ring {
     uint64_t id;                   /* unique for the process: flush targets name rings by it */
     unsigned long thread_ident;
     struct nf_ring *next;          /* in nf_pipe.rings (guarded by nf_pipe.mutex) */
+    char *arena;                   /* payload bytes, allocated on the first payload */
+    uint64_t arena_cap;            /* its size in bytes (the budget) */
     /* the producer's line */
     uint64_t head __attribute__((aligned(64)));  /* next slot to write (atomic) */
     uint64_t tail_seen;            /* the producer's last read of tail */
     uint64_t dropped;              /* records dropped under overflow="drop" */
     uint64_t waits;                /* times the producer waited for room */
+    uint64_t a_head;               /* arena position after the last payload written */
+    uint64_t a_off;                /* its offset in the arena */
+    uint64_t a_tail_seen;          /* the producer's last read of a_tail */
+    uint64_t a_pos, a_pos_off;     /* where the payload being written starts */
+    uint64_t oversize;             /* payloads larger than the arena (heap blocks) */
     /* the consumer's line */
     uint64_t tail __attribute__((aligned(64)));  /* next slot to read (atomic) */
     uint64_t delivered;            /* records fully delivered (guarded by nf_pipe.mutex) */
     uint64_t high_water;           /* most records found waiting at once, seen by the consumer */
+    uint64_t a_tail;               /* arena bytes before this position are free (atomic) */
+    uint64_t arena_high;           /* most payload bytes found waiting at once */
+    int heap_out;                  /* heap blocks not yet freed by the consumer (atomic) */
     int wake_sent;                 /* an early drain was asked for (atomic, set by producer) */
     int closed;                    /* its thread exited (atomic) */
 } nf_ring;
@@ -110,6 +142,7 @@ typedef struct {
     nf_ring *rings;
     uint64_t next_id;
     uint64_t capacity;             /* records per new ring */
+    uint64_t arena_cap;            /* payload bytes per new ring */
     int flush_requests;            /* pending flushes: deliver now, do not sleep */
     int wake;                      /* a producer asked for an early drain */
     int waiting_producers;
@@ -118,13 +151,16 @@ typedef struct {
     uint64_t dropped_freed;        /* drops counted by rings that were freed since */
     uint64_t high_water_freed;
     uint64_t waits_freed;          /* producer waits counted by rings that were freed since */
+    uint64_t oversize_freed;       /* oversize payloads counted by rings that were freed since */
+    uint64_t arena_high_freed;
     nf_sink *sinks[NF_MAX_SINKS];  /* attached sinks, each holding one ref */
     int n_sinks;
 } nf_pipeline;
 
-static nf_pipeline nf_pipe = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-                              PTHREAD_COND_INITIALIZER, NULL, 1, 8192, 0, 0, 0, 0, 0, 0, 0,
-                              0, {NULL}, 0};
+static nf_pipeline nf_pipe = {.mutex = PTHREAD_MUTEX_INITIALIZER,
+                              .work = PTHREAD_COND_INITIALIZER,
+                              .progress = PTHREAD_COND_INITIALIZER,
+                              .next_id = 1, .capacity = 8192, .arena_cap = 4u << 20};
 
 static nf_sink *nf_sink_new(int fd) {
     nf_sink *k = (nf_sink *)nf_calloc(1, sizeof(nf_sink));
@@ -215,6 +251,7 @@ static nf_ring *nf_ring_get(void) {
     ring = (nf_ring *)memset(mem, 0, sizeof(nf_ring));
     pthread_mutex_lock(&nf_pipe.mutex);
     uint64_t cap = nf_pipe.capacity;
+    ring->arena_cap = nf_pipe.arena_cap;
     pthread_mutex_unlock(&nf_pipe.mutex);
     ring->slots = (nf_record *)nf_calloc((size_t)cap, sizeof(nf_record));
     if (ring->slots == NULL) {
@@ -244,23 +281,123 @@ static inline uint64_t nf_ring_used(nf_ring *ring) {
     return ring->head - __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
 }
 
+/* Ask the delivery thread for an early drain instead of waiting for its next tick; once, until
+ * the consumer takes from this ring. */
+static void nf_ring_wake(nf_ring *ring) {
+    if (__atomic_load_n(&ring->wake_sent, __ATOMIC_RELAXED)) return;
+    __atomic_store_n(&ring->wake_sent, 1, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&nf_pipe.mutex);
+    nf_pipe.wake = 1;
+    pthread_cond_signal(&nf_pipe.work);
+    pthread_mutex_unlock(&nf_pipe.mutex);
+}
+
 /* Publish one record; the caller checked there is room. */
 static inline void nf_ring_publish(nf_ring *ring, const nf_record *rec) {
     uint64_t h = ring->head;
     ring->slots[h & ring->mask] = *rec;
     __atomic_store_n(&ring->head, h + 1, __ATOMIC_RELEASE);
     if (h + 1 - ring->tail_seen <= (ring->mask + 1) / 4) return;
-    /* Maybe past a quarter full: look at the consumer's tail, and if so ask for an early drain
-     * instead of waiting for the next tick; once, until the consumer takes from this ring. */
+    /* Maybe past a quarter full: look at the consumer's tail, and if so ask for a drain. */
     ring->tail_seen = __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
-    uint64_t used = h + 1 - ring->tail_seen;
-    if (used > (ring->mask + 1) / 4 && !__atomic_load_n(&ring->wake_sent, __ATOMIC_RELAXED)) {
-        __atomic_store_n(&ring->wake_sent, 1, __ATOMIC_RELAXED);
-        pthread_mutex_lock(&nf_pipe.mutex);
-        nf_pipe.wake = 1;
-        pthread_cond_signal(&nf_pipe.work);
-        pthread_mutex_unlock(&nf_pipe.mutex);
+    if (h + 1 - ring->tail_seen > (ring->mask + 1) / 4) nf_ring_wake(ring);
+}
+
+/* ---- the payload arena ------------------------------------------------------------------- *
+ * Positions count bytes since the ring was made, padding included; the producer writes at
+ * a_off, the consumer frees up to a_tail (the arena_end of the last record it finished). Live
+ * bytes are a_head - a_tail, laid out from a_tail's offset up to a_off, wrapping once. A
+ * payload never wraps: when it does not fit before the end of the arena, the rest of the arena
+ * is skipped (counted as used until the consumer passes it). When the arena is empty the
+ * producer starts over at offset 0, so any payload up to the arena's size fits eventually. */
+
+/* Where need bytes would go: 1 and *pos, *off; 0 when they do not fit before the consumer
+ * frees more. */
+static inline int nf_arena_place(const nf_ring *ring, size_t need, uint64_t tail, uint64_t *pos,
+                                 uint64_t *off) {
+    uint64_t p = ring->a_head, o = ring->a_off;
+    if (tail == p) {
+        o = 0;
+    } else if (o + need > ring->arena_cap) {
+        p += ring->arena_cap - o;
+        o = 0;
     }
+    if (p + need - tail > ring->arena_cap) return 0;
+    *pos = p;
+    *off = o;
+    return 1;
+}
+
+/* Whether a record with need payload bytes can be published now: a free slot, and room for its
+ * payloads (an oversize payload waits until the previous one was freed: one at a time). */
+static int nf_ring_room(nf_ring *ring, size_t need) {
+    if (nf_ring_full(ring)) return 0;
+    if (need == 0) return 1;
+    if (need > ring->arena_cap) return __atomic_load_n(&ring->heap_out, __ATOMIC_ACQUIRE) == 0;
+    uint64_t pos, off;
+    if (nf_arena_place(ring, need, ring->a_tail_seen, &pos, &off)) return 1;
+    ring->a_tail_seen = __atomic_load_n(&ring->a_tail, __ATOMIC_ACQUIRE);
+    return nf_arena_place(ring, need, ring->a_tail_seen, &pos, &off);
+}
+
+/* Memory for r's need payload bytes: in the arena when they fit, else a heap block (a payload
+ * larger than the arena, or the delivery thread's own ring, which cannot wait for room). The
+ * caller writes at most need bytes there, then calls nf_payload_end. NULL: out of memory. */
+static char *nf_payload_begin(nf_ring *ring, size_t need, nf_record *r) {
+    uint64_t pos, off;
+    r->heap = 0;
+    if (need <= ring->arena_cap) {
+        if (ring->arena == NULL) ring->arena = (char *)nf_malloc((size_t)ring->arena_cap);
+        if (ring->arena != NULL) {
+            if (!nf_arena_place(ring, need, ring->a_tail_seen, &pos, &off)) {
+                ring->a_tail_seen = __atomic_load_n(&ring->a_tail, __ATOMIC_ACQUIRE);
+                if (!nf_arena_place(ring, need, ring->a_tail_seen, &pos, &off)) goto heap;
+            }
+            ring->a_pos = pos;
+            ring->a_pos_off = off;
+            return ring->arena + off;
+        }
+    } else {
+        ring->oversize++;
+    }
+heap:;
+    char *block = (char *)nf_malloc(need ? need : 1);
+    if (block == NULL) return NULL;
+    r->heap = 1;
+    __atomic_add_fetch(&ring->heap_out, 1, __ATOMIC_ACQ_REL);
+    return block;
+}
+
+/* used bytes of r's blob were written (at most what nf_payload_begin was asked for). */
+static inline void nf_payload_end(nf_ring *ring, nf_record *r, size_t used) {
+    if (!r->heap) {
+        ring->a_head = ring->a_pos + used;
+        ring->a_off = ring->a_pos_off + used;
+        if (ring->a_head - ring->a_tail_seen > ring->arena_cap / 4) {
+            ring->a_tail_seen = __atomic_load_n(&ring->a_tail, __ATOMIC_ACQUIRE);
+            if (ring->a_head - ring->a_tail_seen > ring->arena_cap / 4) nf_ring_wake(ring);
+        }
+    }
+    r->arena_end = ring->a_head;
+}
+
+/* The arena position a record without payloads carries (the producer's). */
+static inline uint64_t nf_ring_arena_end(const nf_ring *ring) { return ring->a_head; }
+
+/* The consumer is done with records taken from ring up to (and including) last. */
+static void nf_ring_release(nf_ring *ring, const nf_record *last) {
+    uint64_t pending = last->arena_end - ring->a_tail;
+    if (pending > ring->arena_high) ring->arena_high = pending;
+    __atomic_store_n(&ring->a_tail, last->arena_end, __ATOMIC_RELEASE);
+}
+
+/* Free a record's heap block (the consumer, after it is done with the record). */
+static inline void nf_record_free_heap(nf_ring *ring, nf_record *r) {
+    if (!r->heap) return;
+    nf_free((void *)r->blob);
+    r->blob = NULL;
+    r->heap = 0;
+    __atomic_sub_fetch(&ring->heap_out, 1, __ATOMIC_ACQ_REL);
 }
 
 static void nf_deadline(struct timespec *ts, int64_t ns_from_now) {
@@ -279,18 +416,19 @@ static void nf_ring_wait_begin(nf_ring *ring) {
     pthread_mutex_unlock(&nf_pipe.mutex);
 }
 
-/* 1 once the ring has room, 0 when slice_ns elapsed first. */
-static int nf_ring_wait_slice(nf_ring *ring, int64_t slice_ns) {
+/* 1 once the ring has room for a record with need payload bytes, 0 when slice_ns elapsed
+ * first. */
+static int nf_ring_wait_slice(nf_ring *ring, size_t need, int64_t slice_ns) {
     struct timespec deadline;
     int room;
     pthread_mutex_lock(&nf_pipe.mutex);
-    room = !nf_ring_full(ring);
+    room = nf_ring_room(ring, need);
     if (!room) {
         nf_pipe.wake = 1;
         pthread_cond_signal(&nf_pipe.work);
         nf_deadline(&deadline, slice_ns);
         pthread_cond_timedwait(&nf_pipe.progress, &nf_pipe.mutex, &deadline);
-        room = !nf_ring_full(ring);
+        room = nf_ring_room(ring, need);
     }
     pthread_mutex_unlock(&nf_pipe.mutex);
     return room;
@@ -411,7 +549,9 @@ static void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n, nf
             nf_pipe.rings_freed++;
             nf_pipe.dropped_freed += r->dropped;
             nf_pipe.waits_freed += r->waits;
+            nf_pipe.oversize_freed += r->oversize;
             if (r->high_water > nf_pipe.high_water_freed) nf_pipe.high_water_freed = r->high_water;
+            if (r->arena_high > nf_pipe.arena_high_freed) nf_pipe.arena_high_freed = r->arena_high;
             r->next = gone;
             gone = r;
         } else {
@@ -424,6 +564,7 @@ static void nf_pipe_finish(nf_ring **rings, const uint64_t *counts, size_t n, nf
         nf_ring *r = gone;
         gone = r->next;
         nf_free(r->slots);
+        nf_free(r->arena);
         free(r);
     }
 }
@@ -581,25 +722,36 @@ static inline char *nf_put_escape(char *p, unsigned c) {
     return p;
 }
 
-/* Reads the str's own (immutable) buffer: safe without the GIL while a reference is held. */
-static int nf_put_json_str(nf_buf *b, PyObject *s) {
-    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
-    int kind = PyUnicode_KIND(s);
-    const void *data = PyUnicode_DATA(s);
-    if (nf_buf_reserve(b, (size_t)n * 6 + 2) < 0) return -1; /* worst case: \u00XX each */
-    char *p = b->data + b->len;
-    *p++ = '"';
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        if (c >= 0x20 && c != '"' && c != '\\') p += nf_utf8_put(p, c);
-        else p = nf_put_escape(p, (unsigned)c);
+/* ---- payloads copied in by the producer (with the GIL: they read Python objects) ---------- */
+
+/* The most bytes the UTF-8 of str s can take. */
+static inline size_t nf_utf8_bound(PyObject *s) {
+    size_t n = (size_t)PyUnicode_GET_LENGTH(s);
+    if (PyUnicode_IS_COMPACT_ASCII(s)) return n;
+    switch (PyUnicode_KIND(s)) {
+        case PyUnicode_1BYTE_KIND: return 2 * n;
+        case PyUnicode_2BYTE_KIND: return 3 * n;
+        default: return 4 * n;
     }
-    *p++ = '"';
-    b->len = (size_t)(p - b->data);
-    return 0;
 }
 
-static int nf_put_json_ascii(nf_buf *b, const char *s, size_t n) {
+/* The UTF-8 of str s written at p (nf_utf8_bound(s) bytes of room); the bytes written. */
+static size_t nf_put_str_utf8(char *p, PyObject *s) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    if (PyUnicode_IS_COMPACT_ASCII(s)) {
+        memcpy(p, PyUnicode_DATA(s), (size_t)n);
+        return (size_t)n;
+    }
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    char *q = p;
+    for (Py_ssize_t i = 0; i < n; i++) q += nf_utf8_put(q, PyUnicode_READ(kind, data, i));
+    return (size_t)(q - p);
+}
+
+/* A JSON string from UTF-8 (or ASCII) bytes: bytes from 0x80 up pass through as orjson writes
+ * them, control characters, '"' and '\\' are escaped. */
+static int nf_put_json_utf8(nf_buf *b, const char *s, size_t n) {
     if (nf_buf_reserve(b, n * 6 + 2) < 0) return -1;
     char *p = b->data + b->len;
     *p++ = '"';
@@ -613,16 +765,30 @@ static int nf_put_json_ascii(nf_buf *b, const char *s, size_t n) {
     return 0;
 }
 
-static int nf_put_raw(nf_buf *b, PyObject *bytes_or_null) {
-    if (bytes_or_null == NULL) {
+static int nf_put_bytes(nf_buf *b, const char *p, size_t n) {
+    if (p == NULL) {
         if (nf_buf_reserve(b, 4) < 0) return -1;
         NF_LIT(b, "null");
         return 0;
     }
-    size_t n = (size_t)PyBytes_GET_SIZE(bytes_or_null);
     if (nf_buf_reserve(b, n) < 0) return -1;
-    NF_PUT(b, PyBytes_AS_STRING(bytes_or_null), n);
+    NF_PUT(b, p, n);
     return 0;
+}
+
+/* A JSON field of r as it is (null when absent). */
+static int nf_put_raw(nf_buf *b, const nf_record *r, int f) {
+    size_t n;
+    const char *p = nf_field(r, f, &n);
+    return nf_put_bytes(b, p, n);
+}
+
+/* A text field of r as a JSON string (null when absent). */
+static int nf_put_text(nf_buf *b, const nf_record *r, int f) {
+    size_t n;
+    const char *p = nf_field(r, f, &n);
+    if (p == NULL) return nf_put_bytes(b, NULL, 0);
+    return nf_put_json_utf8(b, p, n);
 }
 
 static int nf_put_uuid(nf_buf *b, uint64_t hi, uint64_t lo) {
@@ -649,43 +815,247 @@ static const char *const nf_categories[] = {
 static const char *const nf_attr_names[3][2] = {
     {"parallel", "relocatable"}, {"remote", NULL}, {"stateful", "streaming"}};
 
-/* Whether an end record's metadata needs a JSON merge (Python) rather than the C fast path:
- * start or end metadata present. Status-only metadata is written here. */
-static inline int nf_needs_merge(const nf_record *r) {
-    return r->type == NF_REC_END && (r->meta != NULL || r->extra != NULL);
+/* ---- end metadata: the start metadata, the end metadata and the status, merged ----------- *
+ * The same result as nemoflow's merge rule on decoded values (see _merge_metadata), written
+ * from the canonical JSON both sides were encoded to: keys in both objects are sorted and
+ * unique, so the merge is one pass over the members of each, the end's value winning, then
+ * the status members'. */
+
+/* One top-level member at a time of a canonical JSON object. */
+typedef struct {
+    const char *p, *end;           /* the rest of the object */
+    const char *key, *val;         /* the current member: key (without quotes), value */
+    size_t key_len, val_len;
+    int valid;
+} nf_members;
+
+/* The end of the JSON value starting at p (canonical: no whitespace), or NULL if malformed. */
+static const char *nf_skip_value(const char *p, const char *end) {
+    int depth = 0;
+    while (p < end) {
+        char c = *p;
+        if (c == '"') {
+            p++;
+            while (p < end && *p != '"') p += (*p == '\\') ? 2 : 1;
+            if (p >= end) return NULL;
+            p++;
+        } else if (c == '{' || c == '[') {
+            depth++;
+            p++;
+        } else if (c == '}' || c == ']') {
+            if (depth == 0) return p;
+            depth--;
+            p++;
+        } else if (c == ',' && depth == 0) {
+            return p;
+        } else {
+            p++;
+        }
+        if (depth == 0 && (p >= end || *p == ',' || *p == '}' || *p == ']')) return p;
+    }
+    return depth == 0 ? p : NULL;
 }
 
-static int nf_put_metadata(nf_buf *b, const nf_record *r) {
-    if (r->type != NF_REC_END) return nf_put_raw(b, r->meta);
-    if (r->merged != NULL) return nf_put_raw(b, r->merged);
-    if (r->status == NF_STATUS_NONE) return nf_put_raw(b, NULL);
-    if (nf_buf_reserve(b, 64) < 0) return -1;
-    if (r->status == NF_STATUS_OK) {
-        NF_LIT(b, "{\"otel.status_code\":\"OK\"}");
-        return 0;
+static void nf_members_next(nf_members *m) {
+    m->valid = 0;
+    const char *p = m->p;
+    if (p >= m->end || *p == '}') return;
+    if (*p == ',') p++;
+    if (p >= m->end || *p != '"') return;
+    const char *k = ++p;
+    while (p < m->end && *p != '"') p += (*p == '\\') ? 2 : 1;
+    if (p >= m->end) return;
+    m->key = k;
+    m->key_len = (size_t)(p - k);
+    p++;
+    if (p >= m->end || *p != ':') return;
+    p++;
+    const char *v = p;
+    p = nf_skip_value(p, m->end);
+    if (p == NULL || p == v) return;
+    m->val = v;
+    m->val_len = (size_t)(p - v);
+    m->p = p;
+    m->valid = 1;
+}
+
+static void nf_members_begin(nf_members *m, const char *obj, size_t n) {
+    m->p = obj + 1;
+    m->end = obj + n;
+    nf_members_next(m);
+}
+
+/* The next byte of an escaped JSON key, unescaped (orjson escapes only to one byte: control
+ * characters, '"' and '\\'; other \\u escapes compare by their code point's UTF-8). */
+static int nf_key_byte(const char **p, const char *end, unsigned char *pending, int *n_pending) {
+    if (*n_pending) {
+        int c = pending[0];
+        pending[0] = pending[1];
+        pending[1] = pending[2];
+        (*n_pending)--;
+        return c;
     }
-    NF_LIT(b, "{\"otel.status_code\":\"ERROR\",\"otel.status_description\":");
-    if (r->text == NULL) {
-        if (nf_buf_reserve(b, 5) < 0) return -1;
-        NF_LIT(b, "null}");
-        return 0;
+    if (*p >= end) return -1;
+    unsigned char c = (unsigned char)*(*p)++;
+    if (c != '\\' || *p >= end) return c;
+    c = (unsigned char)*(*p)++;
+    switch (c) {
+        case 'b': return '\b';
+        case 'f': return '\f';
+        case 'n': return '\n';
+        case 'r': return '\r';
+        case 't': return '\t';
+        case 'u': {
+            unsigned v = 0;
+            for (int i = 0; i < 4 && *p < end; i++) {
+                char h = *(*p)++;
+                v = v * 16 + (unsigned)(h <= '9' ? h - '0' : (h | 0x20) - 'a' + 10);
+            }
+            char u[4];
+            size_t n = nf_utf8_put(u, v);
+            for (size_t i = 1; i < n; i++) pending[i - 1] = (unsigned char)u[i];
+            *n_pending = (int)n - 1;
+            return (unsigned char)u[0];
+        }
+        default: return c;
     }
-    if (nf_put_json_str(b, r->text) < 0) return -1;
-    if (nf_buf_reserve(b, 1) < 0) return -1;
-    b->data[b->len++] = '}';
+}
+
+/* Compare two escaped keys by their text (UTF-8 byte order is code point order: the order
+ * orjson sorts keys in). */
+static int nf_key_cmp(const char *a, size_t an, const char *b, size_t bn) {
+    const char *ae = a + an, *be = b + bn;
+    unsigned char pa[3], pb[3];
+    int na = 0, nb = 0;
+    for (;;) {
+        int ca = nf_key_byte(&a, ae, pa, &na), cb = nf_key_byte(&b, be, pb, &nb);
+        if (ca != cb) return ca < cb ? -1 : 1;
+        if (ca < 0) return 0;
+    }
+}
+
+static inline int nf_is_object(const char *p, size_t n) { return p != NULL && n >= 2 && *p == '{'; }
+static inline int nf_is_null(const char *p, size_t n) {
+    return p == NULL || (n == 4 && memcmp(p, "null", 4) == 0);
+}
+
+static int nf_put_member(nf_buf *b, int *first, const char *key, size_t key_len,
+                         const char *val, size_t val_len) {
+    if (nf_buf_reserve(b, key_len + val_len + 4) < 0) return -1;
+    if (!*first) b->data[b->len++] = ',';
+    *first = 0;
+    b->data[b->len++] = '"';
+    NF_PUT(b, key, key_len);
+    b->data[b->len++] = '"';
+    b->data[b->len++] = ':';
+    NF_PUT(b, val, val_len);
     return 0;
 }
 
-/* Append the canonical ATOF line of r (without the newline). End records whose metadata needs
- * a merge must carry it in r->merged. Returns 0, or -1 when out of memory. */
+/* The metadata of an end record. */
+static int nf_put_end_metadata(nf_buf *b, const nf_record *r) {
+    size_t sn, en, dn;
+    const char *start = nf_field(r, NF_F_META, &sn);
+    const char *end = nf_field(r, NF_F_EXTRA, &en);
+    /* merged = end if end is not null, unless both are objects: then their union */
+    const char *one = start;
+    size_t one_n = sn;
+    int both = 0;
+    if (!nf_is_null(end, en)) {
+        if (nf_is_object(start, sn) && nf_is_object(end, en)) both = 1;
+        else { one = end; one_n = en; }
+    }
+    if (r->status == NF_STATUS_NONE && !both) return nf_put_bytes(b, one, one_n);
+    if (!both && !nf_is_null(one, one_n) && !nf_is_object(one, one_n))
+        return nf_put_bytes(b, one, one_n);  /* the status goes only into an object */
+
+    /* the status members, already in key order */
+    nf_buf status = {NULL, 0, 0};
+    static const char code_key[] = "otel.status_code", desc_key[] = "otel.status_description";
+    const char *skeys[2];
+    size_t skey_n[2], sval_off[3];
+    int n_status = 0;
+    if (r->status != NF_STATUS_NONE) {
+        if (nf_buf_reserve(&status, 16) < 0) return -1;
+        sval_off[0] = 0;
+        if (r->status == NF_STATUS_OK) NF_LIT(&status, "\"OK\"");
+        else NF_LIT(&status, "\"ERROR\"");
+        skeys[0] = code_key;
+        skey_n[0] = sizeof(code_key) - 1;
+        sval_off[1] = status.len;
+        n_status = 1;
+        if (r->status == NF_STATUS_ERROR) {
+            const char *d = nf_field(r, NF_F_TEXT, &dn);
+            if (d == NULL ? nf_put_bytes(&status, NULL, 0) : nf_put_json_utf8(&status, d, dn)) {
+                nf_buf_free(&status);
+                return -1;
+            }
+            skeys[1] = desc_key;
+            skey_n[1] = sizeof(desc_key) - 1;
+            sval_off[2] = status.len;
+            n_status = 2;
+        }
+    }
+    nf_members ms, me;
+    ms.valid = me.valid = 0;
+    if (both) {
+        nf_members_begin(&ms, start, sn);
+        nf_members_begin(&me, end, en);
+    } else if (nf_is_object(one, one_n)) {
+        nf_members_begin(&ms, one, one_n);
+    }
+    int first = 1, si = 0, rc = 0;
+    if (nf_buf_reserve(b, 1) < 0) rc = -1;
+    else b->data[b->len++] = '{';
+    while (rc == 0 && (ms.valid || me.valid || si < n_status)) {
+        /* the smallest key of the three heads; on a tie the status, then the end, wins */
+        const char *key = NULL, *val = NULL;
+        size_t key_n = 0, val_n = 0;
+        int from = -1;  /* 0 start, 1 end, 2 status */
+        if (ms.valid) { key = ms.key; key_n = ms.key_len; from = 0; }
+        if (me.valid && (from < 0 || nf_key_cmp(me.key, me.key_len, key, key_n) <= 0)) {
+            key = me.key; key_n = me.key_len; from = 1;
+        }
+        if (si < n_status &&
+            (from < 0 || nf_key_cmp(skeys[si], skey_n[si], key, key_n) <= 0)) {
+            key = skeys[si]; key_n = skey_n[si]; from = 2;
+        }
+        if (from == 2) {
+            val = status.data + sval_off[si];
+            val_n = sval_off[si + 1] - sval_off[si];
+        } else if (from == 1) {
+            val = me.val; val_n = me.val_len;
+        } else {
+            val = ms.val; val_n = ms.val_len;
+        }
+        rc = nf_put_member(b, &first, key, key_n, val, val_n);
+        /* advance every head with this key: the others were overridden */
+        if (ms.valid && (from == 0 || nf_key_cmp(ms.key, ms.key_len, key, key_n) == 0))
+            nf_members_next(&ms);
+        if (me.valid && (from == 1 || nf_key_cmp(me.key, me.key_len, key, key_n) == 0))
+            nf_members_next(&me);
+        if (from == 2) si++;
+    }
+    if (rc == 0 && nf_buf_reserve(b, 1) < 0) rc = -1;
+    if (rc == 0) b->data[b->len++] = '}';
+    nf_buf_free(&status);
+    return rc;
+}
+
+static int nf_put_metadata(nf_buf *b, const nf_record *r) {
+    if (r->type != NF_REC_END) return nf_put_raw(b, r, NF_F_META);
+    return nf_put_end_metadata(b, r);
+}
+
+/* Append the canonical ATOF line of r (without the newline). Returns 0, or -1 when out of
+ * memory. */
 static int nf_encode(nf_buf *b, const nf_record *r) {
     char ts[40];
     int ts_len = nf_format_timestamp(r->ts, ts);
     if (nf_buf_reserve(b, 160) < 0) return -1;
     if (r->type == NF_REC_MARK) {
         NF_LIT(b, "{\"atof_version\":\"0.1\",\"category\":");
-        if (r->text == NULL) { NF_LIT(b, "null"); }
-        else if (nf_put_json_str(b, r->text) < 0) return -1;
+        if (nf_put_text(b, r, NF_F_TEXT) < 0) return -1;
     } else {
         NF_LIT(b, "{\"atof_version\":\"0.1\",\"attributes\":[");
         int first = 1;
@@ -707,14 +1077,14 @@ static int nf_encode(nf_buf *b, const nf_record *r) {
     }
     if (nf_buf_reserve(b, 24) < 0) return -1;
     NF_LIT(b, ",\"category_profile\":");
-    if (nf_put_raw(b, r->profile) < 0) return -1;
+    if (nf_put_raw(b, r, NF_F_PROFILE) < 0) return -1;
     if (nf_buf_reserve(b, 16) < 0) return -1;
     NF_LIT(b, ",\"data\":");
-    if (nf_put_raw(b, r->data) < 0) return -1;
+    if (nf_put_raw(b, r, NF_F_DATA) < 0) return -1;
     if (nf_buf_reserve(b, 48) < 0) return -1;
     if (r->type == NF_REC_MARK) {
         NF_LIT(b, ",\"data_schema\":");
-        if (nf_put_raw(b, r->extra) < 0) return -1;
+        if (nf_put_raw(b, r, NF_F_EXTRA) < 0) return -1;
         if (nf_buf_reserve(b, 32) < 0) return -1;
         NF_LIT(b, ",\"kind\":\"mark\",\"metadata\":");
     } else {
@@ -723,9 +1093,9 @@ static int nf_encode(nf_buf *b, const nf_record *r) {
     if (nf_put_metadata(b, r) < 0) return -1;
     if (nf_buf_reserve(b, 16) < 0) return -1;
     NF_LIT(b, ",\"name\":");
-    if (r->name != NULL) {
-        if (nf_put_json_str(b, r->name) < 0) return -1;
-    } else if (nf_put_json_ascii(b, r->name_inline, r->name_len) < 0) {
+    if (r->present & (1u << NF_F_NAME)) {
+        if (nf_put_text(b, r, NF_F_NAME) < 0) return -1;
+    } else if (nf_put_json_utf8(b, r->name_inline, r->name_len) < 0) {
         return -1;
     }
     if (nf_buf_reserve(b, 140) < 0) return -1;
