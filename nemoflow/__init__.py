@@ -60,6 +60,7 @@ from .exporters.otlp import (
 )
 from .integrations import instrument, uninstrument
 from .llm import LLMRequest, LlmStream
+from .profiling import _enable_from_env, profile, stats
 from .propagation import (
     PropagationContext,
     capture_propagation_context,
@@ -99,6 +100,8 @@ diagnostics = _core.diagnostics
 configure = _core.configure
 
 __version__ = "0.1.0"
+
+_enable_from_env()  # NEMOFLOW_STATS=1: count scope latencies from the start (nf.stats())
 
 __all__ = [
     "BACKEND",
@@ -172,6 +175,7 @@ __all__ = [
     "intercepts",
     "llm",
     "mark",
+    "profile",
     "propagate_scope_to_thread",
     "propagation",
     "redaction",
@@ -179,6 +183,7 @@ __all__ = [
     "scope_local",
     "scope_stack_active",
     "set_thread_scope_stack",
+    "stats",
     "subscribers",
     "tools",
     "trace",

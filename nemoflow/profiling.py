@@ -238,7 +238,7 @@ class ScopeStats:
 
         table = Table(title="nemoflow scope statistics", title_justify="left")
         for j, (header, _) in enumerate(self._COLUMNS):
-            table.add_column(header, justify="left" if j < 2 else "right")
+            table.add_column(header, justify="left" if j < 2 else "right", overflow="fold")
         for cells in self._cells():
             table.add_row(*cells)
         return table
@@ -269,7 +269,6 @@ class _StatsConsumer:
         self._waiting: dict = {}  # parent uuid not started yet -> {child uuid: record or None}
         self._orphans: dict = {}  # child uuid -> its parent uuid in ``_waiting``
         self._unmatched = 0
-        self._unattributed = 0
         self._batches = 0
 
     def export(self, events) -> None:
@@ -364,8 +363,6 @@ class _StatsConsumer:
                 else:
                     self._member.pop(u, None)
             if not self._regions:
-                self._unattributed += sum(1 for w in self._waiting.values()
-                                          for rec in w.values() if rec is not None)
                 self._waiting.clear()
                 self._orphans.clear()
                 self._member.clear()
@@ -384,8 +381,7 @@ class _StatsConsumer:
         with self._lock:
             return {"batches": self._batches, "open_scopes": len(self._open),
                     "keys": len(self._global.index), "unmatched_ends": self._unmatched,
-                    "profiles_active": len(self._regions),
-                    "unattributed": self._unattributed}
+                    "profiles_active": len(self._regions)}
 
 
 class _Stats:
@@ -510,7 +506,7 @@ class Profile:
                 self._exit(entered, (None, None, None))
                 return result
 
-            run_async.profile = self  # type: ignore[attr-defined]
+            run_async.profile = self
             return run_async
 
         @functools.wraps(fn)
@@ -524,7 +520,7 @@ class Profile:
             self._exit(entered, (None, None, None))
             return result
 
-        run.profile = self  # type: ignore[attr-defined]
+        run.profile = self
         return run
 
     def __repr__(self) -> str:

@@ -44,8 +44,8 @@ class _Page(html.parser.HTMLParser):
             self.data_block = json.loads(data)
 
     def count(self, tag, cls=None):
-        return sum(1 for t, a in self.tags if t == tag and (cls is None or
-                                                              cls in (a.get("class") or "").split()))
+        return sum(1 for t, a in self.tags
+                   if t == tag and (cls is None or cls in (a.get("class") or "").split()))
 
 
 def _report(tmp_path, capsys, trace: bytes, *args):
