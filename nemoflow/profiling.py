@@ -11,8 +11,8 @@
 The statistics are a consumer on the event pipeline, like an exporter: the traced thread only
 records its events as it does for any exporter, and the delivery thread updates the counters
 and histograms a batch at a time with NumPy. Latencies go into log-spaced buckets (8 per
-doubling, from 1 µs to about 12 days: 322 buckets), so percentiles are estimates within about
-4.5 %; count, errors, total, min and max are exact.
+doubling, from 1 µs to about 12 days: 322 buckets), so percentiles are estimates within one
+bucket (9 %); count, errors, total, min and max are exact.
 
 ``nf.profile(name)`` is a context manager and a decorator (functions and coroutine functions):
 each entry opens a ``function`` scope named ``name`` and, until it exits, every scope started
