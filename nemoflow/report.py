@@ -102,7 +102,8 @@ class _Collector:
         if ev["scope_category"] == "start":
             self.n_scopes += 1
             if len(self.scopes) < self.max_scopes and ev["uuid"] not in self.scopes:
-                self.scopes[ev["uuid"]] = _Scope(ev, ts, self.payload_chars)
+                scope = self.scopes[ev["uuid"]] = _Scope(ev, ts, self.payload_chars)
+                scope.index = len(self.scopes) - 1
             return
         scope = self.scopes.get(ev["uuid"])
         if scope is None or scope.end is not None:
@@ -128,7 +129,12 @@ def _lay_out(scopes: dict, last: int):
         if scope.end is None:
             scope.end = max(last, scope.start)
         parent = scopes.get(scope.parent)
-        (parent.kids if parent is not None else tops).append(scope)
+        # A parent starts before its child; linking only such pairs keeps a malformed trace
+        # (a scope its own ancestor) from looping.
+        if parent is not None and (parent.start, parent.index) < (scope.start, scope.index):
+            parent.kids.append(scope)
+        else:
+            tops.append(scope)
 
     tracks: list = []  # [label, rows]
     below: dict = {}  # track -> tracks made for scopes on it, drawn right under it
@@ -197,10 +203,12 @@ def _esc(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _tree_html(tops: list, out: list) -> None:
-    """The scope tree as nested ``<details>``, built without recursion."""
-    tops = sorted(tops, key=lambda s: s.start)
-    stack: list = [("open", (scope, 0)) for scope in reversed(tops)]
+def _tree_html(tops: list, loose: list, out: list) -> None:
+    """The scope tree as nested ``<details>`` (with the marks not under a shown scope at the
+    top level), built without recursion."""
+    items = [("open", (scope, 0)) for scope in tops] + [("mark", m) for m in loose]
+    items.sort(key=lambda it: it[1][0].start if it[0] == "open" else it[1][1])
+    stack: list = list(reversed(items))
     while stack:
         what, scope = stack.pop()
         if what == "close":
@@ -264,16 +272,20 @@ def build_report(paths, *, title: str | None = None, max_scopes: int = MAX_SCOPE
     last = col.last or 0
     scopes = col.scopes
     tops, tracks, order = _lay_out(scopes, last)
-    for i, scope in enumerate(scopes.values()):
-        scope.index = i
+    loose = [m for m in col.marks if m[0] not in scopes]
+    if loose and not tracks:
+        tracks.append(["marks", 1])
+        order.append(0)
     rank = {t: i for i, t in enumerate(order)}
 
     marks_js = []
-    for parent_uuid, ts, name, data in col.marks:
-        parent = scopes.get(parent_uuid)
+    for mark in col.marks:
+        parent = scopes.get(mark[0])
         if parent is not None:
-            parent.marks.append((parent_uuid, ts, name, data))
-            marks_js.append([name, ts - first, rank[parent.track], parent.level])
+            parent.marks.append(mark)
+            marks_js.append([mark[2], mark[1] - first, rank[parent.track], parent.level])
+        else:  # under a scope not shown (or the trace's root): on the first track
+            marks_js.append([mark[2], mark[1] - first, 0, 0])
     data = {
         "t0": first, "span": max(last - first, 1),
         "tracks": [[tracks[t][0], tracks[t][1]] for t in order],
@@ -302,7 +314,7 @@ def build_report(paths, *, title: str | None = None, max_scopes: int = MAX_SCOPE
     if not result["models"]:
         tables.append('<h3>LLM models</h3><p class="hint">No LLM calls in the trace.</p>')
     tree: list = []
-    _tree_html(tops, tree)
+    _tree_html(tops, loose, tree)
 
     script = _SCRIPT
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()

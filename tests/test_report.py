@@ -196,3 +196,20 @@ def test_the_data_block_is_valid_json_for_any_string(tmp_path, capsys):
     text = _json_for_script(value)
     assert "<" not in text and ">" not in text and "&" not in text
     assert orjson.loads(text) == value
+
+
+def test_top_level_marks_and_a_scope_that_is_its_own_ancestor(tmp_path, capsys):
+    t = Trace()
+    a = t.scope("a", "agent", 0, 1000)
+    t.mark("loose", 10, ROOT)
+    b = t.scope("b", "tool", 0, 500, a)
+    lines = t.bytes().replace(f'"parent_uuid":"{ROOT}","scope_category":"start"'.encode(),
+                              f'"parent_uuid":"{b}","scope_category":"start"'.encode())
+    page = _Page(_report(tmp_path, capsys, lines))
+    assert len(page.data_block["scopes"]) == 2 and page.count("details", "scope") == 2
+    assert [m[0] for m in page.data_block["marks"]] == ["loose"]
+    assert page.count("div", "mark-row") == 1
+    only_marks = Trace()
+    only_marks.mark("m", 0, ROOT)
+    data = _Page(_report(tmp_path, capsys, only_marks.bytes())).data_block
+    assert data["tracks"] == [["marks", 1]] and len(data["marks"]) == 1
