@@ -399,7 +399,7 @@ pointer-events:none;max-width:480px;word-break:break-all;font-size:12px;z-index:
 table.stats{border-collapse:collapse;margin-bottom:8px}
 table.stats th,table.stats td{padding:2px 10px;border-bottom:1px solid #e3e5ea}
 table.stats th{background:#f2f3f6}.l{text-align:left}.r{text-align:right}
-#tree details{margin-left:14px}#tree summary{cursor:pointer;white-space:nowrap}
+#tree details{margin-left:14px}#tree summary{cursor:pointer;overflow-wrap:anywhere}
 #tree .body{border-left:1px dotted #ccd;margin-left:4px;padding-left:4px}
 .cat{display:inline-block;min-width:60px;color:#556}.nm{font-weight:600}.dur{color:#556}
 .err>summary .st{color:#c00;font-weight:600}.io pre{background:#f6f7f9;margin:2px 0 6px;
@@ -429,15 +429,20 @@ _SCRIPT = r"""
     return e;
   }
   function ms(ns) { return (ns / 1e6).toFixed(3) + " ms"; }
+  function tick(ns, range) {  // enough digits to tell the ticks apart
+    if (range < 5e4) return (ns / 1e3).toFixed(3) + " µs";
+    var digits = Math.max(0, Math.min(6, 3 - Math.floor(Math.log10(range / 5e6))));
+    return (ns / 1e6).toFixed(digits) + " ms";
+  }
   function draw() {
     var width = Math.max(box.clientWidth, 400), plot = width - LABEL;
     var k = plot / (v1 - v0);
-    var s = el("svg", {width: width, height: height, role: "img"});
+    var s = el("svg", {width: width, height: height, role: "img", "data-span": v1 - v0});
     for (var i = 0; i <= 5; i++) {
       var x = LABEL + plot * i / 5;
       s.appendChild(el("line", {x1: x, x2: x, y1: AXIS - 4, y2: height, stroke: "#eef"}));
       s.appendChild(el("text", {x: x + 2, y: 12, "class": "axis"},
-                       ms(v0 + (v1 - v0) * i / 5)));
+                       tick(v0 + (v1 - v0) * i / 5, v1 - v0)));
     }
     D.scopes.forEach(function (sc, i) {
       var x0 = LABEL + (sc[2] - v0) * k, w = Math.max(sc[3] * k, 1);

@@ -208,6 +208,18 @@ def check_page(base: str, html_path: Path, png_path: Path, expected: dict,
         })""")["result"]["value"]
         shot = tools.call("Page.captureScreenshot", format="png", captureBeyondViewport=False)
         png_path.write_bytes(base64.b64decode(shot["data"]))
+        # Zoom in with the wheel: the time axis must then span less.
+        zoom = tools.call("Runtime.evaluate", returnByValue=True, expression="""(() => {
+            const span = () => +document.querySelector("#timeline svg").dataset.span;
+            const box = document.getElementById("timeline"), r = box.getBoundingClientRect();
+            const before = span();
+            for (let i = 0; i < 5; i++)
+                box.dispatchEvent(new WheelEvent("wheel", {deltaY: -100, bubbles: true,
+                    cancelable: true, clientX: r.left + r.width / 2, clientY: r.top + 30}));
+            const after = span();
+            box.dispatchEvent(new MouseEvent("dblclick", {bubbles: true}));
+            return {before, after, reset: span()};
+        })()""")["result"]["value"]
     finally:
         tools.ws.close()
     for ev in tools.events:
@@ -225,6 +237,8 @@ def check_page(base: str, html_path: Path, png_path: Path, expected: dict,
                 problems.append(f"network request: {requested}")
         elif method == "Page.javascriptDialogOpening":
             problems.append(f"dialog opened: {params.get('message')}")
+    if not zoom["after"] < 0.5 * zoom["before"] or zoom["reset"] != zoom["before"]:
+        problems.append(f"wheel zoom did not zoom and double-click reset: {zoom}")
     if state["ready"] != "1":
         problems.append("the page script did not finish (body has no data-ready)")
     if state["injected"] or state["scripts"] != 2:
