@@ -411,6 +411,8 @@ class _Stats:
         self._enabled = False
         if consumer is not None:
             _core.detach(consumer)
+            with consumer._lock:  # nothing more is delivered: ends of these would be missed
+                consumer._open.clear()
 
     @property
     def enabled(self) -> bool:
