@@ -102,8 +102,8 @@ class _Collector:
         if ev["scope_category"] == "start":
             self.n_scopes += 1
             if len(self.scopes) < self.max_scopes and ev["uuid"] not in self.scopes:
-                scope = self.scopes[ev["uuid"]] = _Scope(ev, ts, self.payload_chars)
-                scope.index = len(self.scopes) - 1
+                new = self.scopes[ev["uuid"]] = _Scope(ev, ts, self.payload_chars)
+                new.index = len(self.scopes) - 1
             return
         scope = self.scopes.get(ev["uuid"])
         if scope is None or scope.end is not None:
