@@ -62,6 +62,7 @@ from .exporters.otlp import (
 )
 from .integrations import instrument, uninstrument
 from .llm import LLMRequest, LlmStream
+from .profiling import _enable_from_env, profile, stats
 from .propagation import (
     PropagationContext,
     capture_propagation_context,
@@ -101,6 +102,8 @@ diagnostics = _core.diagnostics
 configure = _core.configure
 
 __version__ = "0.1.0"
+
+_enable_from_env()  # NEMOFLOW_STATS=1: count scope latencies from the start (nf.stats())
 
 __all__ = [
     "BACKEND",
@@ -175,6 +178,7 @@ __all__ = [
     "llm",
     "mark",
     "plugin",
+    "profile",
     "propagate_scope_to_thread",
     "propagation",
     "redaction",
@@ -182,6 +186,7 @@ __all__ = [
     "scope_local",
     "scope_stack_active",
     "set_thread_scope_stack",
+    "stats",
     "subscribers",
     "tools",
     "trace",

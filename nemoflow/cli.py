@@ -4,6 +4,7 @@
     nemoflow summary --stats TRACE...   latency, error and token statistics per scope name
     nemoflow validate TRACE.jsonl   check every line against the ATOF 0.1 envelope
     nemoflow convert TRACE.jsonl --to atif [-o OUT]   the run as an ATIF trajectory
+    nemoflow report TRACE... -o report.html   a self-contained HTML report
 
 ``-`` reads standard input; gzip-compressed input (``.jsonl.gz``) is read transparently. A file
 that cannot be read ends the command with one line on stderr naming the file and line.
@@ -468,12 +469,19 @@ def _parser() -> argparse.ArgumentParser:
                    "scope's uuid)")
     p.add_argument("--agent-name", help="agent name (default: the top-level agent's name)")
     p.add_argument("--agent-version", default="0", help="agent version (default: 0)")
+    from .report import add_parser as add_report_parser
+
+    add_report_parser(sub)
     return parser
 
 
 def _run(args) -> int:
     if args.command == "validate":
         return _validate_file(args.path, sys.stdout)
+    if args.command == "report":
+        from .report import run as report
+
+        return report(args)
     if args.command == "convert":
         events = list(iter_events(args.path))
         text = to_atif(events, args.session_id, args.agent_name, args.agent_version)

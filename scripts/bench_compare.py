@@ -99,9 +99,12 @@ class Report:
     def __init__(self, data: dict):
         self.median = {}      # (op, backend, attached) -> ns per operation incl. loop
         self.throughput = {}  # (op, backend) -> extra_info + median seconds per round
+        self.cli = {}  # command -> extra_info + median seconds per run
         for b in data["benchmarks"]:
             info = b["extra_info"]
-            if info.get("kind") == "throughput":
+            if info.get("kind") == "cli":
+                self.cli[info["op"]] = dict(info, seconds=b["stats"]["median"])
+            elif info.get("kind") == "throughput":
                 self.throughput[(info["op"], info["backend"])] = dict(
                     info, seconds=b["stats"]["median"])
             else:
@@ -128,6 +131,7 @@ class Report:
         self.asyncio()
         self.managed()
         self.redaction()
+        self.reading()
         self.scorecard()
         return "\n".join(self.lines)
 
@@ -347,6 +351,21 @@ class Report:
         if any(v is not None for v in added.values()):
             add(f"{'added by redaction':<34}{'-':<12}{_fmt(added['cython']):>8}"
                 f"{_fmt(added['python']):>8}")
+
+    def reading(self):
+        if not self.cli:
+            return
+        add = self.lines.append
+        add("")
+        add("Reading a trace (the `nemoflow` command in a fresh interpreter; peak = resident "
+            "memory high-water mark, baseline = the same interpreter with the command and NumPy "
+            "imported; no target)")
+        add(f"{'command':<18}{'events':>10}{'MB':>8}{'wall s':>8}{'CPU s':>8}{'events/s':>10}"
+            f"{'peak MB':>9}{'baseline MB':>13}")
+        for op, info in sorted(self.cli.items()):
+            add(f"{op:<18}{info['events']:>10}{info['mb']:>8.0f}{info['seconds']:>8.1f}"
+                f"{info['cpu_s']:>8.1f}{_rate(info['events'] / info['seconds']):>10}"
+                f"{info['peak_rss_mb']:>9.0f}{info['baseline_rss_mb']:>13.0f}")
 
     def scorecard(self):
         if self.twin:
