@@ -952,11 +952,35 @@ static int nf_put_member(nf_buf *b, int *first, const char *key, size_t key_len,
     return 0;
 }
 
+/* The value of status member i (0: otel.status_code, 1: otel.status_description). */
+static int nf_put_status_value(nf_buf *b, const nf_record *r, int i) {
+    if (nf_buf_reserve(b, 8) < 0) return -1;
+    if (i == 0) {
+        if (r->status == NF_STATUS_OK) NF_LIT(b, "\"OK\"");
+        else NF_LIT(b, "\"ERROR\"");
+        return 0;
+    }
+    return nf_put_text(b, r, NF_F_TEXT);
+}
+
 /* The metadata of an end record. */
 static int nf_put_end_metadata(nf_buf *b, const nf_record *r) {
-    size_t sn, en, dn;
+    size_t sn, en;
     const char *start = nf_field(r, NF_F_META, &sn);
     const char *end = nf_field(r, NF_F_EXTRA, &en);
+    if (start == NULL && end == NULL) {
+        /* the common case: a status only, or nothing */
+        if (r->status == NF_STATUS_NONE) return nf_put_bytes(b, NULL, 0);
+        if (nf_buf_reserve(b, 64) < 0) return -1;
+        if (r->status == NF_STATUS_OK) {
+            NF_LIT(b, "{\"otel.status_code\":\"OK\"}");
+            return 0;
+        }
+        NF_LIT(b, "{\"otel.status_code\":\"ERROR\",\"otel.status_description\":");
+        if (nf_put_text(b, r, NF_F_TEXT) < 0 || nf_buf_reserve(b, 1) < 0) return -1;
+        b->data[b->len++] = '}';
+        return 0;
+    }
     /* merged = end if end is not null, unless both are objects: then their union */
     const char *one = start;
     size_t one_n = sn;
@@ -969,33 +993,10 @@ static int nf_put_end_metadata(nf_buf *b, const nf_record *r) {
     if (!both && !nf_is_null(one, one_n) && !nf_is_object(one, one_n))
         return nf_put_bytes(b, one, one_n);  /* the status goes only into an object */
 
-    /* the status members, already in key order */
-    nf_buf status = {NULL, 0, 0};
-    static const char code_key[] = "otel.status_code", desc_key[] = "otel.status_description";
-    const char *skeys[2];
-    size_t skey_n[2], sval_off[3];
-    int n_status = 0;
-    if (r->status != NF_STATUS_NONE) {
-        if (nf_buf_reserve(&status, 16) < 0) return -1;
-        sval_off[0] = 0;
-        if (r->status == NF_STATUS_OK) NF_LIT(&status, "\"OK\"");
-        else NF_LIT(&status, "\"ERROR\"");
-        skeys[0] = code_key;
-        skey_n[0] = sizeof(code_key) - 1;
-        sval_off[1] = status.len;
-        n_status = 1;
-        if (r->status == NF_STATUS_ERROR) {
-            const char *d = nf_field(r, NF_F_TEXT, &dn);
-            if (d == NULL ? nf_put_bytes(&status, NULL, 0) : nf_put_json_utf8(&status, d, dn)) {
-                nf_buf_free(&status);
-                return -1;
-            }
-            skeys[1] = desc_key;
-            skey_n[1] = sizeof(desc_key) - 1;
-            sval_off[2] = status.len;
-            n_status = 2;
-        }
-    }
+    /* the status members, in key order */
+    static const char *const skeys[2] = {"otel.status_code", "otel.status_description"};
+    static const size_t skey_n[2] = {16, 23};
+    int n_status = r->status == NF_STATUS_NONE ? 0 : (r->status == NF_STATUS_ERROR ? 2 : 1);
     nf_members ms, me;
     ms.valid = me.valid = 0;
     if (both) {
@@ -1004,13 +1005,13 @@ static int nf_put_end_metadata(nf_buf *b, const nf_record *r) {
     } else if (nf_is_object(one, one_n)) {
         nf_members_begin(&ms, one, one_n);
     }
-    int first = 1, si = 0, rc = 0;
-    if (nf_buf_reserve(b, 1) < 0) rc = -1;
-    else b->data[b->len++] = '{';
-    while (rc == 0 && (ms.valid || me.valid || si < n_status)) {
+    int first = 1, si = 0;
+    if (nf_buf_reserve(b, 1) < 0) return -1;
+    b->data[b->len++] = '{';
+    while (ms.valid || me.valid || si < n_status) {
         /* the smallest key of the three heads; on a tie the status, then the end, wins */
-        const char *key = NULL, *val = NULL;
-        size_t key_n = 0, val_n = 0;
+        const char *key = NULL;
+        size_t key_n = 0;
         int from = -1;  /* 0 start, 1 end, 2 status */
         if (ms.valid) { key = ms.key; key_n = ms.key_len; from = 0; }
         if (me.valid && (from < 0 || nf_key_cmp(me.key, me.key_len, key, key_n) <= 0)) {
@@ -1021,14 +1022,14 @@ static int nf_put_end_metadata(nf_buf *b, const nf_record *r) {
             key = skeys[si]; key_n = skey_n[si]; from = 2;
         }
         if (from == 2) {
-            val = status.data + sval_off[si];
-            val_n = sval_off[si + 1] - sval_off[si];
+            if (nf_put_member(b, &first, key, key_n, "", 0) < 0 ||
+                nf_put_status_value(b, r, si) < 0)
+                return -1;
         } else if (from == 1) {
-            val = me.val; val_n = me.val_len;
-        } else {
-            val = ms.val; val_n = ms.val_len;
+            if (nf_put_member(b, &first, key, key_n, me.val, me.val_len) < 0) return -1;
+        } else if (nf_put_member(b, &first, key, key_n, ms.val, ms.val_len) < 0) {
+            return -1;
         }
-        rc = nf_put_member(b, &first, key, key_n, val, val_n);
         /* advance every head with this key: the others were overridden */
         if (ms.valid && (from == 0 || nf_key_cmp(ms.key, ms.key_len, key, key_n) == 0))
             nf_members_next(&ms);
@@ -1036,10 +1037,9 @@ static int nf_put_end_metadata(nf_buf *b, const nf_record *r) {
             nf_members_next(&me);
         if (from == 2) si++;
     }
-    if (rc == 0 && nf_buf_reserve(b, 1) < 0) rc = -1;
-    if (rc == 0) b->data[b->len++] = '}';
-    nf_buf_free(&status);
-    return rc;
+    if (nf_buf_reserve(b, 1) < 0) return -1;
+    b->data[b->len++] = '}';
+    return 0;
 }
 
 static int nf_put_metadata(nf_buf *b, const nf_record *r) {
