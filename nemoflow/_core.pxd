@@ -1,5 +1,6 @@
 # Declarations of the compiled core: C helpers, cdef classes and their fields.
 
+from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint64_t
 
 
@@ -147,6 +148,7 @@ cdef extern from "nemoflow_json.h":
     enum:
         NF_JSON_MAX
     Py_ssize_t nf_json_fast(object v, char *out) noexcept
+    Py_ssize_t nf_json_fast_object(object keys, PyObject **values, char *out) noexcept
 
 
 cdef extern from "Python.h":
@@ -330,6 +332,8 @@ cdef class InputCapture:
     cdef tuple _names
     cdef Py_ssize_t _skip
     cdef object _receiver
+    cdef tuple _sorted           # the names in key order, when all are ASCII (else None)
+    cdef Py_ssize_t _order[32]   # _order[i]: the position of _sorted[i] among the arguments
     cdef object _raw(self, tuple args, dict kwargs)
 
 

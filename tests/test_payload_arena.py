@@ -373,3 +373,34 @@ def test_load_with_payloads_keeps_memory_within_the_arena_budget(nf, tmp_path):
     assert grown < 4 * (2 << 20) + (48 << 20), grown
     with open(tmp_path / "load.jsonl", "rb") as f:
         assert sum(1 for _ in f) == 2 * n * 5
+
+
+@SETTINGS
+@given(z=FAST, a=FAST, m=FAST)
+def test_arguments_given_positionally_are_recorded_as_orjson_writes_them(nf, z, a, m):
+    # All parameters given positionally: the core writes the object straight from the
+    # arguments, keys sorted, instead of building a dict; the bytes must not differ.
+    events: list = []
+    nf.subscribers.register("args-recorder", events.append)
+    try:
+        @nf.trace
+        def step(z, a, m, _b=None):
+            return None
+
+        @nf.trace
+        def all_three(z, a, m):
+            return None
+
+        step(z, a, m)
+        all_three(z, a, m)
+        all_three(z, a, m=m)
+    finally:
+        nf.subscribers.deregister("args-recorder")
+    starts = [ev for ev in events if ev.scope_category == "start"]
+    try:
+        expected = orjson.dumps({"z": z, "a": a, "m": m}, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return  # recorded as text instead (lenient), the same way on every path
+    for ev in starts:
+        assert orjson.loads(ev.to_json())["data"] == orjson.loads(expected)
+        assert f'"data":{expected.decode()}' in ev.to_json()

@@ -265,16 +265,33 @@ cdef class InputCapture:
     """Records a call's arguments by parameter name: ``(args, kwargs) -> Encoded or None``."""
 
     def __init__(self, tuple names, bint skip_receiver=False, receiver=None):
+        cdef Py_ssize_t i
         self._names = names
         self._skip = 1 if skip_receiver else 0
         self._receiver = receiver
+        self._sorted = None
+        if 0 < len(names) <= 32 and len(set(names)) == len(names) and all(
+                type(k) is str and PyUnicode_IS_COMPACT_ASCII(k) for k in names):
+            order = sorted(range(len(names)), key=names.__getitem__)
+            self._sorted = tuple([names[i] for i in order])
+            for i in range(len(order)):
+                self._order[i] = order[i]
 
     cdef object _raw(self, tuple args, dict kwargs):
         # The encoded arguments, or None when they cannot be encoded; never raises Exception.
         cdef Py_ssize_t n = PyTuple_GET_SIZE(args) - self._skip
-        cdef Py_ssize_t named = PyTuple_GET_SIZE(self._names), i
+        cdef Py_ssize_t named = PyTuple_GET_SIZE(self._names), i, m
+        cdef PyObject *values_in_order[32]
+        cdef char out[NF_JSON_MAX]
         if n <= 0 and not kwargs:
             return b"{}"
+        if n == named and not kwargs and self._sorted is not None and _redactor is None:
+            # Every parameter given positionally: written straight from the arguments.
+            for i in range(named):
+                values_in_order[i] = PyTuple_GET_ITEM(args, self._skip + self._order[i])
+            m = nf_json_fast_object(self._sorted, values_in_order, out)
+            if m >= 0:
+                return PyBytes_FromStringAndSize(out, m)
         values = {}
         for i in range(n if n < named else named):
             values[<object>PyTuple_GET_ITEM(self._names, i)] = \

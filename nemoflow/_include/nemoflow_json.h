@@ -160,4 +160,22 @@ static Py_ssize_t nf_json_fast(PyObject *v, char *out) {
     return (Py_ssize_t)(b.p - out);
 }
 
+/* The canonical JSON object with keys (a tuple of ASCII str, sorted and unique) and
+ * values[i] for keys[i], in out (NF_JSON_MAX bytes): its length, or -1 when a value is not for
+ * the fast path. A traced call's arguments, without a dict built for them. */
+static Py_ssize_t nf_json_fast_object(PyObject *keys, PyObject *const *values, char *out) {
+    nf_jbuf b = {out, out + NF_JSON_MAX};
+    Py_ssize_t n = PyTuple_GET_SIZE(keys);
+    if (nf_j_lit(&b, "{", 1) < 0) return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = PyTuple_GET_ITEM(keys, i);
+        if (i && nf_j_lit(&b, ",", 1) < 0) return -1;
+        if (nf_j_ascii(&b, (const char *)PyUnicode_DATA(k), PyUnicode_GET_LENGTH(k)) < 0 ||
+            nf_j_lit(&b, ":", 1) < 0 || nf_j_value(&b, values[i], 1) < 0)
+            return -1;
+    }
+    if (nf_j_lit(&b, "}", 1) < 0) return -1;
+    return (Py_ssize_t)(b.p - out);
+}
+
 #endif /* NEMOFLOW_JSON_H */
