@@ -595,8 +595,10 @@ class _ManagedSpan:
         _core.unbind(token)
         if exc is None:
             out = self.output
+            meta = (_managed.result_metadata(_managed.response_metadata, out)
+                    if self._tracer._kind == "llm" else None)
             _core.end(frame, None if out is None else _core.Encoded(_core.encode(out, True)),
-                      None, None, _core.STATUS_OK)
+                      meta, None, _core.STATUS_OK)
         else:
             _core.end(frame, None, _managed.error_metadata(exc), None, _core.STATUS_ERROR,
                       describe(exc))
