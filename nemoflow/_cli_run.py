@@ -150,7 +150,7 @@ class _Outputs:
 
     def add_atif(self, nf, path, program):
         _file_name(path)
-        self.atif = nf.AtifExporter("session", program, "0")
+        self.atif = nf.AtifExporter("session", program, "0")  # collects; to_atif names it
         self.atif.register("nemoflow-run-atif")
         self.atif_path = path
         self.written.append(("ATIF trajectory", path))
@@ -163,7 +163,7 @@ class _Outputs:
 
         try:
             events = [ev.to_dict() for ev in self.atif._events]
-            text = to_atif(events, agent_name=self.atif._agent["name"])
+            text = to_atif(events)
             with open(self.atif_path, "w", encoding="utf-8") as f:
                 f.write(text + "\n")
         except Exception as exc:  # the program has run: say what was not written
@@ -172,24 +172,104 @@ class _Outputs:
 
 
 # -- integrations ------------------------------------------------------------------------
+# A library is instrumented when the program imports it, not before: importing every installed
+# SDK up front would cost a program that uses none of them seconds of start-up.
 
-def _instrument_langchain() -> bool:
-    """Every LangChain / LangGraph run gets nemoflow's callback handler, as if passed in its
-    config: a configure hook that LangChain applies to every callback manager it makes."""
+class _Loader:
+    """Runs a module, then the hook waiting for it."""
+
+    def __init__(self, loader, hook):
+        self._loader = loader
+        self._hook = hook
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        loader = self._loader
+        loader.exec_module(module)
+        module.__loader__ = loader  # the module keeps its real loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = loader
+        _call(self._hook)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+def _call(hook) -> None:
     try:
+        hook()
+    except Exception as exc:  # tracing never breaks the traced program
+        print(f"nemoflow: could not instrument: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+class _AfterImport:
+    """A meta path finder that calls ``hooks[name]()`` once module ``name`` has been run."""
+
+    def __init__(self, hooks: dict):
+        self._hooks = hooks
+
+    def find_spec(self, name, path, target=None):
+        hook = self._hooks.pop(name, None)
+        if hook is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self:
+                continue
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _Loader(spec.loader, hook)
+        return spec
+
+
+def _after_import(hooks: dict) -> None:
+    waiting = {}
+    for name, hook in hooks.items():
+        if name in sys.modules:
+            _call(hook)
+        else:
+            waiting[name] = hook
+    if waiting:
+        sys.meta_path.insert(0, _AfterImport(waiting))  # type: ignore[arg-type]
+
+
+def _langchain_hooks() -> dict:
+    """Every LangChain / LangGraph run gets nemoflow's callback handler, as if it were in the
+    run's config: a configure hook, which LangChain applies to every callback manager."""
+    var = contextvars.ContextVar("nemoflow_run_langchain", default=None)
+
+    def langchain():
         from langchain_core.tracers.context import register_configure_hook
-    except ImportError:
-        return False
-    try:
+
+        from .integrations.langchain import NemoFlowCallbackHandler
+
+        # The environment variable makes LangChain create a handler for a run in any thread
+        # or task; one already in the run's callbacks is not added twice.
+        os.environ[_LANGCHAIN_ENV] = "1"
+        register_configure_hook(var, True, NemoFlowCallbackHandler, _LANGCHAIN_ENV)
+
+    def langgraph():
+        # Graphs get the subclass that also marks interrupts and resumes.
+        from langchain_core.tracers import context
+
         from .integrations.langgraph import NemoFlowCallbackHandler
-    except ImportError:
-        from .integrations.langchain import NemoFlowCallbackHandler  # type: ignore[assignment]
-    # The environment variable makes LangChain create a handler for runs in any thread or
-    # task; one already in a run's callbacks is not added twice.
-    os.environ[_LANGCHAIN_ENV] = "1"
-    register_configure_hook(contextvars.ContextVar("nemoflow_run_langchain", default=None),
-                            True, NemoFlowCallbackHandler, _LANGCHAIN_ENV)
-    return True
+
+        hooks = context._configure_hooks
+        for i, entry in enumerate(hooks):
+            if entry[0] is var:
+                hooks[i] = (var, True, NemoFlowCallbackHandler, _LANGCHAIN_ENV)
+
+    return {"langchain_core": langchain, "langgraph.callbacks": langgraph}
+
+
+def _sdk_hook(nf, name):
+    return lambda: nf.instrument(name)
 
 
 def _instrument(nf, spec) -> list:
@@ -206,20 +286,22 @@ def _instrument(nf, spec) -> list:
             raise UsageError(f"--instrument: unknown integration(s) {', '.join(unknown)} "
                              f"(known: {', '.join(_LIBRARIES)}, langgraph, auto, none)")
         asked = True
-    done = []
-    sdks = [n for n in names if n != "langchain"]
-    if sdks:
-        if asked:
-            done += nf.instrument(*sdks)
+    import importlib.util
+
+    hooks: dict = {}
+    for name in dict.fromkeys(names):
+        module = "langchain_core" if name == "langchain" else name
+        if importlib.util.find_spec(module) is None:
+            if asked:
+                print(f"nemoflow: --instrument {name}: the {module!r} package is not "
+                      "installed; nothing to instrument", file=sys.stderr)
+            continue
+        if name == "langchain":
+            hooks.update(_langchain_hooks())
         else:
-            done += nf.instrument()
-    if "langchain" in names:
-        if _instrument_langchain():
-            done.append("langchain")
-        elif asked:
-            print("nemoflow: --instrument langchain: the langchain-core package is not "
-                  "installed; nothing to instrument", file=sys.stderr)
-    return sorted(set(done))
+            hooks[name] = _sdk_hook(nf, name)
+    _after_import(hooks)
+    return sorted(names)
 
 
 # -- the summary ---------------------------------------------------------------------------
