@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import contextvars
 import os
 import sys
@@ -236,7 +237,7 @@ def _after_import(hooks: dict) -> None:
         else:
             waiting[name] = hook
     if waiting:
-        sys.meta_path.insert(0, _AfterImport(waiting))  # type: ignore[arg-type]
+        sys.meta_path.insert(0, _AfterImport(waiting))
 
 
 def _langchain_hooks() -> dict:
@@ -362,10 +363,8 @@ class _Summary:
 
 
 def _at_exit(nf, summary, outputs, timeout=5.0):
-    try:
+    with contextlib.suppress(Exception):  # what was delivered is still worth summarising
         nf.subscribers.flush(timeout)
-    except Exception:  # noqa: BLE001 - the summary of what was delivered is still worth it
-        pass
     if summary is not None:
         nf.subscribers.deregister(_SUMMARY_NAME)
     outputs.finish()
@@ -397,7 +396,7 @@ def _run_script(script: str, arguments: list) -> None:
     import types
 
     path = os.path.abspath(script)
-    if os.path.isdir(path) or not os.path.isfile(path) and os.path.exists(path):
+    if os.path.isdir(path) or (not os.path.isfile(path) and os.path.exists(path)):
         import runpy
 
         sys.argv = [script, *arguments]

@@ -139,7 +139,8 @@ def test_otlp_json_is_what_the_live_exporter_writes(nf, tmp_path, capsys, projec
 def test_convert_to_stdout_and_from_stdin(nf, tmp_path):
     from nemoflow.exporters.chrome import validate_chrome_trace
 
-    data = open(_record(nf, tmp_path), "rb").read()
+    with open(_record(nf, tmp_path), "rb") as f:
+        data = f.read()
     code, out, err = _command(nf, "convert", "-", "--to", "chrome", stdin=data)
     assert (code, err) == (0, "")
     assert validate_chrome_trace(json.loads(out)) == []
@@ -152,7 +153,8 @@ def test_convert_to_stdout_and_from_stdin(nf, tmp_path):
 
 def test_send_to_a_collector_keeps_every_parent(nf, tmp_path):
     path = _record(nf, tmp_path)
-    events = [orjson.loads(line) for line in open(path, "rb")]
+    with open(path, "rb") as f:
+        events = [orjson.loads(line) for line in f]
     starts = {e["uuid"]: e for e in events if e.get("scope_category") == "start"}
     collector = Collector()
     try:
@@ -200,7 +202,8 @@ def test_send_failures_are_one_line(nf, tmp_path):
 
 def test_scopes_left_open_in_the_file(nf, tmp_path, capsys):
     path = _record(nf, tmp_path)
-    lines = open(path, "rb").read().splitlines(keepends=True)
+    with open(path, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
     agent_end = next(i for i, line in enumerate(lines)
                      if b'"end"' in line and b'"name":"agent"' in line)
     del lines[agent_end]
@@ -228,7 +231,8 @@ def test_scopes_left_open_in_the_file(nf, tmp_path, capsys):
 def test_bad_input_is_one_line_and_writes_nothing(nf, tmp_path, args, message):
     bad = tmp_path / "bad.jsonl"
     path = _record(nf, tmp_path)
-    first = open(path, "rb").readline()
+    with open(path, "rb") as f:
+        first = f.readline()
     bad.write_bytes(first + b"{not json\n")
     out = tmp_path / "out"
     extra = [] if "--send" in args else ["-o", str(out)]

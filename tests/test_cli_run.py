@@ -56,7 +56,8 @@ def _nemoflow(nf, *args, cwd, **env):
 
 
 def _lines(path):
-    return [orjson.loads(line) for line in open(path, "rb")]
+    with open(path, "rb") as f:
+        return [orjson.loads(line) for line in f]
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def program(tmp_path):
 
 def test_the_program_sees_what_python_gives_it(nf, tmp_path, program):
     for args in ([], ["x", "--flag", "-m"]):
-        code, out, err = _run(nf, [sys.executable, program, *args], tmp_path)
+        code, out, _err = _run(nf, [sys.executable, program, *args], tmp_path)
         traced = _nemoflow(nf, program, *args, cwd=tmp_path)
         assert (code, out) == traced[:2], traced[2]
         assert json.loads(out)["argv"] == [program, *args]
@@ -83,7 +84,7 @@ def test_module_mode_is_python_dash_m(nf, tmp_path):
     traced = _nemoflow(nf, "-m", "pkg.tool", "7", cwd=tmp_path)
     assert plain[1] == traced[1] and plain[0] == traced[0] == 7
     assert json.loads(traced[1])["argv"] == [str(pkg / "tool.py"), "7"]
-    code, out, err = _nemoflow(nf, "-m", "no_such_module", cwd=tmp_path)
+    code, _out, err = _nemoflow(nf, "-m", "no_such_module", cwd=tmp_path)
     assert code == 1 and "No module named no_such_module" in err
 
 
@@ -220,7 +221,7 @@ def test_a_real_openai_program_is_instrumented(nf, tmp_path):
         assert [(e["category"], e["scope_category"]) for e in events] == [("llm", "start"),
                                                                           ("llm", "end")]
         assert events[1]["data"]["usage"]["prompt_tokens"] == 5
-        assert "sk-test" not in open(tmp_path / "t.jsonl").read()
+        assert "sk-test" not in (tmp_path / "t.jsonl").read_text()
         assert "gpt-4o" in err  # the LLM models table
         code, _out, err = _nemoflow(nf, "--jsonl", "t2.jsonl", "--instrument", "none", "ask.py",
                                     cwd=tmp_path, LLM_URL=server.url)
