@@ -362,7 +362,9 @@ class _Summary:
         stream.write(summary(events) + "\n")
 
 
-def _at_exit(nf, summary, outputs, timeout=5.0):
+def _at_exit(nf, summary, outputs, pid, timeout=5.0):
+    if os.getpid() != pid:  # a forked child of the program exits: the summary is the parent's
+        return
     with contextlib.suppress(Exception):  # what was delivered is still worth summarising
         nf.subscribers.flush(timeout)
     if summary is not None:
@@ -443,7 +445,7 @@ def main(argv: list):
         print(f"nemoflow run: error: {exc}", file=sys.stderr)
         return 2
 
-    atexit.register(_at_exit, nf, summary, outputs)
+    atexit.register(_at_exit, nf, summary, outputs, os.getpid())
     try:
         if module is not None:
             _run_module(module, arguments)

@@ -267,3 +267,20 @@ def test_usage_errors_stop_before_the_program_runs(nf, tmp_path, program, args, 
 def test_help(nf, tmp_path):
     code, out, _err = _nemoflow(nf, "--help", cwd=tmp_path)
     assert code == 0 and "nemoflow run [options] -m module" in out and "NEMOFLOW_JSONL" in out
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_print_the_summary_again(nf, tmp_path):
+    (tmp_path / "forks.py").write_text(textwrap.dedent("""\
+        import os, sys
+        import nemoflow as nf
+
+        nf.mark("before")
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)  # runs the exit handlers in the child
+        os.waitpid(pid, 0)
+        """))
+    code, _out, err = _nemoflow(nf, "forks.py", cwd=tmp_path)
+    assert code == 0, err
+    assert err.count("events:") == 1
