@@ -395,15 +395,17 @@ def _trim(tb, files):
 
 
 def _run_script(script: str, arguments: list) -> None:
+    import importlib.machinery
     import types
+    import zipfile
 
     path = os.path.abspath(script)
-    if os.path.isdir(path) or (not os.path.isfile(path) and os.path.exists(path)):
+    if not os.path.isfile(path) or zipfile.is_zipfile(path):  # a directory or zip __main__.py
         import runpy
 
         sys.argv = [script, *arguments]
         sys.path[0] = path
-        runpy.run_path(path, run_name="__main__")
+        runpy._run_module_as_main("__main__", alter_argv=False)  # type: ignore[attr-defined]
         return
     with open(path, "rb") as f:
         source = f.read()
@@ -411,7 +413,8 @@ def _run_script(script: str, arguments: list) -> None:
     sys.path[0] = os.path.dirname(os.path.realpath(path))
     main = types.ModuleType("__main__")
     main.__dict__.update({"__file__": path, "__cached__": None, "__builtins__": __builtins__,
-                          "__loader__": None, "__spec__": None, "__package__": None})
+                          "__loader__": importlib.machinery.SourceFileLoader("__main__", path),
+                          "__spec__": None, "__package__": None})
     sys.modules["__main__"] = main
     code = compile(source, path, "exec", dont_inherit=True)
     exec(code, main.__dict__)

@@ -284,3 +284,17 @@ def test_a_forked_child_does_not_print_the_summary_again(nf, tmp_path):
     code, _out, err = _nemoflow(nf, "forks.py", cwd=tmp_path)
     assert code == 0, err
     assert err.count("events:") == 1
+
+
+def test_a_directory_or_zip_runs_its_main_as_python_does(nf, tmp_path):
+    import zipfile
+
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__main__.py").write_text(PROGRAM)
+    with zipfile.ZipFile(tmp_path / "app.zip", "w") as z:
+        z.write(tmp_path / "app" / "__main__.py", "__main__.py")
+    for target in ("app", "app.zip"):
+        plain = _run(nf, [sys.executable, target, "5"], tmp_path)
+        traced = _nemoflow(nf, "--summary", "none", target, "5", cwd=tmp_path)
+        assert traced == plain
+        assert json.loads(plain[1])["argv"] == [target, "5"]
