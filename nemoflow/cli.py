@@ -438,7 +438,8 @@ def _version() -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nemoflow", description="Read ATOF JSONL traces.",
+        prog="nemoflow", description="Read ATOF JSONL traces, convert them, run programs "
+        "traced.",
         epilog="TRACE is a file, a gzip-compressed file (.jsonl.gz) or - for standard input. "
                "Exit status: 0 success, 1 unreadable or invalid input, 2 usage error.")
     parser.add_argument("--version", action="version", version=f"nemoflow {_version()}")
@@ -460,9 +461,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true",
                    help="show a progress bar on stderr (shown anyway for inputs of 1 GB or "
                    "more when stderr is a terminal)")
-    text = "run a Python program traced (nemoflow run -h for its options)"
-    sub.add_parser("run", help=text, add_help=False,
-                   usage="nemoflow run [options] script.py [args ...] | -m module [args ...]")
     text = "check the format"
     p = sub.add_parser("validate", help=text, description=text)
     p.add_argument("path", metavar="TRACE", help="an ATOF JSONL file (- for stdin)")
@@ -487,6 +485,9 @@ def _parser() -> argparse.ArgumentParser:
                    "scope's uuid)")
     p.add_argument("--agent-name", help="agent name (default: the top-level agent's name)")
     p.add_argument("--agent-version", default="0", help="agent version (default: 0)")
+    text = "run a Python program traced (nemoflow run -h for its options)"
+    sub.add_parser("run", help=text, add_help=False,
+                   usage="nemoflow run [options] script.py [args ...] | -m module [args ...]")
     return parser
 
 
