@@ -50,12 +50,6 @@ class FileEvent:
         self.propagation_root_uuid = root if isinstance(root, str) and root else None
         self.otel_parent = None
 
-    def to_dict(self) -> dict:
-        """The ATOF fields (what ``AtifExporter`` converts)."""
-        return {k: getattr(self, k) for k in ("kind", "uuid", "parent_uuid", "name", "data",
-                                              "metadata", "category", "category_profile",
-                                              "data_schema", "scope_category", "attributes")}
-
 
 def _batches(events):
     for i in range(0, len(events), _BATCH):
@@ -135,6 +129,8 @@ def _run_otlp(config, events: list, where: str, timeout: float) -> dict:
         exporter = OpenTelemetrySubscriber(config)
     except OSError as exc:
         raise _cannot_write(where, exc) from None
+    except ValueError as exc:  # the collector's URL or a header
+        raise WriteError(f"{where}: {exc}") from None
     try:
         for batch in _batches(events):
             exporter.export(batch)
@@ -165,5 +161,8 @@ def to_otlp_json(events: list, output: str, projection: str, service_name=None,
 def send_otlp(events: list, url: str, projection: str, service_name=None, headers=None,
               timeout: float = 10.0) -> dict:
     """Send the spans of ``events`` to an OTLP/HTTP collector at ``url``."""
-    config = _otlp_config(projection, url, service_name, headers, timeout)
+    try:
+        config = _otlp_config(projection, url, service_name, headers, timeout)
+    except ValueError as exc:
+        raise WriteError(f"{url}: {exc}") from None
     return _run_otlp(config, events, url, timeout)

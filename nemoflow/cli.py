@@ -540,7 +540,7 @@ def _convert(args) -> int:
     starts = {ev.uuid for ev in events if ev.kind == "scope" and ev.scope_category == "start"}
     unended = len(starts - {ev.uuid for ev in events
                             if ev.kind == "scope" and ev.scope_category == "end"})
-    output = _display(args.output)
+    output = args.output
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -561,8 +561,9 @@ def _convert(args) -> int:
                 note = f"{stats['spans_exported']} spans"
     except conv.WriteError as exc:  # the exporter's warning about it is this error
         raise TraceError(str(exc)) from None
-    except ValueError as exc:  # the collector's URL or a header
-        raise TraceError(f"{output}: {exc}") from None
+    except Exception as exc:  # an event the exporter cannot take (say, a uuid that is not one)
+        raise TraceError(f"{_display(args.path)}: cannot convert ({type(exc).__name__}: "
+                         f"{exc})") from None
     for text in dict.fromkeys(str(w.message) for w in caught):
         print(text if text.startswith("nemoflow") else f"nemoflow: warning: {text}",
               file=sys.stderr)

@@ -12,6 +12,8 @@ import sys
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 json_format = pytest.importorskip("google.protobuf.json_format")
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: E402
@@ -147,6 +149,10 @@ def test_convert_to_stdout_and_from_stdin(nf, tmp_path):
     code, out, err = _command(nf, "convert", "-", "--to", "otlp", stdin=data)
     assert (code, err) == (0, "")
     assert len(_spans(out.splitlines())) == 5
+    bad = data.replace(b'"uuid":"', b'"uuid":"zz', 1)  # a string, but not a uuid
+    code, out, err = _command(nf, "convert", "-", "--to", "otlp", stdin=bad)
+    assert (code, out) == (1, b"")
+    assert err.startswith("nemoflow: error: <stdin>: cannot convert (ValueError: ")
     assert os.listdir(tmp_path) == sorted(os.listdir(tmp_path))  # nothing left behind
     assert not [n for n in os.listdir(tmp_path) if n.startswith("nemoflow-convert")]
 
@@ -261,3 +267,48 @@ def test_unwritable_output(nf, tmp_path):
         code, _out, err = _command(nf, "convert", path, "--to", to, "-o", str(tmp_path))
         assert code == 1 and err.startswith(f"nemoflow: error: {tmp_path}: cannot write"), err
         assert len(err.splitlines()) == 1
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.text(max_size=8)
+                     | st.floats(allow_nan=False), lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_events_never_end_in_a_traceback(nf, tmp_path_factory, data):
+    """Any field of any event replaced by any JSON value: status 0 or 1, one line on error."""
+    import contextlib
+    import io
+
+    cli = _cli(nf)
+    events = [
+        {"atof_version": "0.1", "attributes": [], "category": "agent", "category_profile": None,
+         "data": None, "data_schema": None, "kind": "scope", "metadata": None, "name": "a",
+         "parent_uuid": "00000000-0000-7000-8000-000000000000", "scope_category": "start",
+         "timestamp": "2026-01-01T00:00:00.000001+00:00",
+         "uuid": "00000000-0000-7000-8000-000000000001"},
+        {"atof_version": "0.1", "category": None, "category_profile": None, "data": {"x": 1},
+         "data_schema": None, "kind": "mark", "metadata": None, "name": "m",
+         "parent_uuid": "00000000-0000-7000-8000-000000000001",
+         "timestamp": "2026-01-01T00:00:00.000002+00:00",
+         "uuid": "00000000-0000-7000-8000-000000000002"},
+    ]
+    events.append({**events[0], "scope_category": "end", "data": {"ok": True},
+                   "metadata": {"otel.status_code": "OK"},
+                   "timestamp": "2026-01-01T00:00:00.000003+00:00"})
+    i = data.draw(st.integers(0, len(events) - 1))
+    key = data.draw(st.sampled_from(sorted(events[i])))
+    events[i] = {**events[i], key: data.draw(_JSON)}
+    directory = tmp_path_factory.mktemp("fuzz")
+    path = directory / "t.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    for to in ("chrome", "otlp"):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main(["convert", str(path), "--to", to, "-o", str(directory / to)])
+        assert code in (0, 1)
+        if code == 1:
+            assert err.getvalue().startswith(f"nemoflow: error: {path}")
+            assert len(err.getvalue().splitlines()) == 1
