@@ -269,8 +269,9 @@ def test_unwritable_output(nf, tmp_path):
         assert len(err.splitlines()) == 1
 
 
-_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=8)
-                     | st.floats(allow_nan=False), lambda inner: st.lists(inner, max_size=3)
+_SCALAR = (st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=8)
+           | st.floats(allow_nan=False))
+_JSON = st.recursive(_SCALAR, lambda inner: st.lists(inner, max_size=3)
                      | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
 
 
