@@ -228,7 +228,8 @@ def _tables(result: dict):
 
 def headline(result: dict, files: int) -> str:
     """The one-line totals above the tables."""
-    text = (f"{result['events']} events in {files} file(s): {result['scopes']} scopes, "
+    where = f" in {files} file(s)" if files else ""
+    text = (f"{result['events']} events{where}: {result['scopes']} scopes, "
             f"{result['marks']} marks, {result['errors']} errors")
     if result["open"]:
         text += f", {result['open']} never ended"

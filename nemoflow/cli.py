@@ -3,8 +3,10 @@
     nemoflow summary TRACE.jsonl    the scope tree with durations, status and marks
     nemoflow summary --stats TRACE...   latency, error and token statistics per scope name
     nemoflow validate TRACE.jsonl   check every line against the ATOF 0.1 envelope
-    nemoflow convert TRACE.jsonl --to atif [-o OUT]   the run as an ATIF trajectory
+    nemoflow convert TRACE.jsonl --to atif|chrome|otlp [-o OUT]   ATIF, Chrome trace, OTLP/JSON
+    nemoflow convert TRACE.jsonl --send URL   the spans to an OTLP/HTTP collector
     nemoflow report TRACE... -o report.html   a self-contained HTML report
+    nemoflow run [options] script.py [args]   run a program traced (also -m module)
 
 ``-`` reads standard input; gzip-compressed input (``.jsonl.gz``) is read transparently. A file
 that cannot be read ends the command with one line on stderr naming the file and line.
@@ -19,6 +21,7 @@ import gzip
 import os
 import re
 import sys
+import warnings
 import zlib
 from datetime import datetime
 
@@ -436,7 +439,8 @@ def _version() -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nemoflow", description="Read ATOF JSONL traces.",
+        prog="nemoflow", description="Read ATOF JSONL traces, convert them, run programs "
+        "traced.",
         epilog="TRACE is a file, a gzip-compressed file (.jsonl.gz) or - for standard input. "
                "Exit status: 0 success, 1 unreadable or invalid input, 2 usage error.")
     parser.add_argument("--version", action="version", version=f"nemoflow {_version()}")
@@ -461,10 +465,23 @@ def _parser() -> argparse.ArgumentParser:
     text = "check the format"
     p = sub.add_parser("validate", help=text, description=text)
     p.add_argument("path", metavar="TRACE", help="an ATOF JSONL file (- for stdin)")
-    p = sub.add_parser("convert", help="convert a trace to another format")
+    text = "convert a trace to another format, or send it to an OpenTelemetry collector"
+    p = sub.add_parser("convert", help=text, description=text + ", with the exporters' own "
+                       "code: what they would have written had they been attached to the run.")
     p.add_argument("path", metavar="TRACE", help="an ATOF JSONL file (- for stdin)")
-    p.add_argument("--to", required=True, choices=["atif"], help="the output format")
+    p.add_argument("--to", choices=["atif", "chrome", "otlp"],
+                   help="the output format: an ATIF trajectory, a Chrome/Perfetto trace, "
+                   "OTLP/JSON lines")
     p.add_argument("-o", "--output", default="-", help="output file (default: standard output)")
+    p.add_argument("--send", metavar="URL", help="send the spans to an OTLP/HTTP collector "
+                   "(e.g. http://127.0.0.1:4318) instead of writing them")
+    p.add_argument("--projection", choices=["full", "gen_ai", "openinference"], default="full",
+                   help="OTLP: the span attributes (default: full, every ATOF field)")
+    p.add_argument("--service-name", help="OTLP: the resource's service.name")
+    p.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                   help="--send: an HTTP header of every request (repeatable)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="--send: how long to keep trying (default: 10)")
     p.add_argument("--session-id", help="trajectory session id (default: the top-level agent "
                    "scope's uuid)")
     p.add_argument("--agent-name", help="agent name (default: the top-level agent's name)")
@@ -472,6 +489,9 @@ def _parser() -> argparse.ArgumentParser:
     from .report import add_parser as add_report_parser
 
     add_report_parser(sub)
+    text = "run a Python program traced (nemoflow run -h for its options)"
+    sub.add_parser("run", help=text, add_help=False,
+                   usage="nemoflow run [options] script.py [args ...] | -m module [args ...]")
     return parser
 
 
@@ -483,17 +503,7 @@ def _run(args) -> int:
 
         return report(args)
     if args.command == "convert":
-        events = list(iter_events(args.path))
-        text = to_atif(events, args.session_id, args.agent_name, args.agent_version)
-        if args.output == "-":
-            sys.stdout.write(text + "\n")
-        else:
-            try:
-                with open(args.output, "w", encoding="utf-8") as f:
-                    f.write(text + "\n")
-            except OSError as exc:
-                raise TraceError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
-        return 0
+        return _convert(args)
     paths = _expand(args.paths)
     progress = _progress(paths, args.progress)
     on_read = progress.advance if progress is not None else None
@@ -515,6 +525,61 @@ def _run(args) -> int:
         from ._cli_stats import render
 
         render(result, len(paths))
+    return 0
+
+
+def _convert(args) -> int:
+    to = args.to or "otlp"
+    if to == "atif":
+        events = list(iter_events(args.path))
+        text = to_atif(events, args.session_id, args.agent_name, args.agent_version)
+        if args.output == "-":
+            sys.stdout.write(text + "\n")
+        else:
+            try:
+                with open(args.output, "w", encoding="utf-8") as f:
+                    f.write(text + "\n")
+            except OSError as exc:
+                raise TraceError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
+        return 0
+    from . import _cli_convert as conv
+
+    events = [conv.FileEvent(ev, _ts_ns(ev["timestamp"])) for ev in iter_events(args.path)]
+    starts = {ev.uuid for ev in events if ev.kind == "scope" and ev.scope_category == "start"}
+    unended = len(starts - {ev.uuid for ev in events
+                            if ev.kind == "scope" and ev.scope_category == "end"})
+    output = args.output
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if to == "chrome":
+                conv.to_chrome(events, args.output,
+                               f"nemoflow {os.path.basename(_display(args.path))}")
+                note = (f"{len(starts)} scopes, "
+                        f"{sum(1 for ev in events if ev.kind == 'mark')} marks")
+            elif args.send:
+                headers = dict(h.split("=", 1) for h in args.header)
+                output = args.send
+                stats = conv.send_otlp(events, args.send, args.projection, args.service_name,
+                                       headers, args.timeout)
+                note = f"{stats['spans_exported']} spans sent"
+            else:
+                stats = conv.to_otlp_json(events, args.output, args.projection,
+                                          args.service_name, args.timeout)
+                note = f"{stats['spans_exported']} spans"
+    except conv.WriteError as exc:  # the exporter's warning about it is this error
+        raise TraceError(str(exc)) from None
+    except Exception as exc:  # an event the exporter cannot take (say, a uuid that is not one)
+        raise TraceError(f"{_display(args.path)}: cannot convert ({type(exc).__name__}: "
+                         f"{exc})") from None
+    for text in dict.fromkeys(str(w.message) for w in caught):
+        print(text if text.startswith("nemoflow") else f"nemoflow: warning: {text}",
+              file=sys.stderr)
+    if unended:
+        note += (f"; {unended} scopes without an end, "
+                 + ("drawn as open" if to == "chrome" else "not exported"))
+    if args.output != "-" or args.send:
+        print(f"nemoflow: {output}: {note}", file=sys.stderr)
     return 0
 
 
@@ -571,6 +636,22 @@ def _stats(paths: list, on_read, sort: str) -> dict:
     return stats.result(sort)
 
 
+def _check_convert(parser, args) -> None:
+    if args.to is None and args.send is None:
+        parser.error("convert: give the output format (--to atif|chrome|otlp) or --send URL")
+    if args.send is not None:
+        if args.to not in (None, "otlp"):
+            parser.error(f"convert: --send sends OTLP spans; it does not go with --to {args.to}")
+        if args.output != "-":
+            parser.error("convert: --send sends the spans instead of writing them; it does not "
+                         "go with -o")
+    for header in args.header:
+        if "=" not in header or not header.split("=", 1)[0].strip():
+            parser.error(f"convert: --header {header!r} is not NAME=VALUE")
+    if not 0 < args.timeout <= 86400:
+        parser.error("convert: --timeout must be more than 0 and at most 86400 seconds")
+
+
 def main(argv=None) -> int:
     """Run the ``nemoflow`` command; the exit status."""
     parser = _parser()
@@ -579,7 +660,13 @@ def main(argv=None) -> int:
     if not argv:  # a bare ``nemoflow``: the help, as a usage error (exit 2)
         parser.print_help(sys.stderr)
         return 2
+    if argv[0] == "run":  # everything after the program's name is the program's
+        from ._cli_run import main as run
+
+        return run(argv[1:])
     args = parser.parse_args(argv)
+    if args.command == "convert":
+        _check_convert(parser, args)
     try:
         code = _run(args)
         sys.stdout.flush()

@@ -475,16 +475,22 @@ class _ManagedTracer:
     def __init__(self, kind):
         self._kind = kind
 
-    def __call__(self, target=None, *, name=None, model=None, metadata=None, attributes=None):
+    def __call__(self, target=None, *, name=None, model=None, metadata=None, attributes=None,
+                 input=None):
         if isinstance(target, str):
             if name is not None:
                 raise TypeError("give the name once, positionally or as name=")
             name, target = target, None
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"nf.trace.{self._kind} name must be str, not {type(name).__name__}")
         if model is not None and self._kind != "llm":
             raise TypeError("model= is for nf.trace.llm")
         _core.encode(metadata)  # a non-JSON metadata fails at decoration, not at each call
         if target is None:
-            return lambda fn: self._decorate(fn, name, model, metadata, attributes)
+            return _ManagedSpan(self, name, model, metadata, attributes, input)
+        if input is not None:
+            raise TypeError(f"nf.trace.{self._kind} input= is for `with` blocks; a decorated "
+                            "function's arguments are its input")
         return self._decorate(target, name, model, metadata, attributes)
 
     def _decorate(self, fn, name, model, metadata, attributes):
@@ -503,6 +509,85 @@ class _ManagedTracer:
 
     def __repr__(self):
         return f"<nf.trace.{self._kind}>"
+
+
+class _ManagedSpan:
+    """``nf.trace.tool("name")`` / ``nf.trace.llm("name")``: a decorator, or a ``with`` block.
+
+    A ``with`` block is a tool or LLM scope around the code inside it (current there, so what
+    it traces nests under it); ``span.output`` is its end data. There is no call to guard or
+    rewrite, so guardrails and intercepts apply to decorated functions only.
+    """
+
+    __slots__ = ("_tracer", "_name", "_model", "_meta", "_attrs", "_input", "_frame", "_token",
+                 "output")
+
+    def __init__(self, tracer, name, model, metadata, attributes, input):
+        self._tracer = tracer
+        self._name = name
+        self._model = model
+        self._meta = metadata
+        self._attrs = attributes
+        self._input = input
+        self._frame = self._token = None
+        self.output = None
+
+    def __call__(self, fn):
+        """Decorate ``fn`` as a managed call with this name and options."""
+        if self._input is not None:
+            raise TypeError(f"nf.trace.{self._tracer._kind} input= is for `with` blocks; a "
+                            "decorated function's arguments are its input")
+        return self._tracer._decorate(fn, self._name, self._model, self._meta, self._attrs)
+
+    def set_output(self, value) -> None:
+        """Set what the end event records as this call's output."""
+        self.output = value
+
+    @property
+    def handle(self):
+        """The open scope's handle (None outside the block)."""
+        return self._frame
+
+    def __enter__(self):
+        from . import _managed
+
+        kind = self._tracer._kind
+        if self._name is None:
+            raise TypeError(f"nf.trace.{kind} needs a name when used as a context manager")
+        if self._frame is not None:
+            raise RuntimeError("this scope block is already in use; create one per "
+                               "with-statement")
+        inp = None if self._input is None else _core.Encoded(_core.encode(self._input, True))
+        if kind == "tool":
+            frame = _core.start(self._name, ScopeType.Tool, None, self._attrs, None, self._meta,
+                                inp, None, _core.KIND_TOOL, b"{}", _core.ToolHandle)
+        else:
+            frame = _core.start(self._name, ScopeType.Llm, None, self._attrs, None, self._meta,
+                                inp, None, _core.KIND_LLM,
+                                _managed.llm_profile(self._model, None), _core.LLMHandle)
+        self._frame = frame
+        self._token = _core.bind(frame)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        from . import _managed
+
+        frame, token = self._frame, self._token
+        self._frame = self._token = None
+        _core.unbind(token)
+        if exc is None:
+            out = self.output
+            meta = (_managed.result_metadata(_managed.response_metadata, out)
+                    if self._tracer._kind == "llm" else None)
+            _core.end(frame, None if out is None else _core.Encoded(_core.encode(out, True)),
+                      meta, None, _core.STATUS_OK)
+        else:
+            _core.end(frame, None, _managed.error_metadata(exc), None, _core.STATUS_ERROR,
+                      describe(exc))
+        return False
+
+    def __repr__(self):
+        return f"<nf.trace.{self._tracer._kind} {self._name!r}>"
 
 
 _Trace.tool = _ManagedTracer("tool")  # type: ignore[attr-defined]

@@ -105,3 +105,76 @@ def test_both_backends_share_types(nf):
     h = nf.scope.push("x", nf.ScopeType.Tool)
     nf.scope.pop(h)
     assert type(h.scope_type) is types.ScopeType
+
+
+# --- a source folder without a build of its own, in front of an installed copy ---------------
+
+def _copy_package(dest, with_core):
+    import shutil
+
+    skip = shutil.ignore_patterns("__pycache__", "*.c", *(() if with_core else ("*.so", "*.pyd")))
+    shutil.copytree(REPO / "nemoflow", dest / "nemoflow", ignore=skip)
+
+
+def _from_checkout(tmp_path, code):
+    """Run ``code`` in a checkout (no build) whose parent directory is first on sys.path, with
+    an installed copy (with its build) on PYTHONPATH behind it, as Python run from the
+    repository root after ``pip install .`` sees them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEMOFLOW_")}
+    env["PYTHONPATH"] = str(tmp_path / "site")
+    # Only the two copies: not the editable install of the repository these tests run from.
+    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+            "if '__editable__' not in getattr(f, '__module__', '')]; " + code)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=str(tmp_path / "checkout"))
+
+
+@pytest.fixture
+def shadowed(tmp_path):
+    if _NO_EXT or not compiled_core_built():
+        pytest.skip("compiled core nemoflow._core is not built")
+    _copy_package(tmp_path / "checkout", with_core=False)
+    _copy_package(tmp_path / "site", with_core=True)
+    return tmp_path
+
+
+def compiled_core_built():
+    return any((REPO / "nemoflow").glob("_core.*.so")) or any(
+        (REPO / "nemoflow").glob("_core.*.pyd"))
+
+
+def test_a_checkout_without_a_build_loads_the_installed_compiled_core(shadowed):
+    proc = _from_checkout(shadowed, "import nemoflow, nemoflow._core as c; "
+                                    "print(nemoflow.BACKEND, nemoflow.__file__, c.__file__)")
+    assert proc.returncode == 0, proc.stderr
+    backend, package, core = proc.stdout.split()
+    assert backend == "cython"
+    assert package.startswith(str(shadowed / "checkout"))
+    assert core.startswith(str(shadowed / "site"))
+    assert proc.stderr == ""
+
+
+def test_a_fallback_to_the_twin_says_why(shadowed):
+    pyx = shadowed / "site" / "nemoflow" / "_core.pyx"
+    pyx.write_text(pyx.read_text() + "\n# built from other sources\n")
+    proc = _from_checkout(shadowed, PRINT_BACKEND)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "python"
+    assert "RuntimeWarning: nemoflow: using the pure-Python core" in proc.stderr
+    assert "was built from other core sources" in proc.stderr
+    proc = _from_checkout(shadowed, "import warnings; warnings.simplefilter('error'); "
+                                    + PRINT_BACKEND)
+    assert proc.returncode != 0  # a warning filter can make it an error, as usual
+
+
+def test_no_build_anywhere_warns_and_says_how_to_build(tmp_path):
+    _copy_package(tmp_path / "checkout", with_core=False)
+    (tmp_path / "site").mkdir()
+    proc = _from_checkout(tmp_path, PRINT_BACKEND)
+    assert proc.stdout.strip() == "python"
+    assert "the compiled core is not built in" in proc.stderr
+    assert "'pip install -e .' builds it here" in proc.stderr
+    env_proc = subprocess.run([sys.executable, "-c", PRINT_BACKEND], capture_output=True,
+                              text=True, timeout=60, cwd=str(tmp_path / "checkout"),
+                              env={**os.environ, "NEMOFLOW_NO_EXTENSIONS": "1"})
+    assert env_proc.stdout.strip() == "python" and env_proc.stderr == ""

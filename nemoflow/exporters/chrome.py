@@ -561,7 +561,7 @@ class ChromeTraceExporter(Exporter):
     def _snapshot(self):
         with self._lock:
             self._commit()
-            now = _core.now_ns()
+            now = self._now_ns()
             extra, tracks, n_open = self._provisional(now)
             records = self._records + extra
             origin = self._min_ts if self._min_ts is not None else now
@@ -574,6 +574,10 @@ class ChromeTraceExporter(Exporter):
                  "time_unit": "us since time_origin", "open_scopes": n_open}
         return b"".join((b'{"traceEvents":[', b",".join(parts),
                          b'],"displayTimeUnit":"ms","otherData":', orjson.dumps(other), b"}"))
+
+    def _now_ns(self):
+        # Where open scopes end in a snapshot.
+        return _core.now_ns()
 
     def _metadata_events(self, pid, tracks):
         events = [{"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
