@@ -1006,3 +1006,15 @@ def test_fork_child_exports_its_own_spans_only(nf, collector):
     assert proc.stdout.split() == ["child", "1", "parent", "2"]
     assert sorted(s.name for s in collector.spans()) == ["before-fork", "in-child",
                                                         "queued-at-fork"]
+
+
+def test_a_header_value_http_cannot_carry_is_refused_at_configuration(nf):
+    # "Bearer …" (an ellipsis) used to pass, then fail every export with UnicodeEncodeError.
+    config = nf.OpenTelemetryConfig()
+    with pytest.raises(ValueError, match="'Authorization'.*Latin-1"):
+        config.set_header("Authorization", "Bearer \u2026")
+    with pytest.raises(ValueError, match="'X-Key'.*Latin-1"):
+        config.headers = {"X-Key": "\u201ckey\u201d"}
+    assert config.headers == {}
+    config.set_header("Authorization", "Bearer caf\u00e9")  # Latin-1 is what HTTP carries
+    assert config.headers == {"Authorization": "Bearer caf\u00e9"}

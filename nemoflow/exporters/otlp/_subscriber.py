@@ -142,7 +142,7 @@ class OpenTelemetryConfig:
 
     @headers.setter
     def headers(self, value) -> None:
-        self._headers = _check_str_dict(value, "headers")
+        self._headers = validate_headers(_check_str_dict(value, "headers"))
 
     @property
     def header_env(self) -> dict:
@@ -183,8 +183,9 @@ class OpenTelemetryConfig:
 
     def set_header(self, key: str, value: str) -> None:
         """Add or replace one export header."""
-        self._headers[key] = value
-        self._headers = _check_str_dict(self._headers, "headers")
+        headers = dict(self._headers)
+        headers[key] = value
+        self._headers = validate_headers(_check_str_dict(headers, "headers"))
 
     def set_header_from_env(self, key: str, env_var: str) -> None:
         """Take a header's value from an environment variable when the subscriber is built."""

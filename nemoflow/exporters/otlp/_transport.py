@@ -74,6 +74,12 @@ def validate_headers(headers) -> dict:
             raise ValueError(f"invalid header name {name!r}")
         if "\r" in value or "\n" in value:
             raise ValueError(f"header {name!r} has a line break in its value")
+        try:
+            value.encode("latin-1")  # what HTTP/1.1 sends: bytes, Latin-1 at most
+        except UnicodeEncodeError:
+            raise ValueError(f"header {name!r} has a value HTTP cannot carry (text beyond "
+                             "Latin-1, e.g. a typographic quote or ellipsis); use ASCII, or "
+                             "percent-encode it") from None
         low = name.lower()
         if low in seen:
             raise ValueError(f"header {name!r} is given twice (names ignore ASCII case)")
