@@ -171,8 +171,10 @@ class OtlpExporter(Exporter):
         if self._closed:
             return
         on_event = self._projection.on_event
+        encode = None if self._check else self._encode_span
         failure = None
         items: list = []
+        append = items.append
         chunk = self.max_export_batch_size
         for ev in events:
             try:
@@ -181,11 +183,20 @@ class OtlpExporter(Exporter):
                 if failure is None:
                     failure = exc
                 continue
-            if out:
+            if not out:
+                continue
+            if encode is not None:
+                for span in out:
+                    try:
+                        append(encode(span))
+                    except Exception as exc:
+                        self._invalid(exc)
+            else:
                 self._prepare(out, items)
-                if len(items) >= chunk:  # a full batch goes out before the next is made
-                    self._enqueue(items)
-                    items = []
+            if len(items) >= chunk:  # a full batch goes out before the next is made
+                self._enqueue(items)
+                items = []
+                append = items.append
         if items:
             self._enqueue(items)
         if failure is not None:

@@ -395,8 +395,8 @@ class _Projection:
         return None
 
     def _start(self, ev) -> None:
-        # Runs for every span: the common case (a parent still open, a core event) takes no
-        # detour through _context, and nothing is allocated that the span does not keep.
+        # Runs for every span: the common cases (a parent still open, or none, and an event
+        # without a recorded propagation root) take no detour through _context / stack_root.
         uuid = ev.uuid
         try:
             raw = bytes.fromhex(uuid.replace("-", ""))
@@ -405,17 +405,24 @@ class _Projection:
         if len(raw) != 16:
             raw = _id_bytes(uuid)
         parent_uuid = ev.parent_uuid
-        parent = self._open.get(parent_uuid) if parent_uuid is not None else None
+        category = ev.category
+        plain = _GIVEN_ROOT.get(type(ev)) is False  # its events never carry a root
         o = _Open()
+        parent = self._open.get(parent_uuid) if parent_uuid is not None else None
         if parent is not None:
             o.trace_id, o.parent_span_id = parent.trace_id, parent.span_id
             o.trace_root = False
             o.flags = FLAGS_LOCAL
             o.trace_state = parent.trace_state
-            root = stack_root(ev, parent.root)
+            root = parent.root
+            if not plain or (category == "agent" and not root[1]):
+                root = stack_root(ev, root)
         else:
-            ctx = self._context(parent_uuid)
-            root = stack_root(ev, ctx[2] if ctx is not None else None)
+            ctx = self._context(parent_uuid) if parent_uuid is not None else None
+            if ctx is None and plain:
+                root = (uuid, True) if category == "agent" else (parent_uuid or uuid, False)
+            else:
+                root = stack_root(ev, ctx[2] if ctx is not None else None)
             if ctx is not None:
                 o.trace_id, o.parent_span_id = ctx[0], ctx[1]
                 o.trace_root = False
@@ -431,12 +438,12 @@ class _Projection:
                     if remote:
                         o.flags = FLAGS_REMOTE
                 else:
-                    o.trace_id, o.parent_span_id = self._trace_id(raw, root), None
+                    o.trace_id = self._trace_id(raw, root) if root[1] else raw
+                    o.parent_span_id = None
                     o.trace_root = True
                     o.trace_state = ""
         o.span_id = raw[8:]
         o.root = root
-        category = ev.category
         cat = _SCOPE_TYPES.get(category) if type(category) is str else None
         o.category = cat = cat if cat is not None else _scope_type(category)
         o.start_ns = ev.timestamp_ns
