@@ -105,7 +105,7 @@ class WireEncoder:
         keys = self._keys
         out = keys.get(key)
         if out is None:
-            if type(key) is not str:
+            if not isinstance(key, str):
                 raise TypeError(f"attribute keys must be str, not {type(key).__name__}")
             out = _text(b"\x0a", key) if key else b""
             if len(keys) >= _CACHE_LIMIT:

@@ -361,16 +361,6 @@ class _Projection:
                         False, True, trace_state or "")
         return None
 
-    def _remember(self, uuid: str, trace_id: bytes, span_id: bytes, root,
-                  trace_state: str = "") -> None:
-        done = self._done
-        if uuid not in done:
-            order = self._done_order
-            order.append(uuid)
-            if len(order) > COMPLETED_CACHE_SIZE:
-                del done[order.popleft()]
-        done[uuid] = (trace_id, span_id, root, trace_state)
-
     @staticmethod
     def _trace_id(own: bytes, root) -> bytes:
         if root[1]:
@@ -519,6 +509,7 @@ class _Projection:
         if promoted:
             attrs.extend(promoted)
             self.after_promotions(attrs, first_end, metadata, o.promoted + end_promoted)
+        # Remembered for the children and marks that arrive after it ended.
         trace_id, span_id, trace_state = o.trace_id, o.span_id, o.trace_state
         done = self._done
         if uuid not in done:
