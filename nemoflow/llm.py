@@ -39,11 +39,12 @@ def call_end(handle, response, *, data=None, metadata=None, timestamp=None) -> N
     """Close an LLM call opened by ``call``; its end event has ``data`` = ``response``.
 
     ``data`` is accepted for NeMo Flow compatibility and validated; the handle's data was
-    fixed at ``call``. Ending a call twice raises ``NotFoundError``.
+    fixed at ``call``. Ending a call twice raises ``NotFoundError``. The end event's metadata
+    carries ``otel.status_code: "OK"``, as NeMo Relay writes it.
     """
     _core.encode(data)
     claim_end(handle, _core.LLMHandle)
-    end_claimed(handle, response, metadata, timestamp)
+    end_claimed(handle, response, metadata, timestamp, _core.STATUS_OK)
 
 
 async def execute(name, request, func, *, handle=None, attributes=None, data=None,

@@ -54,11 +54,11 @@ def call_end(handle, result, *, data=None, metadata=None, timestamp=None) -> Non
     end_claimed(handle, result, metadata, timestamp)
 
 
-def end_claimed(handle, result, metadata, timestamp) -> None:
+def end_claimed(handle, result, metadata, timestamp, status=_core.STATUS_NONE) -> None:
     """End a call claimed by ``claim_end``; if an argument is refused (nothing was emitted), the
     claim is given back so that the call can still be ended."""
     try:
-        _core.end(handle, result, metadata, timestamp)
+        _core.end(handle, result, metadata, timestamp, status)
     except (TypeError, ValueError):
         with _end_lock:
             _ended.discard(handle)

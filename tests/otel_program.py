@@ -25,8 +25,7 @@ def run(lib) -> None:
     with lib.scope.scope("planner", lib.ScopeType.Agent,
                          metadata={"session_id": "sess-1", "user_id": "alice"}):
         h = lib.llm.call("openai.chat", lib.LLMRequest({}, REQUEST), metadata={"app.req": 1})
-        # The reference writes this status itself on a manual LLM end; nemoflow does not.
-        lib.llm.call_end(h, RESPONSE, metadata={"app.done": True, "otel.status_code": "OK"})
+        lib.llm.call_end(h, RESPONSE, metadata={"app.done": True})
         t = lib.tools.call("get_weather", {"city": "Paris"}, tool_call_id="call_1",
                            metadata={"k": "v"})
         lib.scope.event("progress", data={"step": 2, "nested": {"b": 1, "a": [1, 2]}},

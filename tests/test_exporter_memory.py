@@ -8,6 +8,7 @@ import sys
 import threading
 
 import numpy as np
+import orjson
 import pytest
 
 
@@ -44,6 +45,35 @@ def test_events_are_the_delivered_event_objects(nf, recorder, events):
     assert isinstance(got[0], nf.ScopeEvent) and isinstance(got[1], nf.MarkEvent)
     got.clear()  # a copy
     assert len(recorder.events) == 3
+
+
+def test_end_metadata_that_is_only_a_status_reads_as_the_line(nf, recorder, events):
+    """An end event with no start or end metadata has the status alone (or nothing) as its
+    metadata: the same dict as its ATOF line's, on delivered and synchronous events."""
+    core = nf._core
+    with nf.scope.scope("ok", nf.ScopeType.Function):
+        pass
+    with pytest.raises(ValueError), nf.scope.scope("failed", nf.ScopeType.Function):
+        raise ValueError("boom")
+    nf.scope.pop(nf.scope.push("bare", nf.ScopeType.Function))
+    core.end(nf.scope.push("no-desc", nf.ScopeType.Function), None, None, None,
+             core.STATUS_ERROR, None)
+    with nf.scope.scope("given", nf.ScopeType.Function, metadata={"a": 1}):
+        pass
+    recorder.force_flush()
+    for got in (recorder.events, events):
+        ends = {e.name: e for e in got if e.scope_category == "end"}
+        for e in ends.values():
+            assert e.metadata == orjson.loads(e.to_json())["metadata"]
+            assert e.metadata is not e.metadata or e.metadata is None  # a fresh dict each time
+        assert ends["ok"].metadata == {"otel.status_code": "OK"}
+        assert ends["failed"].metadata == {"otel.status_code": "ERROR",
+                                           "otel.status_description": "boom"}
+        assert list(ends["failed"].metadata) == ["otel.status_code", "otel.status_description"]
+        assert ends["bare"].metadata is None
+        assert ends["no-desc"].metadata == {"otel.status_code": "ERROR",
+                                            "otel.status_description": None}
+        assert ends["given"].metadata == {"a": 1, "otel.status_code": "OK"}
 
 
 def test_to_numpy_dtype(nf, recorder):

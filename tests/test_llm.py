@@ -59,6 +59,22 @@ def test_call_and_call_end_drop_credential_headers(nf, events):
         nf.llm.call_end(t, None)
 
 
+def test_manual_llm_end_is_ok_as_in_the_reference(nf, events):
+    """NeMo Relay writes ``otel.status_code: "OK"`` on a manual LLM call's end event, merged
+    over the metadata given; a manual tool call's end carries no status."""
+    h = nf.llm.call("chat", request(nf), metadata={"a": 1})
+    nf.llm.call_end(h, {"text": "hello"}, metadata={"b": 2})
+    h = nf.llm.call("chat", request(nf))
+    nf.llm.call_end(h, None)
+    h = nf.llm.call("chat", request(nf))
+    nf.llm.call_end(h, None, metadata={"otel.status_code": "ERROR"})
+    t = nf.tools.call("tool", {})
+    nf.tools.call_end(t, None)
+    ends = [e for e in events if e.kind == "scope" and e.scope_category == "end"]
+    assert [e.metadata for e in ends] == [{"a": 1, "b": 2, **OK}, OK, OK, None]
+    assert '"otel.status_code":"OK"' in ends[1].to_json()
+
+
 def test_execute_with_usage_and_finish_reason(nf, events):
     async def chat(req):
         return {"choices": [{"finish_reason": "stop", "message": {"content": "x"}}],

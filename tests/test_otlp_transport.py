@@ -313,6 +313,142 @@ def test_json_and_protobuf_agree_on_any_span(otlp, spans, resource, scope):
     assert orjson.dumps(_ids(canonical, b64_to_hex)) == line
 
 
+_long_text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=100, max_size=300)
+_wire_value = st.one_of(_primitive, _long_text, st.floats(), st.just(float("nan")),
+                        st.lists(st.one_of(_primitive, _long_text), max_size=3),
+                        st.tuples(st.integers(-(2**63), 2**63 - 1)))
+_wire_attrs = st.lists(st.tuples(st.one_of(_text, _long_text), _wire_value), max_size=5)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(spans=st.lists(_span_fields, max_size=3), extra=st.lists(_wire_attrs, max_size=3),
+       resource=_attrs, scope=_text, version=_text, long_name=_long_text)
+def test_wire_encoder_writes_the_bytes_of_opentelemetry_proto(otlp, spans, extra, resource,
+                                                               scope, version, long_name):
+    """The protobuf the http_binary transport sends, written span by span without
+    opentelemetry-proto, is byte for byte what opentelemetry-proto serializes for the same
+    spans, and parses to the same message."""
+    made = []
+    for n, f in enumerate(spans):
+        f = dict(f)
+        events = [otlp.SpanEvent(name, t, a) for name, t, a in f.pop("events")]
+        attrs = f.pop("attributes") + (extra[n] if n < len(extra) else [])
+        name = f.pop("name")
+        name = name if n else long_name
+        made.append(otlp.Span(f.pop("trace_id"), f.pop("span_id"), name, f.pop("start_ns"),
+                              f.pop("end_ns"), events=events, attributes=attrs, **f))
+    res, sc = otlp.Resource(resource), otlp.InstrumentationScope(scope, version)
+    wire = otlp.WireEncoder(res, sc)
+    body = wire.encode(made)
+    assert body == otlp.ProtoEncoder(res, sc).encode(made)
+    assert body == wire.join([wire.encode_span(s) for s in made])
+    assert Request.FromString(body) == otlp.to_proto(res, sc, made)
+
+
+def test_wire_encoder_values_as_opentelemetry_proto_sets_them(otlp):
+    """Subclasses of bool, int, str and float, tuples, empty arrays, non-finite doubles,
+    negative ints and enums, empty names and keys: the same bytes; an int outside int64 or a
+    value of another type is refused, as opentelemetry-proto refuses it."""
+    import enum
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    class Text(str):
+        pass
+
+    attrs = [("", ""), ("e", Level.HIGH), ("s", Text("x")), ("t", (1, "a", True)),
+             ("a", []), ("nan", float("nan")), ("inf", float("-inf")), ("neg", -(2**63)),
+             ("f", False), ("z", 0), ("d", 0.0), ("u", "ünï ✓" * 40)]
+    spans = [otlp.Span(TRACE, TRACE[8:], "", 0, 0, flags=0, kind=0, attributes=attrs,
+                       events=[otlp.SpanEvent("", 0), otlp.SpanEvent("e", 5, attrs)]),
+             otlp.Span(TRACE, TRACE[8:], "n", 0, 7, kind=otlp.KIND_SERVER, flags=0x301,
+                       trace_state="k=v", status_code=otlp.STATUS_ERROR, status_message="m"),
+             otlp.Span(TRACE, TRACE[8:], "n", 9, 0, status_code=otlp.STATUS_OK)]
+    res, sc = fixed_resource(otlp), otlp.InstrumentationScope()
+    assert otlp.WireEncoder(res, sc).encode(spans) == otlp.ProtoEncoder(res, sc).encode(spans)
+    empty = otlp.Resource(), otlp.InstrumentationScope("")
+    assert otlp.WireEncoder(*empty).encode([]) == otlp.ProtoEncoder(*empty).encode([])
+    for bad in (2**63, [2**64], {"a": 1}, None):
+        span = otlp.Span(TRACE, TRACE[8:], "n", 1, 2, attributes=[("k", bad)])
+        with pytest.raises((TypeError, ValueError)):
+            otlp.ProtoEncoder(res, sc).encode([span])
+        with pytest.raises((TypeError, ValueError)):
+            otlp.WireEncoder(res, sc).encode([span])
+
+
+def test_wire_encoder_is_the_http_transports(otlp):
+    t = otlp.HttpBinaryTransport("http://127.0.0.1:1")
+    encoder = t.make_encoder(otlp.Resource.for_service(), otlp.InstrumentationScope())
+    assert isinstance(encoder, otlp.WireEncoder)
+    assert encoder.content_type == "application/x-protobuf"
+
+
+def test_a_span_the_encoder_refuses_is_counted_and_the_rest_exported(nf, otlp, collector,
+                                                                     cleanup):
+    """Spans are encoded as they are queued: one the encoder cannot write fails alone."""
+
+    class Odd(ScopeProjection):
+        def on_event(self, ev):
+            spans = super().on_event(ev)
+            if spans and ev.name == "bad":
+                spans[0].attributes.append(("big", 2**63))
+            return spans
+
+    exporter = otlp.OtlpExporter(otlp.HttpBinaryTransport(collector.url), Odd(otlp),
+                                 scheduled_delay_millis=0)
+    exporter._check = False  # as for a built-in projection: only the encoder sees the span
+    cleanup.append(exporter)
+    exporter.register("otlp-odd")
+    with pytest.warns(RuntimeWarning, match="invalid span"):
+        for name in ("ok1", "bad", "ok2"):
+            with nf.trace(name):
+                pass
+        exporter.force_flush(timeout=5)
+    assert sorted(s.name for s in collector.spans()) == ["ok1", "ok2"]
+    stats = exporter.stats()
+    assert stats["spans_failed"] == 1 and stats["spans_exported"] == 2
+    assert "int64" in stats["last_error"] or "range" in stats["last_error"]
+
+
+def test_queued_spans_are_encoded_bytes(nf, otlp, cleanup):
+    """With an encoder that writes span by span, the queue holds bytes (which the garbage
+    collector does not track), not span objects."""
+    gate = threading.Event()
+
+    class Held:
+        wire = "protobuf"
+
+        def __init__(self):
+            self.sent: list = []
+
+        def make_encoder(self, resource, scope):
+            return otlp.WireEncoder(resource, scope)
+
+        def send(self, body, deadline, cancel=None):
+            gate.wait(5)
+            self.sent.append(body)
+
+        def close(self):
+            pass
+
+    transport = Held()
+    exporter = make_exporter(otlp, transport, max_export_batch_size=1)
+    cleanup.append(exporter)
+    exporter.register("otlp-held")
+    run_scopes(nf, 3)
+    assert nf._core.flush(5)
+    with exporter._lock:
+        queued = list(exporter._queue)
+    assert queued and all(type(item) is bytes for item in queued)
+    gate.set()
+    exporter.force_flush(timeout=5)
+    names = [s.name for body in transport.sent for rs in Request.FromString(body).resource_spans
+             for ss in rs.scope_spans for s in ss.spans]
+    assert names == ["s0", "s1", "s2"]
+
+
 def test_non_finite_doubles_are_proto3_json_strings(otlp):
     span = otlp.Span(TRACE, TRACE[8:], "n", 1, 2, attributes=[
         ("nan", float("nan")), ("inf", float("inf")), ("ninf", float("-inf"))])

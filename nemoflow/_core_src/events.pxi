@@ -87,6 +87,13 @@ cdef class ScopeEvent:
 
     @property
     def metadata(self):
+        if self._is_end and self._meta is None and self._end_meta is None:
+            # Only the status, if any: made directly rather than encoded and decoded.
+            if self._status == _STATUS_NONE:
+                return None
+            if self._status == _STATUS_OK:
+                return {"otel.status_code": "OK"}
+            return {"otel.status_code": "ERROR", "otel.status_description": self._desc}
         return _decode(self._metadata_raw())
 
     @property

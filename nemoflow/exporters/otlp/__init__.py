@@ -1,8 +1,8 @@
-"""OTLP export: a span model, OTLP protobuf and OTLP/JSON encoders, the ``http_binary`` and
-``otlp_json_file`` transports, ``OtlpExporter``, which runs a projection of events to spans
-on the delivery thread and exports the spans from a bounded queue on its own thread, the
-``full``, ``gen_ai`` and ``openinference`` projections, and the public
-``OpenTelemetryConfig`` / ``OpenTelemetrySubscriber``."""
+"""OTLP export: a span model, OTLP protobuf (written directly, or built with opentelemetry-proto)
+and OTLP/JSON encoders, the ``http_binary`` and ``otlp_json_file`` transports, ``OtlpExporter``,
+which runs a projection of events to spans on the delivery thread and exports the spans from a
+bounded queue on its own thread, the ``full``, ``gen_ai`` and ``openinference`` projections,
+and the public ``OpenTelemetryConfig`` / ``OpenTelemetrySubscriber``."""
 
 from .._base import Exporter, ExportError
 from ._exporter import OtlpExporter
@@ -41,6 +41,7 @@ from ._transport import (
     resolve_endpoint,
     validate_headers,
 )
+from ._wire import WireEncoder
 from .projections import FullProjection, GenAIProjection, OpenInferenceProjection
 
 __all__ = [
@@ -76,6 +77,7 @@ __all__ = [
     "Resource",
     "Span",
     "SpanEvent",
+    "WireEncoder",
     "check_span",
     "encode_json",
     "encode_proto",

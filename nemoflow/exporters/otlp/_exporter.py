@@ -22,6 +22,11 @@ from .._base import Exporter, ExportError
 from . import _sdk
 from ._model import InstrumentationScope, Resource, check_span
 from ._transport import ExportFailure
+from .projections import PROJECTIONS
+
+# The built-in projections make valid spans by construction (a property test holds them to
+# it); the spans of any other projection, subclasses included, are checked before queueing.
+_TRUSTED = frozenset(PROJECTIONS.values())
 
 __all__ = ["OtlpExporter"]
 
@@ -111,6 +116,13 @@ class OtlpExporter(Exporter):
         self._transport = transport
         self._projection = projection
         self._encoder = transport.make_encoder(resource, scope)
+        # An encoder that encodes span by span (``encode_span``, ``join``) gets each span
+        # encoded on the delivery thread: the queue then holds bytes, which the garbage
+        # collector does not track, rather than span objects with their lists.
+        encode_span = getattr(self._encoder, "encode_span", None)
+        self._encode_span = encode_span if callable(encode_span) and callable(
+            getattr(self._encoder, "join", None)) else None
+        self._check = type(projection) not in _TRUSTED
         self._delay = self.scheduled_delay_millis / 1000.0
         self._timeout = timeout_millis / 1000.0
         self._new_state()
@@ -159,43 +171,95 @@ class OtlpExporter(Exporter):
         if self._closed:
             return
         on_event = self._projection.on_event
+        encode = None if self._check else self._encode_span
         failure = None
+        items: list = []
+        append = items.append
+        chunk = self.max_export_batch_size
         for ev in events:
             try:
-                spans = on_event(ev)
+                out = on_event(ev)
             except Exception as exc:  # one bad event must not cost the rest of the batch
                 if failure is None:
                     failure = exc
                 continue
-            if spans:
-                for span in spans:
-                    self._put(span)
+            if not out:
+                continue
+            if encode is not None:
+                for span in out:
+                    try:
+                        append(encode(span))
+                    except Exception as exc:
+                        self._invalid(exc)
+            else:
+                self._prepare(out, items)
+            if len(items) >= chunk:  # a full batch goes out before the next is made
+                self._enqueue(items)
+                items = []
+                append = items.append
+        if items:
+            self._enqueue(items)
         if failure is not None:
             raise failure  # the core counts it and reports it once
 
-    def _put(self, span) -> None:
+    def _prepare(self, spans, items: list) -> None:
+        """Append to ``items`` what the queue holds for ``spans``: each span checked (when its
+        projection is not a built-in one) and, when the encoder can, encoded at once, so that
+        no span object outlives this call."""
+        check, encode = self._check, self._encode_span
+        for span in spans:
+            if check and not self._valid(span):
+                continue
+            if encode is None:
+                items.append(span)
+                continue
+            try:
+                items.append(encode(span))
+            except Exception as exc:
+                self._invalid(exc)
+
+    def _put_all(self, spans) -> None:
+        items: list = []
+        self._prepare(spans, items)
+        if items:
+            self._enqueue(items)
+
+    def _valid(self, span) -> bool:
         try:
             check_span(span)
         except (TypeError, ValueError) as exc:
-            with self._lock:
-                self._failed += 1
-                self._last_error = f"invalid span: {exc}"
-            self._report("invalid", f"a projection produced an invalid span ({exc})")
-            return
+            self._invalid(exc)
+            return False
+        return True
+
+    def _invalid(self, exc) -> None:
+        with self._lock:
+            self._failed += 1
+            self._last_error = f"invalid span: {exc}"
+        self._report("invalid", f"a projection produced an invalid span ({exc})")
+
+    def _enqueue(self, items: list) -> None:
+        """Queue ``items`` in order, as room allows; when the queue is full, wait or drop
+        (the rest of ``items``) by the overflow policy."""
+        i, n = 0, len(items)
         mode = self.overflow
-        waited = False
-        while True:
+        waited = dropped = False
+        while i < n:
             with self._lock:
                 stop = self._stop_deadline
                 if stop is not None and (time.monotonic() >= stop or (
                         self._stopping and self._thread is None)):
-                    self._abandoned += 1  # shutdown's time is up
+                    self._abandoned += n - i  # shutdown's time is up
                     return
                 if self._thread is None:
                     self._start()
-                if len(self._queue) < self.max_queue_size:
-                    self._append(span)
-                    return
+                room = self.max_queue_size - len(self._queue)
+                if room > 0:
+                    chunk = items if (i == 0 and n <= room) else items[i:i + room]
+                    self._append(chunk)
+                    i += len(chunk)
+                    waited = False
+                    continue
                 if mode == "block":
                     if not waited:
                         self._waits += 1
@@ -204,22 +268,24 @@ class OtlpExporter(Exporter):
                     self._room.wait(max(wait, 0.0))
                     continue
                 if mode == "drop":
-                    self._dropped += 1
+                    self._dropped += n - i
+                    dropped = True
                     break
             mode = _pipeline_overflow()  # the pipeline's policy, looked up without the lock
-        self._report("dropped", "its span queue was full and spans were dropped "
-                     "(overflow=\"drop\")", count=False)
+        if dropped:
+            self._report("dropped", "its span queue was full and spans were dropped "
+                         "(overflow=\"drop\")", count=False)
 
-    def _append(self, span):
+    def _append(self, chunk):
         # With the lock held.
         queue = self._queue
-        queue.append(span)
-        self._enqueued += 1
-        n = len(queue)
-        if n == 1:
+        before = len(queue)
+        queue.extend(chunk)
+        self._enqueued += len(chunk)
+        if before == 0:
             self._oldest = time.monotonic()
             self._work.notify()
-        elif n == self.max_export_batch_size:
+        elif before < self.max_export_batch_size <= len(queue):
             self._work.notify()
 
     # --- the export thread ------------------------------------------------------------------
@@ -282,7 +348,10 @@ class OtlpExporter(Exporter):
                     deadline = min(deadline, self._stop_deadline)
             error = None
             try:
-                body = self._encoder.encode(batch)
+                if self._encode_span is not None:
+                    body = self._encoder.join(batch)
+                else:
+                    body = self._encoder.encode(batch)
                 self._transport.send(body, deadline, self._cancel)
             except ExportFailure as exc:
                 error = str(exc)
@@ -342,8 +411,9 @@ class OtlpExporter(Exporter):
         finish = getattr(self._projection, "shutdown", None)
         if callable(finish):
             try:
-                for span in finish() or ():
-                    self._put(span)
+                spans = list(finish() or ())
+                if spans:
+                    self._put_all(spans)
             except Exception as exc:
                 self._report("projection", f"its projection failed at shutdown: {exc}")
         with self._lock:

@@ -21,7 +21,7 @@ from .._files import check_mode, make_dirs, open_for_writing
 from ..atof import AtofExporterMode
 from ._json import JsonEncoder
 from ._model import InstrumentationScope, Resource
-from ._proto import ProtoEncoder, load_proto
+from ._wire import WireEncoder
 
 __all__ = ["ExportFailure", "HttpBinaryTransport", "OtlpJsonFileTransport", "resolve_endpoint",
            "validate_headers"]
@@ -154,10 +154,9 @@ class HttpBinaryTransport:
         self._conn: http.client.HTTPConnection | None = None
         self.requests = 0
         self.retries = 0
-        load_proto()  # fail at construction, not at the first export
 
     def make_encoder(self, resource: Resource, scope: InstrumentationScope):
-        return ProtoEncoder(resource, scope)
+        return WireEncoder(resource, scope)
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         conn = self._conn

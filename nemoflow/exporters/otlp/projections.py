@@ -53,6 +53,11 @@ COMPLETED_CACHE_SIZE = 4096
 _CATEGORIES = frozenset({"agent", "function", "tool", "llm", "retriever", "embedder", "reranker",
                          "guardrail", "evaluator", "custom", "unknown"})
 _CLIENT = frozenset({"llm", "tool", "retriever", "embedder", "reranker"})
+_SCOPE_TYPES = {c: c for c in _CATEGORIES}  # categories already in their canonical spelling
+_new_span = Span.__new__
+_EMPTY: dict = {}  # read only: the metadata of an event that has none
+_NONE: list = []  # read only: no promoted metadata
+_NO_KEYS: frozenset = frozenset()
 _METRIC_SCHEMA = {"name": "nemo.relay.metric_measurements", "version": "1"}
 _RESERVED = ("nemo_relay.", "gen_ai.", "error.", "exception.", "input.", "output.", "llm.",
              "openinference.", "server.", "service.", "session.", "tool.", "tool_call.", "user.")
@@ -62,6 +67,10 @@ _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$")
 def _json(value: Any) -> str:
     """Compact JSON with sorted keys, as the reference writes nested values."""
     return _nz.json_text(value)
+
+
+def _keys(pairs) -> frozenset:
+    return frozenset([k for k, _ in pairs]) if pairs else _NO_KEYS
 
 
 def _scope_type(category: Any) -> str:
@@ -352,16 +361,6 @@ class _Projection:
                         False, True, trace_state or "")
         return None
 
-    def _remember(self, uuid: str, trace_id: bytes, span_id: bytes, root,
-                  trace_state: str = "") -> None:
-        done = self._done
-        if uuid not in done:
-            order = self._done_order
-            order.append(uuid)
-            if len(order) > COMPLETED_CACHE_SIZE:
-                del done[order.popleft()]
-        done[uuid] = (trace_id, span_id, root, trace_state)
-
     @staticmethod
     def _trace_id(own: bytes, root) -> bytes:
         if root[1]:
@@ -386,33 +385,59 @@ class _Projection:
         return None
 
     def _start(self, ev) -> None:
-        raw = _id_bytes(ev.uuid)
-        ctx = self._context(ev.parent_uuid)
-        root = stack_root(ev, ctx[2] if ctx is not None else None)
+        # Runs for every span: the common cases (a parent still open, or none, and an event
+        # without a recorded propagation root) take no detour through _context / stack_root.
+        uuid = ev.uuid
+        try:
+            raw = bytes.fromhex(uuid.replace("-", ""))
+        except (ValueError, AttributeError):
+            raw = b""
+        if len(raw) != 16:
+            raw = _id_bytes(uuid)
+        parent_uuid = ev.parent_uuid
+        category = ev.category
+        plain = _GIVEN_ROOT.get(type(ev)) is False  # its events never carry a root
         o = _Open()
-        if ctx is not None:
-            o.trace_id, o.parent_span_id = ctx[0], ctx[1]
+        parent = self._open.get(parent_uuid) if parent_uuid is not None else None
+        if parent is not None:
+            o.trace_id, o.parent_span_id = parent.trace_id, parent.span_id
             o.trace_root = False
-            o.flags = FLAGS_REMOTE if ctx[4] else FLAGS_LOCAL
-            o.trace_state = ctx[5]
-        else:
             o.flags = FLAGS_LOCAL
-            joined = otel_parent(ev)
-            if joined is not None:
-                # A child of the OpenTelemetry span current at its start (§3 step 4).
-                o.trace_id, o.parent_span_id, remote, o.trace_state = joined
-                o.trace_root = False
-                if remote:
-                    o.flags = FLAGS_REMOTE
+            o.trace_state = parent.trace_state
+            root = parent.root
+            if not plain or (category == "agent" and not root[1]):
+                root = stack_root(ev, root)
+        else:
+            ctx = self._context(parent_uuid) if parent_uuid is not None else None
+            if ctx is None and plain:
+                root = (uuid, True) if category == "agent" else (parent_uuid or uuid, False)
             else:
-                o.trace_id, o.parent_span_id = self._trace_id(raw, root), None
-                o.trace_root = True
-                o.trace_state = ""
+                root = stack_root(ev, ctx[2] if ctx is not None else None)
+            if ctx is not None:
+                o.trace_id, o.parent_span_id = ctx[0], ctx[1]
+                o.trace_root = False
+                o.flags = FLAGS_REMOTE if ctx[4] else FLAGS_LOCAL
+                o.trace_state = ctx[5]
+            else:
+                o.flags = FLAGS_LOCAL
+                joined = otel_parent(ev)
+                if joined is not None:
+                    # A child of the OpenTelemetry span current at its start (§3 step 4).
+                    o.trace_id, o.parent_span_id, remote, o.trace_state = joined
+                    o.trace_root = False
+                    if remote:
+                        o.flags = FLAGS_REMOTE
+                else:
+                    o.trace_id = self._trace_id(raw, root) if root[1] else raw
+                    o.parent_span_id = None
+                    o.trace_root = True
+                    o.trace_state = ""
         o.span_id = raw[8:]
         o.root = root
-        o.category = _scope_type(ev.category)
+        cat = _SCOPE_TYPES.get(category) if type(category) is str else None
+        o.category = cat = cat if cat is not None else _scope_type(category)
         o.start_ns = ev.timestamp_ns
-        o.kind = KIND_CLIENT if o.category in _CLIENT else KIND_INTERNAL
+        o.kind = KIND_CLIENT if cat in _CLIENT else KIND_INTERNAL
         o.events = []
         o.err_type = o.exc_type = None
         o.start = ev
@@ -420,35 +445,38 @@ class _Projection:
         o.provider = None
         # The start metadata is decoded only when something here reads it.
         metadata = ev.metadata if (self.prefixes or self.session_identity) else None
-        o.promoted = self._promotions(metadata) if self.prefixes else []
+        o.promoted = self._promotions(metadata) if self.prefixes else _NONE
         attrs = self.start_attributes(ev, o, metadata)
         if self.session_identity and o.trace_root:
             self._session(metadata, root, attrs)
         if o.promoted:
             self.after_promotions(attrs, 0, metadata, o.promoted)
         o.attrs = attrs
-        self._open[ev.uuid] = o
+        self._open[uuid] = o
 
     def _end(self, ev):
-        o = self._open.pop(ev.uuid, None)
+        uuid = ev.uuid
+        o = self._open.pop(uuid, None)
         if o is None:
             self.ends_without_start += 1
             return None
         metadata = ev.metadata
-        meta = metadata if isinstance(metadata, dict) else {}
-        code = meta.get("otel.status_code")
+        meta = metadata if isinstance(metadata, dict) else _EMPTY
+        code = meta.get("otel.status_code") if meta else None
         status, message = STATUS_UNSET, ""
-        if code == "OK":
+        if code is None:
+            pass
+        elif code == "OK":
             status = STATUS_OK
         elif code == "ERROR":
             status = STATUS_ERROR
             desc = meta.get("otel.status_description")
             message = desc if isinstance(desc, str) else ""
-        elif code not in (None, "UNSET") and not self._unknown_status_logged:
+        elif code != "UNSET" and not self._unknown_status_logged:
             self._unknown_status_logged = True
             _log.warning("nemoflow: unknown otel.status_code %r on %r; the span's status is "
                          "UNSET (reported once)", code, ev.name)
-        end_promoted = self._promotions(metadata) if self.prefixes else []
+        end_promoted = self._promotions(metadata) if self.prefixes else _NONE
         end_attrs = self.end_attributes(ev, o, end_promoted, metadata)
         if status == STATUS_ERROR:
             err = meta.get("error.type")
@@ -469,20 +497,43 @@ class _Projection:
                     parent.exc_type = exc
         if o.category == "llm":
             end_attrs.extend(self.end_model_attributes(ev, o))
-        attrs = o.attrs + end_attrs
+        # The open span is done with: its start attributes become the span's.
+        attrs = o.attrs
+        first_end = len(attrs)
+        if end_attrs:
+            attrs.extend(end_attrs)
         if self.mappings_apply and self.mappings:
             self._apply_mappings(attrs)
         promoted = (self._finish_promotions(attrs, o.promoted, end_promoted, meta)
                     if o.promoted or end_promoted else None)
         if promoted:
             attrs.extend(promoted)
-            self.after_promotions(attrs, len(o.attrs), metadata, o.promoted + end_promoted)
-        self._remember(ev.uuid, o.trace_id, o.span_id, o.root, o.trace_state)
-        return Span(o.trace_id, o.span_id, self.span_name(o), o.start_ns, ev.timestamp_ns,
-                    parent_span_id=o.parent_span_id, flags=o.flags, trace_state=o.trace_state,
-                    kind=o.kind,
-                    attributes=attrs, events=o.events, status_code=status,
-                    status_message=message)
+            self.after_promotions(attrs, first_end, metadata, o.promoted + end_promoted)
+        # Remembered for the children and marks that arrive after it ended.
+        trace_id, span_id, trace_state = o.trace_id, o.span_id, o.trace_state
+        done = self._done
+        if uuid not in done:
+            order = self._done_order
+            order.append(uuid)
+            if len(order) > COMPLETED_CACHE_SIZE:
+                del done[order.popleft()]
+        done[uuid] = (trace_id, span_id, o.root, trace_state)
+        # Span's fields set directly: a call with keyword arguments costs three times more.
+        span = _new_span(Span)
+        span.trace_id = trace_id
+        span.span_id = span_id
+        span.parent_span_id = o.parent_span_id
+        span.flags = o.flags
+        span.trace_state = trace_state
+        span.name = self.span_name(o)
+        span.kind = o.kind
+        span.start_ns = o.start_ns
+        span.end_ns = ev.timestamp_ns
+        span.attributes = attrs
+        span.events = o.events
+        span.status_code = status
+        span.status_message = message
+        return span
 
     # --- shared attribute rules -------------------------------------------------------------
 
@@ -686,7 +737,7 @@ class FullProjection(_Projection):
         data = ev.data
         flatten("nemo_relay.start.data", data, attrs)
         flatten("nemo_relay.start.metadata", metadata, attrs,
-                frozenset(k for k, _ in o.promoted))
+                _keys(o.promoted))
         flatten("nemo_relay.start.input", data, attrs)
         return attrs
 
@@ -695,7 +746,7 @@ class FullProjection(_Projection):
         data = ev.data
         flatten("nemo_relay.end.data", data, attrs)
         flatten("nemo_relay.end.metadata", metadata, attrs,
-                frozenset(k for k, _ in end_promoted))
+                _keys(end_promoted))
         flatten("nemo_relay.end.output", data, attrs)
         profile = _profile(ev)
         if o.category == "tool" and profile.get("tool_result_annotation") is not None:
@@ -739,7 +790,7 @@ class OpenInferenceProjection(_Projection):
         call_id = _profile(ev).get("tool_call_id")
         if isinstance(call_id, str):
             attrs.append(("tool_call.id", call_id))
-        skip = frozenset(k for k, _ in o.promoted)
+        skip = _keys(o.promoted)
         if cat != "llm":
             self._metadata(metadata, attrs, skip)
         data = ev.data
@@ -778,7 +829,7 @@ class OpenInferenceProjection(_Projection):
         attrs: list = []
         data = ev.data
         flatten("nemo_relay.end.data", data, attrs)
-        self._metadata(metadata, attrs, frozenset(k for k, _ in end_promoted))
+        self._metadata(metadata, attrs, _keys(end_promoted))
         flatten("nemo_relay.end.output", data, attrs)
         profile = _profile(ev)
         if o.category == "tool" and profile.get("tool_result_annotation") is not None:
