@@ -82,7 +82,8 @@ def validate_headers(headers) -> dict:
                              "percent-encode it") from None
         low = name.lower()
         if low in seen:
-            raise ValueError(f"header {name!r} is given twice (names ignore ASCII case)")
+            raise ValueError(f"header {name!r} is given twice: header names must be unique "
+                             "ignoring ASCII case")
         if low in _OWN_HEADERS:
             raise ValueError(f"header {name!r} is set by the transport")
         seen.add(low)
