@@ -12,16 +12,14 @@ A popped scope is on no stack, so its middleware is gone for every later call.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import functools
-import inspect
 import threading
 import weakref
 from typing import Any
 
+from ._adapters import block_on, drive, settle_async, settle_sync  # noqa: F401  (their old home)
 from ._backend import core as _core
-from ._types import AlreadyExistsError, InternalError
+from ._types import AlreadyExistsError, InternalError, NotFoundError
 
 FAMILIES = (
     "tool_sanitize_request",
@@ -130,6 +128,54 @@ def deregister(family, name) -> bool:
         return True
 
 
+def _words(family) -> str:
+    return family.replace("_", " ").replace("llm", "LLM")
+
+
+def global_pair(module, family, doc, with_break_chain=False):
+    """``register_<family>`` and ``deregister_<family>`` on the global registry of ``family``,
+    as functions of ``module``; ``doc`` says what the callback is."""
+    if with_break_chain:
+        def reg(name: str, priority: int, break_chain: bool, fn) -> None:
+            register(family, name, priority, fn, break_chain)
+    else:
+        def reg(name: str, priority: int, fn) -> None:  # type: ignore[misc]
+            register(family, name, priority, fn)
+
+    def dereg(name: str) -> bool:
+        return deregister(family, name)
+
+    return _named(module, reg, dereg, family, doc,
+                  f"Remove a {_words(family)} callback; ``False`` if none has that name.")
+
+
+def local_pair(module, family, with_break_chain=False):
+    """``register_<family>`` and ``deregister_<family>`` on one scope (``scope_local``)."""
+    if with_break_chain:
+        def reg(scope_handle, name: str, priority: int, break_chain: bool, fn) -> None:
+            local_register(scope_handle, family, name, priority, fn, break_chain)
+    else:
+        def reg(scope_handle, name: str, priority: int, fn) -> None:  # type: ignore[misc]
+            local_register(scope_handle, family, name, priority, fn)
+
+    def dereg(scope_handle, name: str) -> bool:
+        return local_deregister(scope_handle, family, name)
+
+    return _named(module, reg, dereg, family,
+                  f"Add a {_words(family)} callback on ``scope_handle`` (``NotFoundError`` if "
+                  f"the scope is closed).",
+                  f"Remove a scope-local {_words(family)} callback; ``False`` if none has that "
+                  f"name.")
+
+
+def _named(module, reg, dereg, family, reg_doc, dereg_doc):
+    reg.__module__ = dereg.__module__ = module
+    reg.__name__ = reg.__qualname__ = f"register_{family}"
+    dereg.__name__ = dereg.__qualname__ = f"deregister_{family}"
+    reg.__doc__, dereg.__doc__ = reg_doc, dereg_doc
+    return reg, dereg
+
+
 # --------------------------------------------------------------------------------------------
 # Scope-local registrations.
 
@@ -162,9 +208,8 @@ def _still_open(local) -> bool:
 
 
 def _check_open(frame):
-    # local_deregister of a name never registered: NotFoundError("not found: scope <uuid> not
-    # found") when the scope is closed, False otherwise; nothing changes.
-    _core.local_deregister(frame, "\x00probe")
+    if _core.is_closed(frame):
+        raise NotFoundError(f"not found: scope {frame.uuid} not found")
 
 
 def local_register(frame, family, name, priority, fn, break_chain=False) -> None:
@@ -258,53 +303,3 @@ def internal_error(exc, context=None) -> InternalError:
                         f"internal error: {what}")
     err.__cause__ = exc
     return err
-
-
-def block_on(awaitable):
-    """Run an awaitable to completion from synchronous code."""
-    async def run():
-        return await awaitable
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(run())
-    # This thread runs an event loop already: run it on a private loop in a helper thread.
-    box = {}
-    ctx = contextvars.copy_context()
-
-    def target():
-        try:
-            box["value"] = ctx.run(asyncio.run, run())
-        except BaseException as exc:  # delivered to the caller below
-            box["error"] = exc
-
-    t = threading.Thread(target=target, name="nemoflow-middleware")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-async def settle_async(value):
-    if inspect.isawaitable(value):
-        return await value
-    return value
-
-
-async def settle_sync(value):
-    # Never suspends: the pipeline coroutine of a synchronous call completes in one step.
-    if inspect.isawaitable(value):
-        return block_on(value)
-    return value
-
-
-def drive(coro):
-    """Run a coroutine that never suspends (a synchronous call's pipeline) to its result."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    coro.close()
-    raise RuntimeError("nemoflow: a synchronous managed call suspended")

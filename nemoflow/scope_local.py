@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from . import _middleware
 from ._backend import core as _core
 
@@ -52,24 +54,7 @@ def deregister_subscriber(scope_handle, name: str) -> bool:
 # ``nemoflow.intercepts``, seen by managed calls made while the scope is on the stack, ordered
 # after the global ones of equal priority (outer scopes before inner), dropped on pop.
 
-def _families(family, with_break_chain):
-    if with_break_chain:
-        def register(scope_handle, name: str, priority: int, break_chain: bool, fn) -> None:
-            _middleware.local_register(scope_handle, family, name, priority, fn, break_chain)
-    else:
-        def register(scope_handle, name: str, priority: int, fn) -> None:  # type: ignore[misc]
-            _middleware.local_register(scope_handle, family, name, priority, fn)
-
-    def deregister(scope_handle, name: str) -> bool:
-        return _middleware.local_deregister(scope_handle, family, name)
-
-    register.__name__ = register.__qualname__ = f"register_{family}"
-    register.__doc__ = (f"Add a {family.replace('_', ' ')} callback on ``scope_handle`` "
-                        f"(``NotFoundError`` if the scope is closed).")
-    deregister.__name__ = deregister.__qualname__ = f"deregister_{family}"
-    deregister.__doc__ = (f"Remove a scope-local {family.replace('_', ' ')} callback; "
-                          f"``False`` if none has that name.")
-    return register, deregister
+_families = functools.partial(_middleware.local_pair, __name__)
 
 
 register_tool_sanitize_request, deregister_tool_sanitize_request = _families(

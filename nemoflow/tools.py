@@ -6,13 +6,13 @@ work done inside the tool stays parented to the enclosing scope.
 
 from __future__ import annotations
 
-import inspect
 import threading
 import weakref
 
 from . import _managed
+from ._adapters import any_async, drive, settle_async, settle_sync
 from ._backend import core as _core
-from ._middleware import Snapshot, drive, settle_async, settle_sync
+from ._middleware import Snapshot
 from ._types import NotFoundError, ScopeType
 
 __all__ = ["call", "call_end", "conditional_execution", "execute", "request_intercepts"]
@@ -28,10 +28,8 @@ def claim_end(handle, cls) -> None:
     with _end_lock:
         if handle in _ended:
             raise NotFoundError("not found: scope handle not found")
-        try:
-            _core.local_deregister(handle, "\x00probe")  # NotFoundError once closed
-        except NotFoundError:
-            raise NotFoundError("not found: scope handle not found") from None
+        if _core.is_closed(handle):
+            raise NotFoundError("not found: scope handle not found")
         _ended.add(handle)
 
 
@@ -79,10 +77,6 @@ def execute_sync(name, args, func, *, handle=None, attributes=None, data=None, m
                                    tool_call_id, settle_sync, False, lenient))
 
 
-def _any_async(entries) -> bool:
-    return any(inspect.iscoroutinefunction(e.fn) for e in entries)
-
-
 def request_intercepts(name, args):
     """``args`` as the request intercepts would rewrite them for a call made here.
 
@@ -98,7 +92,7 @@ def request_intercepts(name, args):
                 break
         return args
 
-    return apply(settle_async) if _any_async(chain) else drive(apply(settle_sync))
+    return apply(settle_async) if any_async(chain) else drive(apply(settle_sync))
 
 
 def conditional_execution(name, args):
@@ -115,4 +109,4 @@ def conditional_execution(name, args):
         return _managed.check_conditions(snap, family, parent, name, (name, args),
                                          {"kind": family, "target_name": name}, settle)
 
-    return check(settle_async) if _any_async(snap.chain(family)) else drive(check(settle_sync))
+    return check(settle_async) if any_async(snap.chain(family)) else drive(check(settle_sync))
