@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import functools
 import sys
+from typing import Any, Generic, TypeVar
 
 from ._adapters import LoopRunner, drive, settle_sync  # noqa: F401  (LoopRunner: its old home)
 from ._backend import core as _core
@@ -41,6 +42,46 @@ def result_metadata(end_metadata, result):
         return payload(end_metadata(result), True)
     except Exception:
         return None
+
+
+_T = TypeVar("_T")
+
+
+class ToolExecutionResult(Generic[_T]):
+    """What a tool callback may return instead of a plain value: ``result`` is what the call
+    returns and its end event records; ``annotation`` (JSON, optional) is recorded beside it,
+    as ``tool_result_annotation`` in the end event's category_profile."""
+
+    __slots__ = ("_result", "_annotation")
+
+    def __init__(self, result: _T, annotation: Any = None) -> None:
+        self._result = result
+        self._annotation = annotation
+
+    @property
+    def result(self) -> _T:
+        return self._result
+
+    @property
+    def annotation(self) -> Any:
+        return self._annotation
+
+    def __repr__(self):
+        return f"ToolExecutionResult(result={self._result!r}, annotation={self._annotation!r})"
+
+
+def tool_outcome(result, tool_call_id=None):
+    """``(value, end_profile)``: what a tool's end event records of ``result``, and its
+    category_profile when ``result`` is a ``ToolExecutionResult`` with an annotation."""
+    if not isinstance(result, ToolExecutionResult):
+        return result, None
+    if result.annotation is None:
+        return result.result, None
+    try:
+        return result.result, profile(tool_call_id=tool_call_id,
+                                      tool_result_annotation=result.annotation)
+    except Exception:  # an annotation that is not JSON is left out, never raised
+        return result.result, None
 
 
 def profile(**fields) -> bytes:
@@ -111,7 +152,7 @@ async def event_payload(chain, value, call, settle, lenient=True):
 
 
 async def execute_and_end(frame, snap, family, response_family, func, name, arg, call_response,
-                          settle, is_async, end_metadata=None):
+                          settle, is_async, end_metadata=None, outcome=None):
     """The shared tail of a managed call: execution intercepts around ``func(arg)``, then the
     end event (ERROR with the exception's type, or OK with the sanitized result)."""
     call, _ = execution_chain(snap.chain(family), func, (name,), settle, is_async)
@@ -123,10 +164,11 @@ async def execute_and_end(frame, snap, family, response_family, func, name, arg,
         raise
     finally:
         _reset_active(token)
-    event_result = await event_payload(snap.chain(response_family), result, call_response,
+    value, end_profile = (result, None) if outcome is None else outcome(result)
+    event_result = await event_payload(snap.chain(response_family), value, call_response,
                                        settle)
     meta = result_metadata(end_metadata, result)
-    _core.end(frame, event_result, meta, None, _OK)
+    _core.end(frame, event_result, meta, None, _OK, None, None, end_profile)
     return result
 
 
@@ -226,7 +268,7 @@ def _with_name(name):
     return lambda fn, v: fn(name, v)  # tool sanitizers take the tool name
 
 
-async def call_and_end(frame, func, arg, settle, end_metadata=None):
+async def call_and_end(frame, func, arg, settle, end_metadata=None, outcome=None):
     """A call no middleware applies to: ``func(arg)``, then its end event."""
     token = _active_call.set(frame)
     try:
@@ -237,7 +279,8 @@ async def call_and_end(frame, func, arg, settle, end_metadata=None):
     finally:
         _reset_active(token)
     meta = result_metadata(end_metadata, result)
-    _core.end(frame, payload(result, True), meta, None, _OK)
+    value, end_profile = (result, None) if outcome is None else outcome(result)
+    _core.end(frame, payload(value, True), meta, None, _OK, None, None, end_profile)
     return result
 
 
@@ -249,12 +292,14 @@ async def run_tool(name, args, func, parent, attributes, data, metadata, tool_ca
         frame = _core.start(name, ScopeType.Tool, parent, attributes, data, metadata,
                             payload(args, lenient), None, _core.KIND_TOOL,
                             profile(tool_call_id=tool_call_id), _core.ToolHandle)
-        return await call_and_end(frame, func, args, settle)
+        return await call_and_end(frame, func, args, settle, None,
+                                  functools.partial(tool_outcome, tool_call_id=tool_call_id))
     snap = Snapshot(_core.current())
     frame, args = await tool_prelude(snap, name, args, parent, attributes, data, metadata,
                                      tool_call_id, settle, lenient)
     return await execute_and_end(frame, snap, "tool_execution", "tool_sanitize_response", func,
-                                 name, args, _with_name(name), settle, is_async)
+                                 name, args, _with_name(name), settle, is_async, None,
+                                 functools.partial(tool_outcome, tool_call_id=tool_call_id))
 
 
 class ToolStream:

@@ -121,6 +121,7 @@ def _managed_tool(fn, name, attributes, metadata):
         tool_type, kind, handle_cls = ScopeType.Tool, _core.KIND_TOOL, _core.ToolHandle
         ok, error = _core.STATUS_OK, _core.STATUS_ERROR
         switch = _middleware.switch
+        tool_result_cls = _managed.ToolExecutionResult
 
         @functools.wraps(fn)
         def tool(*args, **kwargs):
@@ -137,6 +138,11 @@ def _managed_tool(fn, name, attributes, metadata):
             except BaseException as exc:
                 end(frame, None, _managed.error_metadata(exc), None, error, describe(exc))
                 raise
+            if isinstance(result, tool_result_cls):
+                value, end_profile = _managed.tool_outcome(result)
+                end(frame, None if value is None else encoded(encode(value, True)), None, None,
+                    ok, None, None, end_profile)
+                return result
             end(frame, None if result is None else encoded(encode(result, True)), None, None, ok)
             return result
     return tool

@@ -12,7 +12,9 @@ A popped scope is on no stack, so its middleware is gone for every later call.
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import inspect
 import threading
 import weakref
 from typing import Any
@@ -33,6 +35,10 @@ FAMILIES = (
     "llm_request",
     "llm_execution",
     "llm_stream_execution",
+    "mark_sanitize",
+    "scope_sanitize_start",
+    "scope_sanitize_end",
+    "event_metadata_injector",
 )
 
 
@@ -87,6 +93,9 @@ _globals = {family: () for family in FAMILIES}
 
 TOOL_FAMILIES = tuple(f for f in FAMILIES if f.startswith("tool_"))
 
+EVENT_FAMILIES = ("mark_sanitize", "scope_sanitize_start", "scope_sanitize_end",
+                  "event_metadata_injector")
+
 LLM_FAMILIES = tuple(f for f in FAMILIES if f.startswith("llm_"))
 
 
@@ -108,6 +117,11 @@ switch = _Switch()
 def _recompute() -> None:
     switch.tool = bool(_locals) or any(_globals[f] for f in TOOL_FAMILIES)
     switch.llm = bool(_locals) or any(_globals[f] for f in LLM_FAMILIES)
+    # The core passes events through the event middleware only while some is registered.
+    events = (any(_globals[f] for f in EVENT_FAMILIES)
+              or any(local.families.get(f) for local in _locals.values()
+                     for f in EVENT_FAMILIES))
+    _core.set_event_hook(_event_hook if events else None)
 
 
 def register(family, name, priority, fn, break_chain=False) -> None:
@@ -245,12 +259,16 @@ def local_deregister(frame, family, name) -> bool:
         if len(after) == len(before):
             return False
         local.families[family] = after
+        _recompute()
         return True
 
 
 def _clear() -> None:
-    """Forget every registration, global and scope-local (tests)."""
+    """Forget every registration, global and scope-local, and the failure counters (tests)."""
     global _locals
+    with _failures_lock:
+        for key in _failures:
+            _failures[key] = 0
     with _lock:
         for family in FAMILIES:
             _globals[family] = ()
@@ -303,3 +321,150 @@ def internal_error(exc, context=None) -> InternalError:
                         f"internal error: {what}")
     err.__cause__ = exc
     return err
+
+
+# --------------------------------------------------------------------------------------------
+# Event middleware: metadata injectors and mark / scope-start / scope-end sanitizers. They see
+# every event (not only managed calls) through the core's event hook, and change only the copy
+# that is recorded and delivered.
+
+_FIELDS = ("data", "category_profile", "metadata")
+_in_event_hook: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "nemoflow_event_middleware", default=False)
+_failures = {"event_sanitizer_failures": 0, "event_metadata_injector_failures": 0}
+_failures_lock = threading.Lock()
+
+
+def event_failures() -> dict:
+    """The failures of event sanitizers and metadata injectors so far (``nf.diagnostics()``)."""
+    with _failures_lock:
+        return dict(_failures)
+
+
+def _failed(counter, what, name, event, exc) -> None:
+    with _failures_lock:
+        _failures[counter] += 1
+        first = _failures[counter] == 1
+    if first:
+        _core._warn_quietly(
+            f"nemoflow: {what} {name!r} failed on event {event.name!r} "
+            f"({type(exc).__name__}: {_core.describe(exc)}); further failures are counted in "
+            f"nemoflow.diagnostics()")
+
+
+def _event_chains(family, top, ev):
+    """(injectors, sanitizers) of ``family`` for an event delivered along ``top``'s stack."""
+    injectors = _globals["event_metadata_injector"]
+    sanitizers = _globals[family]
+    locals_ = _locals
+    if locals_ and top is not None:
+        uuids = _core.stack(top)
+        if ev.kind == "scope" and ev.scope_category == "end" and ev.uuid not in uuids:
+            uuids.append(ev.uuid)  # a scope's own middleware sees its end event
+        visible = [locals_[u].families for u in uuids if u in locals_]
+        if visible:
+            injectors = _merged(injectors, visible, "event_metadata_injector")
+            sanitizers = _merged(sanitizers, visible, family)
+    return injectors, sanitizers
+
+
+def _merged(entries, visible, family):
+    merged = list(entries)
+    for families in visible:
+        merged.extend(families.get(family, ()))
+    merged.sort(key=lambda e: e.priority)  # stable: globals, then root→top
+    return merged
+
+
+def _settled(value):
+    return block_on(value) if inspect.isawaitable(value) else value
+
+
+def _event_hook(ev, top):
+    if _in_event_hook.get():  # an event emitted by event middleware itself passes as it is
+        return None
+    if ev.kind == "mark":
+        family = "mark_sanitize"
+    else:
+        family = "scope_sanitize_end" if ev.scope_category == "end" else "scope_sanitize_start"
+    injectors, sanitizers = _event_chains(family, top, ev)
+    if not injectors and not sanitizers:
+        return None
+    token = _in_event_hook.set(True)
+    try:
+        return _apply(ev, injectors, sanitizers)
+    finally:
+        _in_event_hook.reset(token)
+
+
+_SCALARS = (str, int, float, bool)
+
+
+def _check_injected(out) -> dict:
+    if not isinstance(out, dict):
+        raise TypeError(f"a metadata injector returns a dict, not {type(out).__name__}")
+    for key, value in out.items():
+        if not isinstance(key, str):
+            raise TypeError("metadata injector keys must be str")
+        if isinstance(value, _SCALARS):
+            continue
+        if (isinstance(value, list) and value and isinstance(value[0], _SCALARS)
+                and all(type(v) is type(value[0]) for v in value)):
+            continue
+        raise ValueError(f"attribute `{key}` must be a primitive or homogeneous primitive list")
+    return out
+
+
+def _apply(ev, injectors, sanitizers):
+    """The copy of ``ev`` the middleware makes, or None to emit ``ev`` as it is."""
+    data, profile, metadata = ev.data, ev.category_profile, ev.metadata
+    view = ev
+    if injectors:
+        additions: dict = {}
+        for entry in injectors:
+            try:
+                out = _check_injected(_settled(entry.fn(ev)))
+            except Exception as exc:  # left out; the event is still written
+                _failed("event_metadata_injector_failures", "event metadata injector",
+                        entry.name, ev, exc)
+                continue
+            for key, value in out.items():
+                additions.setdefault(key, value)  # the first injector of a key wins
+        if additions:
+            if metadata is None or isinstance(metadata, dict):
+                # Additive only: keys the event already has keep their values.
+                injected = {**additions, **(metadata or {})}
+                try:
+                    view = _core.with_fields(ev, _encoded(data), _core.encode(injected),
+                                             _encoded(profile))
+                    metadata = injected
+                except ValueError as exc:  # a float that JSON cannot hold
+                    _failed("event_metadata_injector_failures", "event metadata injector",
+                            injectors[0].name, ev, exc)
+            else:
+                _failed("event_metadata_injector_failures", "event metadata injector",
+                        injectors[0].name, ev, TypeError("the event's metadata is not an "
+                                                         "object; injected keys left out"))
+    if not sanitizers:
+        return None if view is ev else view
+    fields = {"data": data, "category_profile": profile, "metadata": metadata}
+    entry = sanitizers[0]
+    try:
+        for entry in sanitizers:
+            out = _settled(entry.fn(view, dict(fields)))
+            if not isinstance(out, dict):
+                raise TypeError(f"an event sanitizer returns a dict of {', '.join(_FIELDS)}, "
+                                f"not {type(out).__name__}")
+            fields = {k: out.get(k) for k in _FIELDS}
+        if fields["category_profile"] is not None and not isinstance(
+                fields["category_profile"], dict):
+            raise TypeError("category_profile must be a dict or None")
+        raws = [_encoded(fields[k]) for k in _FIELDS]
+    except Exception as exc:  # fail closed: none of the three fields is written
+        _failed("event_sanitizer_failures", "event sanitizer", entry.name, ev, exc)
+        return _core.with_fields(ev, None, None, None)
+    return _core.with_fields(ev, raws[0], raws[2], raws[1])
+
+
+def _encoded(value):
+    return None if value is None else _core.encode(value)

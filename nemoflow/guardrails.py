@@ -4,12 +4,17 @@
 ties by name. Sanitizers change only what is written into events (a failing one makes that
 payload ``null``); a conditional guardrail returning a string rejects the call with
 ``GuardrailRejectedError``. Callbacks may be sync or async.
+
+Mark and scope-start / scope-end sanitizers apply to every event, not only to managed calls:
+``fn(event, fields) -> fields``, ``fields`` being ``data``, ``category_profile`` and
+``metadata``; a failing one makes all three ``null`` (counted in ``nf.diagnostics()``).
 """
 
 from __future__ import annotations
 
 from ._middleware import global_pair as _pair
 from .types import (  # noqa: F401  (NeMo Flow code imports them from here)
+    EventSanitizeGuardrail,
     LlmConditionalExecutionGuardrail,
     LlmSanitizeRequestGuardrail,
     LlmSanitizeResponseGuardrail,
@@ -18,15 +23,22 @@ from .types import (  # noqa: F401  (NeMo Flow code imports them from here)
 )
 
 __all__ = [
+    "EventSanitizeGuardrail",
     "deregister_llm_conditional_execution",
     "deregister_llm_sanitize_request",
     "deregister_llm_sanitize_response",
+    "deregister_mark_sanitize",
+    "deregister_scope_sanitize_end",
+    "deregister_scope_sanitize_start",
     "deregister_tool_conditional_execution",
     "deregister_tool_sanitize_request",
     "deregister_tool_sanitize_response",
     "register_llm_conditional_execution",
     "register_llm_sanitize_request",
     "register_llm_sanitize_response",
+    "register_mark_sanitize",
+    "register_scope_sanitize_end",
+    "register_scope_sanitize_start",
     "register_tool_conditional_execution",
     "register_tool_sanitize_request",
     "register_tool_sanitize_response",
@@ -50,3 +62,12 @@ register_llm_sanitize_response, deregister_llm_sanitize_response = _pair(
 register_llm_conditional_execution, deregister_llm_conditional_execution = _pair(
     __name__, "llm_conditional_execution",
     "``fn(request) -> str | None``: a string rejects the call with that reason.")
+
+_EVENT_DOC = ("``fn(event, fields) -> fields`` (``data``, ``category_profile``, "
+              "``metadata``): what every {} records.")
+register_mark_sanitize, deregister_mark_sanitize = _pair(
+    __name__, "mark_sanitize", _EVENT_DOC.format("mark"))
+register_scope_sanitize_start, deregister_scope_sanitize_start = _pair(
+    __name__, "scope_sanitize_start", _EVENT_DOC.format("scope start event"))
+register_scope_sanitize_end, deregister_scope_sanitize_end = _pair(
+    __name__, "scope_sanitize_end", _EVENT_DOC.format("scope end event"))

@@ -8,24 +8,32 @@ from . import _middleware
 from ._backend import core as _core
 
 __all__ = [
+    "deregister_event_metadata_injector",
     "deregister_llm_conditional_execution",
     "deregister_llm_execution",
     "deregister_llm_request",
     "deregister_llm_sanitize_request",
     "deregister_llm_sanitize_response",
     "deregister_llm_stream_execution",
+    "deregister_mark_sanitize",
+    "deregister_scope_sanitize_end",
+    "deregister_scope_sanitize_start",
     "deregister_subscriber",
     "deregister_tool_conditional_execution",
     "deregister_tool_execution",
     "deregister_tool_request",
     "deregister_tool_sanitize_request",
     "deregister_tool_sanitize_response",
+    "register_event_metadata_injector",
     "register_llm_conditional_execution",
     "register_llm_execution",
     "register_llm_request",
     "register_llm_sanitize_request",
     "register_llm_sanitize_response",
     "register_llm_stream_execution",
+    "register_mark_sanitize",
+    "register_scope_sanitize_end",
+    "register_scope_sanitize_start",
     "register_subscriber",
     "register_tool_conditional_execution",
     "register_tool_execution",
@@ -75,3 +83,10 @@ register_llm_request, deregister_llm_request = _families("llm_request", True)
 register_llm_execution, deregister_llm_execution = _families("llm_execution", False)
 register_llm_stream_execution, deregister_llm_stream_execution = _families(
     "llm_stream_execution", False)
+register_mark_sanitize, deregister_mark_sanitize = _families("mark_sanitize", False)
+register_scope_sanitize_start, deregister_scope_sanitize_start = _families(
+    "scope_sanitize_start", False)
+register_scope_sanitize_end, deregister_scope_sanitize_end = _families(
+    "scope_sanitize_end", False)
+register_event_metadata_injector, deregister_event_metadata_injector = _families(
+    "event_metadata_injector", False)

@@ -12,13 +12,17 @@ import weakref
 from . import _managed
 from ._adapters import any_async, drive, settle_async, settle_sync
 from ._backend import core as _core
+from ._managed import ToolExecutionResult
 from ._middleware import Snapshot
 from ._types import NotFoundError, ScopeType
 
-__all__ = ["call", "call_end", "conditional_execution", "execute", "request_intercepts"]
+__all__ = ["ToolExecutionResult", "call", "call_end", "conditional_execution", "execute",
+           "request_intercepts"]
 
 _end_lock = threading.Lock()
 _ended: weakref.WeakSet = weakref.WeakSet()
+# The tool_call_id of an open call, for the category_profile of an annotated end.
+_call_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def claim_end(handle, cls) -> None:
@@ -36,27 +40,36 @@ def claim_end(handle, cls) -> None:
 def call(name, args, *, handle=None, attributes=None, data=None, metadata=None,
          tool_call_id=None, timestamp=None):
     """Open a tool call (its start event has ``data`` = ``args``); returns its ``ToolHandle``."""
-    return _core.start(name, ScopeType.Tool, handle, attributes, data, metadata, args, timestamp,
-                       _core.KIND_TOOL, _managed.profile(tool_call_id=tool_call_id),
-                       _core.ToolHandle)
+    frame = _core.start(name, ScopeType.Tool, handle, attributes, data, metadata, args,
+                        timestamp, _core.KIND_TOOL, _managed.profile(tool_call_id=tool_call_id),
+                        _core.ToolHandle)
+    if tool_call_id is not None:
+        _call_ids[frame] = tool_call_id
+    return frame
 
 
 def call_end(handle, result, *, data=None, metadata=None, timestamp=None) -> None:
     """Close a tool call opened by ``call``; its end event has ``data`` = ``result``.
 
-    ``data`` is accepted for NeMo Flow compatibility and validated; the handle's data was
-    fixed at ``call``. Ending a call twice raises ``NotFoundError``.
+    ``result`` may be a ``ToolExecutionResult``: its ``result`` is recorded and its
+    ``annotation`` goes on the end's category_profile. ``data`` is accepted for NeMo Flow
+    compatibility and validated; the handle's data was fixed at ``call``. Ending a call twice
+    raises ``NotFoundError``.
     """
     _core.encode(data)
+    end_profile = None
+    if isinstance(result, _managed.ToolExecutionResult):
+        result, end_profile = _managed.tool_outcome(result, _call_ids.get(handle))
     claim_end(handle, _core.ToolHandle)
-    end_claimed(handle, result, metadata, timestamp)
+    end_claimed(handle, result, metadata, timestamp, end_profile)
 
 
-def end_claimed(handle, result, metadata, timestamp) -> None:
+def end_claimed(handle, result, metadata, timestamp, end_profile=None) -> None:
     """End a call claimed by ``claim_end``; if an argument is refused (nothing was emitted), the
     claim is given back so that the call can still be ended."""
     try:
-        _core.end(handle, result, metadata, timestamp)
+        _core.end(handle, result, metadata, timestamp, _core.STATUS_NONE, None, None,
+                  end_profile)
     except (TypeError, ValueError):
         with _end_lock:
             _ended.discard(handle)
@@ -65,7 +78,11 @@ def end_claimed(handle, result, metadata, timestamp) -> None:
 
 async def execute(name, args, func, *, handle=None, attributes=None, data=None, metadata=None,
                   tool_call_id=None):
-    """Run ``func(args)`` (sync or async) as a managed tool call, through the middleware."""
+    """Run ``func(args)`` (sync or async) as a managed tool call, through the middleware.
+
+    ``func`` returns the result, or a ``ToolExecutionResult`` (returned as it is; its
+    ``result`` is what the end event records, its ``annotation`` goes beside it).
+    """
     return await _managed.run_tool(name, args, func, handle, attributes, data, metadata,
                                    tool_call_id, settle_async, True, False)
 

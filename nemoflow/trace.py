@@ -25,8 +25,9 @@ from ._types import ScopeType
 __all__ = ["mark", "trace"]
 
 
-#: ``nf.mark(name, *, data=None, metadata=None, data_schema=None, handle=None, timestamp=None)``:
-#: a point-in-time event under the current scope (or ``handle``); the core's own function.
+#: ``nf.mark(name, *, data=None, metadata=None, data_schema=None, handle=None, timestamp=None,
+#: severity=None)``: a point-in-time event under the current scope (or ``handle``); the core's
+#: own function.
 mark = _core.event
 
 

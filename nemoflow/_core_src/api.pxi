@@ -89,15 +89,43 @@ cdef ScopeHandle _open(str name, object scope_type, ScopeHandle parent, int attr
                                         data_raw, meta_raw, profile, ts)
     if _otel_capture is not None and parent._parent is None:
         frame._otel = _otel_parent_context()
-    if _recording:
+    if _recording and _event_hook is None:  # (with event middleware: in _announce)
         _record_scope(NF_REC_START, frame, ts, input_raw, None, _STATUS_NONE, None)
     return frame
 
 
 cdef inline int _announce(ScopeHandle frame, object input_raw) except -1:
+    if _event_hook is not None:
+        return _announce_through_hook(frame, input_raw)
     if _enabled:
         _deliver(_scope_event(frame, False, frame._start_ns, input_raw, None, _STATUS_NONE,
                               None), frame._prev)
+    return 0
+
+
+cdef int _announce_through_hook(ScopeHandle frame, object input_raw) except -1:
+    if not (_enabled or _recording):
+        return 0
+    cdef ScopeEvent ev = _scope_event(frame, False, frame._start_ns, input_raw, None,
+                                      _STATUS_NONE, None)
+    copy = _event_hook(ev, frame._prev)
+    if copy is not None:
+        ev = <ScopeEvent?>copy
+    if _recording:
+        _record_scope_as(NF_REC_START, frame, ev)
+    if _enabled:
+        _deliver(ev, frame._prev)
+    return 0
+
+
+cdef int _record_scope_as(int rtype, ScopeHandle frame, ScopeEvent ev) except -1:
+    # The record of ``ev`` (a with_fields copy): the frame lends its identity, ev its fields.
+    saved_meta, saved_profile = frame._meta, frame._profile
+    frame._meta, frame._profile = ev._meta, ev._profile
+    try:
+        _record_scope(rtype, frame, ev._ts, ev._data, ev._end_meta, ev._status, ev._desc)
+    finally:
+        frame._meta, frame._profile = saved_meta, saved_profile
     return 0
 
 
@@ -152,6 +180,8 @@ cdef int _end(ScopeHandle frame, object out_raw, object meta_raw, int64_t ts, in
     # (A plain store: concurrent child ends may race here; the GIL serializes them today.)
     if frame._parent is not None and ts > frame._parent._child_end:
         frame._parent._child_end = ts
+    if _event_hook is not None and (_enabled or _recording):
+        return _end_through_hook(frame, out_raw, meta_raw, ts, status, desc, top)
     if _recording:
         _record_scope(NF_REC_END, frame, ts, out_raw, meta_raw, status, desc)
     if _enabled:
@@ -163,6 +193,26 @@ cdef int _end(ScopeHandle frame, object out_raw, object meta_raw, int64_t ts, in
                 _drop_locals(frame)
     elif frame._has_locals:
         _drop_locals(frame)
+    return 0
+
+
+cdef int _end_through_hook(ScopeHandle frame, object out_raw, object meta_raw, int64_t ts,
+                           int status, object desc, ScopeHandle top) except -1:
+    if top is None:
+        top = frame
+    cdef ScopeEvent ev
+    try:
+        ev = _scope_event(frame, True, ts, out_raw, meta_raw, status, desc)
+        copy = _event_hook(ev, top)
+        if copy is not None:
+            ev = <ScopeEvent?>copy
+        if _recording:
+            _record_scope_as(NF_REC_END, frame, ev)
+        if _enabled:
+            _deliver(ev, top)
+    finally:
+        if frame._has_locals:
+            _drop_locals(frame)
     return 0
 
 
@@ -249,11 +299,24 @@ cdef object _check_schema(data_schema):
     return _encode(data_schema, False)
 
 
+cdef object _with_severity(object metadata, object severity):
+    if type(severity) is not LogSeverity:
+        raise TypeError(f"severity must be a LogSeverity or None, not {type(severity).__name__}")
+    if metadata is None:
+        return {SEVERITY_KEY: severity.value}
+    if not isinstance(metadata, dict):
+        raise InvalidArgumentError("invalid argument: mark metadata must be a JSON object when "
+                                   "severity is provided")
+    return {**metadata, SEVERITY_KEY: severity.value}
+
+
 def event(name, *, handle=None, data=None, metadata=None, data_schema=None, timestamp=None,
-          category=None, category_profile=None):
+          category=None, category_profile=None, severity=None):
     """Emit a mark under ``handle`` (default: the current scope)."""
     name = _check_name(name)
     _check_parent(handle)
+    if severity is not None:
+        metadata = _with_severity(metadata, severity)
     if category is not None:
         if not isinstance(category, str):
             raise TypeError(f"category must be str or None, not {type(category).__name__}")
@@ -272,6 +335,9 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     nf_uuid7(ts, &hi, &lo)
     otel = (_otel_parent_context() if (_otel_capture is not None and parent._parent is None)
             else None)
+    if _event_hook is not None:
+        return _mark_through_hook(hi, lo, parent, name, ts, data_raw, meta_raw, schema_raw,
+                                  category, profile_raw, otel, top)
     if _recording:  # written before any subscriber runs (and can raise)
         _record_mark(hi, lo, parent, name, ts, data_raw, meta_raw, schema_raw, category,
                      profile_raw, otel)
@@ -290,3 +356,30 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
         ev._profile = profile_raw
         ev._otel = otel
         _deliver(ev, top)
+
+
+cdef int _mark_through_hook(uint64_t hi, uint64_t lo, ScopeHandle parent, str name, int64_t ts,
+                            object data_raw, object meta_raw, object schema_raw, object category,
+                            object profile_raw, object otel, ScopeHandle top) except -1:
+    cdef MarkEvent ev = MarkEvent.__new__(MarkEvent)
+    ev._hi = hi
+    ev._lo = lo
+    ev._phi = parent._hi
+    ev._plo = parent._lo
+    ev._name = name
+    ev._ts = ts
+    ev._data = data_raw
+    ev._meta = meta_raw
+    ev._schema = schema_raw
+    ev._category = category
+    ev._profile = profile_raw
+    ev._otel = otel
+    copy = _event_hook(ev, top)
+    if copy is not None:
+        ev = <MarkEvent?>copy
+    if _recording:
+        _record_mark(hi, lo, parent, name, ts, ev._data, ev._meta, schema_raw, category,
+                     ev._profile, otel)
+    if _enabled:
+        _deliver(ev, top)
+    return 0
