@@ -80,7 +80,7 @@ def test_metric_writes_one_mark_with_the_measurements(nf, events, jsonl):
             M("requests", K.Counter, V.U64, 3, unit="1", description="d", attributes={"k": "v"}),
             M("latency", K.Histogram, V.F64, 1.5, boundaries=[1.0, 2.0]),
         ], metadata={"x": 1})
-    line = [x for x in lines(nf, jsonl) if x["kind"] == "mark"][0]
+    line = next(x for x in lines(nf, jsonl) if x["kind"] == "mark")
     assert line == {**line, "name": "usage", "parent_uuid": h.uuid, "metadata": {"x": 1},
                     "data_schema": {"name": "nemo.relay.metric_measurements", "version": "1"},
                     "data": {"measurements": [
@@ -355,3 +355,37 @@ def test_timestamp_errors_name_datetime_and_timezone_aware(nf, events, call):
     with pytest.raises(ValueError, match="timezone-aware"):
         fn(datetime.datetime(2024, 1, 1))
     assert events == []
+
+
+# --------------------------------------------------------------------------------------------
+# The names these programs import.
+
+REFERENCE_NAMES = {
+    "": ("LogSeverity", "MetricKind", "MetricMeasurement", "MetricValueType",
+         "ToolExecutionResult", "event_metadata"),
+    "scope": ("metric",),
+    "tools": ("ToolExecutionResult",),
+    "guardrails": ("register_mark_sanitize", "deregister_mark_sanitize",
+                   "register_scope_sanitize_start", "deregister_scope_sanitize_start",
+                   "register_scope_sanitize_end", "deregister_scope_sanitize_end",
+                   "EventSanitizeGuardrail"),
+    "scope_local": ("register_mark_sanitize", "deregister_mark_sanitize",
+                    "register_scope_sanitize_start", "deregister_scope_sanitize_start",
+                    "register_scope_sanitize_end", "deregister_scope_sanitize_end",
+                    "register_event_metadata_injector", "deregister_event_metadata_injector"),
+    "event_metadata": ("register_injector", "deregister_injector"),
+    "types": ("EventSanitizeFields", "EventSanitizeGuardrail", "EventMetadata",
+              "EventMetadataInjectorCallback"),
+}
+
+
+@pytest.mark.parametrize("module", sorted(REFERENCE_NAMES))
+def test_reference_names_import(nf, module):
+    names = REFERENCE_NAMES[module]
+    namespace: dict = {}
+    exec(f"from nemoflow{'.' + module if module else ''} import {', '.join(names)}", namespace)
+    assert all(namespace[n] is not None for n in names)
+    if module == "":
+        assert set(names) <= set(nf.__all__)
+    else:
+        assert set(names) - {"EventSanitizeGuardrail"} <= set(getattr(nf, module).__all__)

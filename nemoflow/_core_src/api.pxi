@@ -119,13 +119,13 @@ cdef int _announce_through_hook(ScopeHandle frame, object input_raw) except -1:
 
 
 cdef int _record_scope_as(int rtype, ScopeHandle frame, ScopeEvent ev) except -1:
-    # The record of ``ev`` (a with_fields copy): the frame lends its identity, ev its fields.
-    saved_meta, saved_profile = frame._meta, frame._profile
-    frame._meta, frame._profile = ev._meta, ev._profile
-    try:
-        _record_scope(rtype, frame, ev._ts, ev._data, ev._end_meta, ev._status, ev._desc)
-    finally:
-        frame._meta, frame._profile = saved_meta, saved_profile
+    # The record of ``ev`` (a with_fields copy): a stand-in frame lends the scope's identity
+    # and ev's fields, so the real frame, which other threads may read, is never changed.
+    cdef ScopeHandle f = ScopeHandle.__new__(ScopeHandle)
+    f._hi, f._lo, f._parent, f._name = frame._hi, frame._lo, frame._parent, frame._name
+    f._attrs, f._kind, f._category, f._otel = frame._attrs, frame._kind, frame._category, frame._otel
+    f._meta, f._profile = ev._meta, ev._profile
+    _record_scope(rtype, f, ev._ts, ev._data, ev._end_meta, ev._status, ev._desc)
     return 0
 
 
