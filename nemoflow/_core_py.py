@@ -1730,13 +1730,25 @@ def _announce_through_hook(frame, input_raw):
     if not (_enabled or _recording):
         return
     ev = _scope_event(frame, False, frame._start_ns, input_raw, None, STATUS_NONE, None)
-    copy = _event_hook(ev, frame._prev)
+    copy, interrupted = _through_hook(ev, frame._prev)
     if copy is not None:
         ev = copy
     if _recording:
         _record(ev)
     if _enabled:
         _deliver(ev, frame._prev)
+    if interrupted is not None:
+        raise interrupted
+
+
+def _through_hook(ev, top):
+    # (the copy to emit or None, the BaseException that interrupted the hook or None). An
+    # interrupted hook leaves the event written with its fields cleared (fail closed), and the
+    # exception raised once the operation is complete.
+    try:
+        return _event_hook(ev, top), None
+    except BaseException as exc:
+        return with_fields(ev, None, None, None), exc
 
 
 def _unbind(token, frame):
@@ -1818,7 +1830,7 @@ def _end_through_hook(frame, out_raw, meta_raw, ts, status, desc, top):
         top = frame
     try:
         ev = _scope_event(frame, True, ts, out_raw, meta_raw, status, desc)
-        copy = _event_hook(ev, top)
+        copy, interrupted = _through_hook(ev, top)
         if copy is not None:
             ev = copy
         if _recording:
@@ -1828,6 +1840,8 @@ def _end_through_hook(frame, out_raw, meta_raw, ts, status, desc, top):
     finally:
         if frame._locals:
             _drop_locals(frame)
+    if interrupted is not None:
+        raise interrupted
 
 
 def push(name, scope_type, *, handle=None, attributes=None, data=None, metadata=None,
@@ -1929,14 +1943,17 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     ev._profile = profile_raw
     ev._otel = _otel_parent_context() if (_otel_capture is not None
                                           and ev._parent._parent is None) else None
+    interrupted = None
     if _event_hook is not None:
-        copy = _event_hook(ev, top)
+        copy, interrupted = _through_hook(ev, top)
         if copy is not None:
             ev = copy
     if _recording:  # written before any subscriber runs (and can raise)
         _record(ev)
     if _enabled:
         _deliver(ev, top)
+    if interrupted is not None:
+        raise interrupted
 
 
 # =============================================================================================

@@ -389,3 +389,20 @@ def test_reference_names_import(nf, module):
         assert set(names) <= set(nf.__all__)
     else:
         assert set(names) - {"EventSanitizeGuardrail"} <= set(getattr(nf, module).__all__)
+
+
+def test_an_interrupted_sanitizer_still_writes_the_event_cleared(nf, events, jsonl):
+    nemo_flow = nf
+
+    def interrupt(event, f):
+        raise KeyboardInterrupt
+
+    nemo_flow.guardrails.register_mark_sanitize("ctrl-c", 1, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        nemo_flow.scope.event("m", data={"secret": 1})
+    nemo_flow.guardrails.deregister_mark_sanitize("ctrl-c")
+    nemo_flow.guardrails.register_mark_sanitize("pass", 1, lambda e, f: f)
+    assert nemo_flow.scope.event("returns-none") is None
+    assert fields(lines(nf, jsonl)[0]) == {
+        "name": "m", "data": None, "metadata": None, "category_profile": None}
+    assert events[0].data is None

@@ -108,14 +108,26 @@ cdef int _announce_through_hook(ScopeHandle frame, object input_raw) except -1:
         return 0
     cdef ScopeEvent ev = _scope_event(frame, False, frame._start_ns, input_raw, None,
                                       _STATUS_NONE, None)
-    copy = _event_hook(ev, frame._prev)
+    copy, interrupted = _through_hook(ev, frame._prev)
     if copy is not None:
         ev = <ScopeEvent?>copy
     if _recording:
         _record_scope_as(NF_REC_START, frame, ev)
     if _enabled:
         _deliver(ev, frame._prev)
+    if interrupted is not None:
+        raise interrupted
     return 0
+
+
+cdef tuple _through_hook(object ev, ScopeHandle top):
+    # (the copy to emit or None, the BaseException that interrupted the hook or None). An
+    # interrupted hook leaves the event written with its fields cleared (fail closed), and the
+    # exception raised once the operation is complete.
+    try:
+        return _event_hook(ev, top), None
+    except BaseException as exc:
+        return with_fields(ev, None, None, None), exc
 
 
 cdef int _record_scope_as(int rtype, ScopeHandle frame, ScopeEvent ev) except -1:
@@ -203,7 +215,7 @@ cdef int _end_through_hook(ScopeHandle frame, object out_raw, object meta_raw, i
     cdef ScopeEvent ev
     try:
         ev = _scope_event(frame, True, ts, out_raw, meta_raw, status, desc)
-        copy = _event_hook(ev, top)
+        copy, interrupted = _through_hook(ev, top)
         if copy is not None:
             ev = <ScopeEvent?>copy
         if _recording:
@@ -213,6 +225,8 @@ cdef int _end_through_hook(ScopeHandle frame, object out_raw, object meta_raw, i
     finally:
         if frame._has_locals:
             _drop_locals(frame)
+    if interrupted is not None:
+        raise interrupted
     return 0
 
 
@@ -336,8 +350,9 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     otel = (_otel_parent_context() if (_otel_capture is not None and parent._parent is None)
             else None)
     if _event_hook is not None:
-        return _mark_through_hook(hi, lo, parent, name, ts, data_raw, meta_raw, schema_raw,
-                                  category, profile_raw, otel, top)
+        _mark_through_hook(hi, lo, parent, name, ts, data_raw, meta_raw, schema_raw, category,
+                           profile_raw, otel, top)
+        return
     if _recording:  # written before any subscriber runs (and can raise)
         _record_mark(hi, lo, parent, name, ts, data_raw, meta_raw, schema_raw, category,
                      profile_raw, otel)
@@ -374,7 +389,7 @@ cdef int _mark_through_hook(uint64_t hi, uint64_t lo, ScopeHandle parent, str na
     ev._category = category
     ev._profile = profile_raw
     ev._otel = otel
-    copy = _event_hook(ev, top)
+    copy, interrupted = _through_hook(ev, top)
     if copy is not None:
         ev = <MarkEvent?>copy
     if _recording:
@@ -382,4 +397,6 @@ cdef int _mark_through_hook(uint64_t hi, uint64_t lo, ScopeHandle parent, str na
                      ev._profile, otel)
     if _enabled:
         _deliver(ev, top)
+    if interrupted is not None:
+        raise interrupted
     return 0
