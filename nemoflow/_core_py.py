@@ -441,7 +441,9 @@ def imported_frame(uuid: str, name: str, scope_type, prev) -> ScopeHandle:
 
 
 def is_closed(frame) -> bool:
-    """Whether the scope of ``frame`` has ended."""
+    """Whether the scope of ``frame`` has ended (``TypeError`` for a handle nemoflow did not
+    make)."""
+    _check_made(frame)
     return frame._closed
 
 

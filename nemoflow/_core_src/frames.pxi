@@ -179,7 +179,9 @@ def imported_frame(str uuid, str name, scope_type, prev):
 
 
 def is_closed(ScopeHandle frame):
-    """Whether the scope of ``frame`` has ended."""
+    """Whether the scope of ``frame`` has ended (``TypeError`` for a handle nemoflow did not
+    make)."""
+    _check_made(frame)
     return frame._closed
 
 
