@@ -332,7 +332,7 @@ _FIELDS = ("data", "category_profile", "metadata")
 _in_event_hook: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "nemoflow_event_middleware", default=False)
 _failures = {"event_sanitizer_failures": 0, "event_metadata_injector_failures": 0}
-_failures_lock = threading.Lock()
+_failures_lock = threading.RLock()  # re-entered by diagnostics() from a GC callback
 
 
 def event_failures() -> dict:
