@@ -329,15 +329,15 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     """Emit a mark under ``handle`` (default: the current scope)."""
     name = _check_name(name)
     _check_parent(handle)
-    if severity is not None:
-        metadata = _with_severity(metadata, severity)
     if category is not None:
         if not isinstance(category, str):
             raise TypeError(f"category must be str or None, not {type(category).__name__}")
         category = _check_name(category)
     cdef int64_t ts = nf_now_ns() if timestamp is None else _timestamp_ns(timestamp)
     data_raw = _encode(data, False)
-    meta_raw = _encode(metadata, False)
+    # (not assigned to ``metadata``: an argument that is reassigned costs a reference pair)
+    meta_raw = _encode(metadata if severity is None else _with_severity(metadata, severity),
+                       False)
     schema_raw = _check_schema(data_schema)
     profile_raw = _encode(category_profile, False)
     cdef ScopeHandle top = _top()
@@ -346,13 +346,13 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     cdef uint64_t hi, lo
     cdef MarkEvent ev
     cdef ScopeHandle parent = top if handle is None else <ScopeHandle>handle
+    if _event_hook is not None:
+        # (a Python-level call: the C compiler keeps the hooked path out of this function)
+        return _mark_through_hook(parent, name, ts, data_raw, meta_raw, schema_raw, category,
+                                  profile_raw, top)
     nf_uuid7(ts, &hi, &lo)
     otel = (_otel_parent_context() if (_otel_capture is not None and parent._parent is None)
             else None)
-    if _event_hook is not None:
-        _mark_through_hook(hi, lo, parent, name, ts, data_raw, meta_raw, schema_raw, category,
-                           profile_raw, otel, top)
-        return
     if _recording:  # written before any subscriber runs (and can raise)
         _record_mark(hi, lo, parent, name, ts, data_raw, meta_raw, schema_raw, category,
                      profile_raw, otel)
@@ -373,9 +373,13 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
         _deliver(ev, top)
 
 
-cdef int _mark_through_hook(uint64_t hi, uint64_t lo, ScopeHandle parent, str name, int64_t ts,
-                            object data_raw, object meta_raw, object schema_raw, object category,
-                            object profile_raw, object otel, ScopeHandle top) except -1:
+def _mark_through_hook(ScopeHandle parent, str name, int64_t ts, data_raw, meta_raw, schema_raw,
+                       category, profile_raw, ScopeHandle top):
+    """The rest of ``event`` while event middleware is registered."""
+    cdef uint64_t hi, lo
+    nf_uuid7(ts, &hi, &lo)
+    otel = (_otel_parent_context() if (_otel_capture is not None and parent._parent is None)
+            else None)
     cdef MarkEvent ev = MarkEvent.__new__(MarkEvent)
     ev._hi = hi
     ev._lo = lo
@@ -399,4 +403,3 @@ cdef int _mark_through_hook(uint64_t hi, uint64_t lo, ScopeHandle parent, str na
         _deliver(ev, top)
     if interrupted is not None:
         raise interrupted
-    return 0
