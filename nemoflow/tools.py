@@ -19,6 +19,8 @@ from ._types import NotFoundError, ScopeType
 __all__ = ["ToolExecutionResult", "call", "call_end", "conditional_execution", "execute",
            "request_intercepts"]
 
+_any_async = any_async  # its old name here
+
 _end_lock = threading.Lock()
 _ended: weakref.WeakSet = weakref.WeakSet()
 # The tool_call_id of an open call, for the category_profile of an annotated end.
