@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from . import (
+    _middleware,
     codecs,
+    event_metadata,
     exporters,
     guardrails,
     intercepts,
@@ -20,12 +22,15 @@ from . import (
 )
 from ._backend import BACKEND
 from ._backend import core as _core
+from ._managed import ToolExecutionResult
+from ._metrics import MetricKind, MetricMeasurement, MetricValueType
 from ._types import (
     AlreadyExistsError,
     GuardrailRejectedError,
     InternalError,
     InvalidArgumentError,
     LLMAttributes,
+    LogSeverity,
     NemoFlowError,
     NotFoundError,
     ScopeAttributes,
@@ -98,7 +103,16 @@ LLMHandle = _core.LLMHandle
 ScopeEvent = _core.ScopeEvent
 MarkEvent = _core.MarkEvent
 Event = ScopeEvent | MarkEvent
-diagnostics = _core.diagnostics
+
+
+def diagnostics() -> dict:
+    """Counters of what was delivered and what failed: subscribers, exporters, the pipeline,
+    redaction, and event sanitizers and metadata injectors (``event_middleware``)."""
+    out = _core.diagnostics()
+    out["event_middleware"] = _middleware.event_failures()
+    return out
+
+
 configure = _core.configure
 
 __version__ = "0.1.0"
@@ -134,7 +148,11 @@ __all__ = [
     "LlmSanitizeResponseGuardrail",
     "LlmStream",
     "LlmStreamExecutionIntercept",
+    "LogSeverity",
     "MarkEvent",
+    "MetricKind",
+    "MetricMeasurement",
+    "MetricValueType",
     "NemoFlowError",
     "NotFoundError",
     "OpenAIChatCodec",
@@ -152,6 +170,7 @@ __all__ = [
     "ToolAttributes",
     "ToolConditionalExecutionGuardrail",
     "ToolExecutionIntercept",
+    "ToolExecutionResult",
     "ToolHandle",
     "ToolRequestIntercept",
     "ToolSanitizeGuardrail",
@@ -168,6 +187,7 @@ __all__ = [
     "create_scope_stack",
     "create_scope_stack_from_propagation",
     "diagnostics",
+    "event_metadata",
     "exporters",
     "fork_asyncio_context",
     "get_scope_stack",

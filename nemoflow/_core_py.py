@@ -42,9 +42,11 @@ from ._types import (
     ATOF_VERSION,
     ATTRIBUTE_NAMES,
     CATEGORIES,
+    SEVERITY_KEY,
     AlreadyExistsError,
     InvalidArgumentError,
     LLMAttributes,
+    LogSeverity,
     NotFoundError,
     ScopeAttributes,
     ScopeType,
@@ -266,11 +268,13 @@ _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 def timestamp_ns(ts) -> int:
     """Nanoseconds since the epoch of an explicit, timezone-aware ``datetime``."""
     if isinstance(ts, str):
-        raise TypeError("timestamp must be a timezone-aware datetime, not str")
+        raise TypeError("timestamp must be a timezone-aware datetime.datetime, not str")
     if not isinstance(ts, _dt.datetime):
-        raise TypeError(f"timestamp must be a timezone-aware datetime, not {type(ts).__name__}")
+        raise TypeError(f"timestamp must be a timezone-aware datetime.datetime, "
+                        f"not {type(ts).__name__}")
     if ts.tzinfo is None or ts.utcoffset() is None:
-        raise ValueError("timestamp must be timezone-aware (naive datetime given)")
+        raise ValueError("timestamp must be a timezone-aware datetime.datetime (naive "
+                         "datetime given)")
     delta = ts - _EPOCH
     ns = (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
     if not _MIN_NS <= ns <= _MAX_NS:
@@ -438,7 +442,9 @@ def imported_frame(uuid: str, name: str, scope_type, prev) -> ScopeHandle:
 
 
 def is_closed(frame) -> bool:
-    """Whether the scope of ``frame`` has ended."""
+    """Whether the scope of ``frame`` has ended (``TypeError`` for a handle nemoflow did not
+    make)."""
+    _check_made(frame)
     return frame._closed
 
 
@@ -587,6 +593,8 @@ class ScopeEvent:
         return _decode(self._data)
 
     def _metadata_raw(self):
+        if self._meta_cache is not None:  # merged (an end), or given to with_fields
+            return self._meta_cache[0]
         if not self._is_end:
             return self._frame._meta
         if self._meta_cache is None:
@@ -741,6 +749,52 @@ class MarkEvent:
 
     def __repr__(self):
         return f"<MarkEvent {self._name!r} {self._uuid}>"
+
+    @property
+    def severity(self):
+        """The ``LogSeverity`` given to ``event(..., severity=)``, or None."""
+        return _severity_of(_decode(self._meta))
+
+
+def _severity_of(metadata):
+    if isinstance(metadata, dict):
+        wire = metadata.get(SEVERITY_KEY)
+        if isinstance(wire, str):
+            return LogSeverity._value2member_map_.get(wire)
+    return None
+
+
+# Event middleware (nemoflow/_middleware.py): while a sanitizer or metadata injector is
+# registered, every scope start, scope end and mark passes through ``_event_hook(event, top)``
+# before it is recorded or delivered; it returns None (unchanged) or the copy to emit instead,
+# made by ``with_fields``. While none is registered its whole cost is an ``is not None`` test.
+_event_hook = None
+
+
+def set_event_hook(hook) -> None:
+    """Pass every event through ``hook(event, top)`` from now on (None: off)."""
+    global _event_hook
+    _event_hook = hook
+
+
+def with_fields(ev, data, metadata, category_profile):
+    """A copy of the event ``ev`` with the given data, metadata and category_profile (encoded
+    JSON bytes or None); an end event's metadata is then written as given."""
+    for raw in (data, metadata, category_profile):
+        if raw is not None and type(raw) is not bytes:
+            raise TypeError(f"fields are encoded JSON bytes or None, not {type(raw).__name__}")
+    if isinstance(ev, MarkEvent):
+        m = object.__new__(MarkEvent)
+        for slot in MarkEvent.__slots__:
+            setattr(m, slot, getattr(ev, slot))
+        m._data, m._meta, m._profile = data, metadata, category_profile
+        return m
+    if not isinstance(ev, ScopeEvent):
+        raise TypeError(f"expected a ScopeEvent or MarkEvent, got {type(ev).__name__}")
+    c = _scope_event(ev._frame, ev._is_end, ev._ts, data, None, STATUS_NONE, None)
+    c._profile = category_profile
+    c._meta_cache = (metadata,)
+    return c
 
 
 # =============================================================================================
@@ -1701,15 +1755,42 @@ def _open(name, scope_type, parent, attrs, data_raw, meta_raw, input_raw, ts, ki
                        profile, ts)
     if _otel_capture is not None and parent._parent is None:
         frame._otel = _otel_parent_context()
-    if _recording:
+    if _recording and _event_hook is None:  # (with event middleware: in _announce)
         _record(_scope_event(frame, False, ts, input_raw, None, STATUS_NONE, None))
     return frame
 
 
 def _announce(frame, input_raw):
-    if _enabled:
+    if _event_hook is not None:
+        _announce_through_hook(frame, input_raw)
+    elif _enabled:
         _deliver(_scope_event(frame, False, frame._start_ns, input_raw, None, STATUS_NONE,
                               None), frame._prev)
+
+
+def _announce_through_hook(frame, input_raw):
+    if not (_enabled or _recording):
+        return
+    ev = _scope_event(frame, False, frame._start_ns, input_raw, None, STATUS_NONE, None)
+    copy, interrupted = _through_hook(ev, frame._prev)
+    if copy is not None:
+        ev = copy
+    if _recording:
+        _record(ev)
+    if _enabled:
+        _deliver(ev, frame._prev)
+    if interrupted is not None:
+        raise interrupted
+
+
+def _through_hook(ev, top):
+    # (the copy to emit or None, the BaseException that interrupted the hook or None). An
+    # interrupted hook leaves the event written with its fields cleared (fail closed), and the
+    # exception raised once the operation is complete.
+    try:
+        return _event_hook(ev, top), None
+    except BaseException as exc:
+        return with_fields(ev, None, None, None), exc
 
 
 def _unbind(token, frame):
@@ -1770,6 +1851,9 @@ def _end_encoded(frame, out_raw, meta_raw, ts, status, desc, top):
     parent = frame._parent
     if parent is not None and ts > parent._child_end:
         parent._child_end = ts
+    if _event_hook is not None and (_enabled or _recording):
+        _end_through_hook(frame, out_raw, meta_raw, ts, status, desc, top)
+        return
     if _recording:
         _record(_scope_event(frame, True, ts, out_raw, meta_raw, status, desc))
     if _enabled:
@@ -1781,6 +1865,25 @@ def _end_encoded(frame, out_raw, meta_raw, ts, status, desc, top):
                 _drop_locals(frame)
     elif frame._locals:
         _drop_locals(frame)
+
+
+def _end_through_hook(frame, out_raw, meta_raw, ts, status, desc, top):
+    if top is None:
+        top = frame
+    try:
+        ev = _scope_event(frame, True, ts, out_raw, meta_raw, status, desc)
+        copy, interrupted = _through_hook(ev, top)
+        if copy is not None:
+            ev = copy
+        if _recording:
+            _record(ev)
+        if _enabled:
+            _deliver(ev, top)
+    finally:
+        if frame._locals:
+            _drop_locals(frame)
+    if interrupted is not None:
+        raise interrupted
 
 
 def push(name, scope_type, *, handle=None, attributes=None, data=None, metadata=None,
@@ -1840,11 +1943,24 @@ def _check_schema(data_schema):
     return encode(data_schema)
 
 
+def _with_severity(metadata, severity):
+    if type(severity) is not LogSeverity:
+        raise TypeError(f"severity must be a LogSeverity or None, not {type(severity).__name__}")
+    if metadata is None:
+        return {SEVERITY_KEY: severity.value}
+    if not isinstance(metadata, dict):
+        raise InvalidArgumentError("invalid argument: mark metadata must be a JSON object when "
+                                   "severity is provided")
+    return {**metadata, SEVERITY_KEY: severity.value}
+
+
 def event(name, *, handle=None, data=None, metadata=None, data_schema=None, timestamp=None,
-          category=None, category_profile=None):
+          category=None, category_profile=None, severity=None):
     """Emit a mark under ``handle`` (default: the current scope)."""
     name = _check_name(name)
     _check_parent(handle)
+    if severity is not None:
+        metadata = _with_severity(metadata, severity)
     if category is not None:
         if not isinstance(category, str):
             raise TypeError(f"category must be str or None, not {type(category).__name__}")
@@ -1869,10 +1985,17 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     ev._profile = profile_raw
     ev._otel = _otel_parent_context() if (_otel_capture is not None
                                           and ev._parent._parent is None) else None
+    interrupted = None
+    if _event_hook is not None:
+        copy, interrupted = _through_hook(ev, top)
+        if copy is not None:
+            ev = copy
     if _recording:  # written before any subscriber runs (and can raise)
         _record(ev)
     if _enabled:
         _deliver(ev, top)
+    if interrupted is not None:
+        raise interrupted
 
 
 # =============================================================================================

@@ -6,33 +6,23 @@ outermost) → the function → response sanitizers (event copy only) + end even
 
 The pipeline is written once, as coroutines. A synchronous call (``@nf.trace.tool`` on a plain
 function) runs the same coroutine with a ``settle`` that never suspends (an async callback is
-run to completion on a private loop), so it completes in one step without an event loop.
+run to completion on a private loop), so it completes in one step without an event loop
+(``_adapters``). The steps shared by tools and LLM calls, the tool steps and the stream driver
+are here; the LLM steps are in ``_llm_pipeline``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import copy
 import functools
 import sys
-import threading
-import time
+from typing import Any, Generic, TypeVar
 
-from . import propagation
+from ._adapters import LoopRunner, drive, settle_sync  # noqa: F401  (LoopRunner: its old home)
 from ._backend import core as _core
-from ._middleware import (
-    Snapshot,
-    block_on,
-    drive,
-    internal_error,
-    settle_async,
-    settle_sync,
-    switch,
-)
-from ._types import GuardrailRejectedError, InternalError, LLMAttributes, ScopeType
+from ._middleware import Snapshot, internal_error, switch
+from ._types import GuardrailRejectedError, InternalError, ScopeType
 from .propagation import active_call as _active_call
-from .redaction import public_headers
 
 _OK, _ERROR = _core.STATUS_OK, _core.STATUS_ERROR
 
@@ -52,6 +42,46 @@ def result_metadata(end_metadata, result):
         return payload(end_metadata(result), True)
     except Exception:
         return None
+
+
+_T = TypeVar("_T")
+
+
+class ToolExecutionResult(Generic[_T]):
+    """What a tool callback may return instead of a plain value: ``result`` is what the call
+    returns and its end event records; ``annotation`` (JSON, optional) is recorded beside it,
+    as ``tool_result_annotation`` in the end event's category_profile."""
+
+    __slots__ = ("_result", "_annotation")
+
+    def __init__(self, result: _T, annotation: Any = None) -> None:
+        self._result = result
+        self._annotation = annotation
+
+    @property
+    def result(self) -> _T:
+        return self._result
+
+    @property
+    def annotation(self) -> Any:
+        return self._annotation
+
+    def __repr__(self):
+        return f"ToolExecutionResult(result={self._result!r}, annotation={self._annotation!r})"
+
+
+def tool_outcome(result, tool_call_id=None):
+    """``(value, end_profile)``: what a tool's end event records of ``result``, and its
+    category_profile when ``result`` is a ``ToolExecutionResult`` with an annotation."""
+    if not isinstance(result, ToolExecutionResult):
+        return result, None
+    if result.annotation is None:
+        return result.result, None
+    try:
+        return result.result, profile(tool_call_id=tool_call_id,
+                                      tool_result_annotation=result.annotation)
+    except Exception:  # an annotation that is not JSON is left out, never raised
+        return result.result, None
 
 
 def profile(**fields) -> bytes:
@@ -122,7 +152,7 @@ async def event_payload(chain, value, call, settle, lenient=True):
 
 
 async def execute_and_end(frame, snap, family, response_family, func, name, arg, call_response,
-                          settle, is_async, end_metadata=None):
+                          settle, is_async, end_metadata=None, outcome=None):
     """The shared tail of a managed call: execution intercepts around ``func(arg)``, then the
     end event (ERROR with the exception's type, or OK with the sanitized result)."""
     call, _ = execution_chain(snap.chain(family), func, (name,), settle, is_async)
@@ -134,10 +164,11 @@ async def execute_and_end(frame, snap, family, response_family, func, name, arg,
         raise
     finally:
         _reset_active(token)
-    event_result = await event_payload(snap.chain(response_family), result, call_response,
+    value, end_profile = (result, None) if outcome is None else outcome(result)
+    event_result = await event_payload(snap.chain(response_family), value, call_response,
                                        settle)
     meta = result_metadata(end_metadata, result)
-    _core.end(frame, event_result, meta, None, _OK)
+    _core.end(frame, event_result, meta, None, _OK, None, None, end_profile)
     return result
 
 
@@ -190,10 +221,6 @@ def _layer(entry, inner, prefix, settle, is_async, origin):
     return layer
 
 
-def _plain(fn, v):
-    # LLM sanitizers take the value alone
-    return fn(v)
-
 
 def end_with_error(frame, exc, end_profile=None):
     _core.end(frame, None, error_metadata(exc), None, _ERROR, _core.describe(exc), None,
@@ -241,7 +268,7 @@ def _with_name(name):
     return lambda fn, v: fn(name, v)  # tool sanitizers take the tool name
 
 
-async def call_and_end(frame, func, arg, settle, end_metadata=None):
+async def call_and_end(frame, func, arg, settle, end_metadata=None, outcome=None):
     """A call no middleware applies to: ``func(arg)``, then its end event."""
     token = _active_call.set(frame)
     try:
@@ -252,7 +279,8 @@ async def call_and_end(frame, func, arg, settle, end_metadata=None):
     finally:
         _reset_active(token)
     meta = result_metadata(end_metadata, result)
-    _core.end(frame, payload(result, True), meta, None, _OK)
+    value, end_profile = (result, None) if outcome is None else outcome(result)
+    _core.end(frame, payload(value, True), meta, None, _OK, None, None, end_profile)
     return result
 
 
@@ -264,12 +292,14 @@ async def run_tool(name, args, func, parent, attributes, data, metadata, tool_ca
         frame = _core.start(name, ScopeType.Tool, parent, attributes, data, metadata,
                             payload(args, lenient), None, _core.KIND_TOOL,
                             profile(tool_call_id=tool_call_id), _core.ToolHandle)
-        return await call_and_end(frame, func, args, settle)
+        return await call_and_end(frame, func, args, settle, None,
+                                  functools.partial(tool_outcome, tool_call_id=tool_call_id))
     snap = Snapshot(_core.current())
     frame, args = await tool_prelude(snap, name, args, parent, attributes, data, metadata,
                                      tool_call_id, settle, lenient)
     return await execute_and_end(frame, snap, "tool_execution", "tool_sanitize_response", func,
-                                 name, args, _with_name(name), settle, is_async)
+                                 name, args, _with_name(name), settle, is_async, None,
+                                 functools.partial(tool_outcome, tool_call_id=tool_call_id))
 
 
 class ToolStream:
@@ -310,284 +340,6 @@ class ToolStream:
 
     def end_profile(self):
         return None
-
-
-# --------------------------------------------------------------------------------------------
-# LLM calls.
-
-def now() -> float:
-    return time.perf_counter()
-
-
-class LLMRequest:
-    """An LLM request: ``headers`` and ``content``, both dicts."""
-
-    __slots__ = ("_headers", "_content")
-
-    def __init__(self, headers, content):
-        if not isinstance(headers, dict):
-            raise TypeError(f"headers must be a dict, not {type(headers).__name__}")
-        if not isinstance(content, dict):
-            raise TypeError(f"content must be a dict, not {type(content).__name__}")
-        self._headers = headers
-        self._content = content
-
-    @property
-    def headers(self) -> dict:
-        return self._headers
-
-    @property
-    def content(self) -> dict:
-        return self._content
-
-    def __deepcopy__(self, memo):
-        return LLMRequest(copy.deepcopy(self._headers, memo), copy.deepcopy(self._content, memo))
-
-    def __eq__(self, other):
-        if not isinstance(other, LLMRequest):
-            return NotImplemented
-        return self._headers == other._headers and self._content == other._content
-
-    __hash__ = None  # type: ignore[assignment]  # mutable: compared by value, not hashable
-
-    def __repr__(self):
-        return f"LLMRequest(headers={list(public_headers(self._headers))!r}, content=…)"
-
-
-def request_data(request) -> dict:
-    return {"headers": public_headers(request.headers), "content": request.content}
-
-
-def check_request(request):
-    if not isinstance(request, LLMRequest):
-        raise TypeError(f"request must be an LLMRequest, not {type(request).__name__}")
-
-
-def _sanitized_request(request):
-    if not isinstance(request, LLMRequest):
-        raise TypeError("an LLM request sanitizer returns an LLMRequest")
-    return json_payload(request_data(request))
-
-
-async def apply_request_intercepts(snap, name, request, settle, annotated=None):
-    """``(request, annotated)`` after the LLM request intercepts of ``snap``."""
-    for entry in snap.chain("llm_request"):
-        try:
-            out = await settle(entry.fn(name, request, annotated))
-        except Exception as exc:
-            raise internal_error(exc, "LLM request intercept callable failed") from exc
-        try:
-            if not isinstance(out, (tuple, list)) or len(out) != 2:
-                raise TypeError(f"an LLM request intercept returns (LLMRequest, annotated), "
-                                f"not {type(out).__name__}")
-            if not isinstance(out[0], LLMRequest):
-                raise TypeError(f"result[0] is not an LLMRequest: {type(out[0]).__name__}")
-        except TypeError as exc:
-            raise internal_error(exc, "LLM request intercept result[0] extraction failed") \
-                from exc
-        request, annotated = out
-        if entry.break_chain:
-            break
-    return request, annotated
-
-
-async def request_intercepts(name, request, settle, annotated=None):
-    """The LLM request intercepts alone, then the session and trace headers of the current
-    position (as the request a managed call made here would carry them)."""
-    top = _core.current()
-    request, annotated = await apply_request_intercepts(Snapshot(top), name, request, settle,
-                                                        annotated)
-    request = with_session_headers(request, top)
-    try:
-        request = propagation.with_current_traceparent(request)
-    except Exception as exc:
-        _header_failure(exc)
-    return request, annotated
-
-
-async def llm_prelude(snap, name, request, parent, settle, lenient):
-    """Guardrails, request intercepts and request sanitizers of an LLM call.
-
-    Returns ``(request, annotated, event_request)``.
-    """
-    await check_conditions(snap, "llm_conditional_execution", parent, name, (request,),
-                           {"kind": "llm_conditional_execution"}, settle)
-    request, annotated = await apply_request_intercepts(snap, name, request, settle)
-    request = with_session_headers(request, parent)
-    chain = snap.chain("llm_sanitize_request")
-    if chain:
-        event_request = await sanitize(chain, request, _plain, settle, _sanitized_request)
-    else:
-        event_request = payload(request_data(request), lenient)
-    return request, annotated, event_request
-
-
-_warned_headers = False
-
-
-def _header_failure(exc):
-    global _warned_headers
-    if not _warned_headers:
-        _warned_headers = True
-        _core._warn_quietly(f"nemoflow: could not add trace headers to an LLM request: {exc!r}")
-
-
-def with_session_headers(request, parent):
-    """The request with the reference's ``x-dynamo-*`` session headers (recorded in events)."""
-    try:
-        return propagation.session_headers(request, parent)
-    except Exception as exc:
-        _header_failure(exc)
-        return request
-
-
-def with_trace_headers(request, parent, frame):
-    """The request the provider gets: ``traceparent`` (+ ``tracestate``) of the LLM span."""
-    try:
-        return propagation.trace_headers(request, parent, frame.uuid)
-    except Exception as exc:
-        _header_failure(exc)
-        return request
-
-
-def llm_profile_fields(model_name, annotated) -> dict:
-    if annotated is not None:
-        try:
-            _core.encode(annotated)
-        except ValueError:
-            annotated = None
-    return {k: v for k, v in (("model_name", model_name), ("annotated_request", annotated))
-            if v is not None}
-
-
-def llm_profile(model_name, annotated):
-    return _core.encode(llm_profile_fields(model_name, annotated))
-
-
-def response_metadata(response):
-    """Token usage and finish reason of an OpenAI- or Anthropic-style response dict."""
-    if not isinstance(response, dict):
-        return None
-    meta = {}
-    usage = response.get("usage")
-    if isinstance(usage, dict):
-        for key in ("prompt_tokens", "completion_tokens", "total_tokens", "input_tokens",
-                    "output_tokens"):
-            value = usage.get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
-                meta[f"llm.usage.{key}"] = value
-    reason = None
-    choices = response.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        reason = choices[0].get("finish_reason")
-    if reason is None:
-        reason = response.get("stop_reason")
-    if isinstance(reason, str):
-        meta["llm.finish_reason"] = reason
-    return meta or None
-
-
-async def run_llm(name, request, func, parent, attributes, data, metadata, model_name, settle,
-                  is_async, lenient):
-    check_request(request)
-    if parent is None:
-        parent = _core.current()
-    if not switch.llm:  # no LLM middleware anywhere: the pipeline's events, without it
-        request = with_session_headers(request, parent)
-        frame = _core.start(name, ScopeType.Llm, parent, attributes, data, metadata,
-                            payload(request_data(request), lenient), None, _core.KIND_LLM,
-                            llm_profile(model_name, None), _core.LLMHandle)
-        request = with_trace_headers(request, parent, frame)
-        return await call_and_end(frame, func, request, settle, response_metadata)
-    snap = Snapshot(_core.current())
-    request, annotated, event_request = await llm_prelude(snap, name, request, parent, settle,
-                                                          lenient)
-    frame = _core.start(name, ScopeType.Llm, parent, attributes, data, metadata, event_request,
-                        None, _core.KIND_LLM, llm_profile(model_name, annotated),
-                        _core.LLMHandle)
-    request = with_trace_headers(request, parent, frame)
-    return await execute_and_end(frame, snap, "llm_execution", "llm_sanitize_response", func,
-                                 name, request, _plain, settle, is_async, response_metadata)
-
-
-def guess_provider(chunk) -> str:
-    """``"openai"``, ``"anthropic"`` or ``"unknown"``, from the shape of a streamed chunk."""
-    def get(key):
-        return chunk.get(key) if isinstance(chunk, dict) else getattr(chunk, key, None)
-    obj = get("object")
-    if (isinstance(obj, str) and obj.startswith("chat.completion")) or get("choices") is not None:
-        return "openai"
-    kind = get("type")
-    if isinstance(kind, str) and (kind.startswith(("message_", "content_block_"))
-                                  or kind in ("ping", "error")):
-        return "anthropic"
-    return "unknown"
-
-
-class LLMStream:
-    """A streamed LLM call (``llm.stream_execute``, an async generator under ``nf.trace.llm``):
-    each chunk goes to ``collector``, gets an ``llm.chunk`` mark and is yielded; ``finalizer()``
-    gives the end ``data``; the end's category_profile holds ``time_to_first_chunk``."""
-
-    def __init__(self, name, request, collector, finalizer, parent, attributes, data, metadata,
-                 model_name, snap, settle, lenient):
-        self.name, self.request, self.parent = name, request, parent
-        self.collector, self.finalizer = collector, finalizer
-        self.attributes, self.data, self.metadata = attributes, data, metadata
-        self.model_name, self.snap, self.settle, self.lenient = model_name, snap, settle, lenient
-        self.frame = None
-        self.first = None
-        self.index = 0
-
-    async def open(self):
-        request, annotated, event_request = await llm_prelude(
-            self.snap, self.name, self.request, self.parent, self.settle, self.lenient)
-        self.fields = llm_profile_fields(self.model_name, annotated)
-        self.frame = _core.start(self.name, ScopeType.Llm, self.parent,
-                                 _core_llm_attrs(self.attributes), self.data, self.metadata,
-                                 event_request, None, _core.KIND_LLM, _core.encode(self.fields),
-                                 _core.LLMHandle)
-        self.started = now()
-        return with_trace_headers(request, self.parent, self.frame)
-
-    def layers(self):
-        return [(entry.fn, ()) for entry in self.snap.chain("llm_stream_execution")]
-
-    async def on_item(self, chunk):
-        if self.first is None:
-            self.first = now() - self.started
-        await self.settle(self.collector(chunk))
-        _core.event("llm.chunk", handle=self.frame,
-                    data={"chunk_index": self.index, "provider": guess_provider(chunk)})
-        self.index += 1
-
-    async def result(self):
-        output = await self.settle(self.finalizer())
-        return await event_payload(self.snap.chain("llm_sanitize_response"), output, _plain,
-                                   self.settle)
-
-    def result_now(self):
-        # Nothing here suspends: a stream being closed may not be able to await (an async
-        # finalizer or sanitizer runs on a private loop instead).
-        out = self.finalizer()
-        if hasattr(out, "__await__"):
-            out = block_on(out)
-        return drive(event_payload(self.snap.chain("llm_sanitize_response"), out, _plain,
-                                   settle_sync))
-
-    def end_profile(self):
-        # ``time_to_first_chunk`` (seconds) goes on the end event's category_profile.
-        if self.first is None:
-            return None
-        return _core.encode({**self.fields, "time_to_first_chunk": self.first})
-
-
-def stream_llm(name, request, func, collector, finalizer, parent, attributes, data, metadata,
-               model_name, snap, lenient=False):
-    """The async generator behind ``llm.stream_execute``."""
-    call = LLMStream(name, request, collector, finalizer, parent, attributes, data, metadata,
-                     model_name, snap, settle_async, lenient)
-    return stream(call, func, True, settle_async)
 
 
 # --------------------------------------------------------------------------------------------
@@ -818,50 +570,17 @@ def sync_stream(agen, run):
                 close()
 
 
-class LoopRunner:
-    """Runs the steps of one synchronous stream on a private event loop, for async stream
-    intercepts. From a thread that already runs a loop, each step runs in a helper thread."""
-
-    def __init__(self):
-        self.loop = None
-
-    def __call__(self, awaitable):
-        if self.loop is None:
-            self.loop = asyncio.new_event_loop()
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return self.loop.run_until_complete(_awaited(awaitable))
-        box = {}
-        ctx = contextvars.copy_context()
-
-        def target():
-            try:
-                box["value"] = ctx.run(self.loop.run_until_complete, _awaited(awaitable))
-            except BaseException as exc:  # delivered to the caller below
-                box["error"] = exc
-
-        t = threading.Thread(target=target, name="nemoflow-stream")
-        t.start()
-        t.join()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    def close(self):
-        if self.loop is None:
-            return
-        try:
-            self(self.loop.shutdown_asyncgens())
-        finally:
-            loop, self.loop = self.loop, None
-            loop.close()
+# The LLM steps moved to _llm_pipeline; their names stay reachable here.
+_LLM_NAMES = frozenset({
+    "LLMRequest", "LLMStream", "apply_request_intercepts", "check_request", "guess_provider",
+    "llm_prelude", "llm_profile", "llm_profile_fields", "now", "request_data",
+    "request_intercepts", "response_metadata", "run_llm", "stream_llm", "with_session_headers",
+    "with_trace_headers",
+})
 
 
-async def _awaited(awaitable):
-    return await awaitable
-
-
-def _core_llm_attrs(attributes):
-    # The core checks the flag class: ToolAttributes | 2 stays ToolAttributes and is refused.
-    return LLMAttributes.STREAMING if attributes is None else attributes | LLMAttributes.STREAMING
+def __getattr__(name):
+    if name in _LLM_NAMES:
+        from . import _llm_pipeline
+        return getattr(_llm_pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

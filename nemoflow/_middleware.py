@@ -12,7 +12,6 @@ A popped scope is on no stack, so its middleware is gone for every later call.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import inspect
@@ -20,8 +19,9 @@ import threading
 import weakref
 from typing import Any
 
+from ._adapters import block_on, drive, settle_async, settle_sync  # noqa: F401  (their old home)
 from ._backend import core as _core
-from ._types import AlreadyExistsError, InternalError
+from ._types import AlreadyExistsError, InternalError, NotFoundError
 
 FAMILIES = (
     "tool_sanitize_request",
@@ -35,6 +35,10 @@ FAMILIES = (
     "llm_request",
     "llm_execution",
     "llm_stream_execution",
+    "mark_sanitize",
+    "scope_sanitize_start",
+    "scope_sanitize_end",
+    "event_metadata_injector",
 )
 
 
@@ -89,6 +93,9 @@ _globals = {family: () for family in FAMILIES}
 
 TOOL_FAMILIES = tuple(f for f in FAMILIES if f.startswith("tool_"))
 
+EVENT_FAMILIES = ("mark_sanitize", "scope_sanitize_start", "scope_sanitize_end",
+                  "event_metadata_injector")
+
 LLM_FAMILIES = tuple(f for f in FAMILIES if f.startswith("llm_"))
 
 
@@ -110,6 +117,11 @@ switch = _Switch()
 def _recompute() -> None:
     switch.tool = bool(_locals) or any(_globals[f] for f in TOOL_FAMILIES)
     switch.llm = bool(_locals) or any(_globals[f] for f in LLM_FAMILIES)
+    # The core passes events through the event middleware only while some is registered.
+    events = (any(_globals[f] for f in EVENT_FAMILIES)
+              or any(local.families.get(f) for local in _locals.values()
+                     for f in EVENT_FAMILIES))
+    _core.set_event_hook(_event_hook if events else None)
 
 
 def register(family, name, priority, fn, break_chain=False) -> None:
@@ -128,6 +140,54 @@ def deregister(family, name) -> bool:
         _globals[family] = after
         _recompute()
         return True
+
+
+def _words(family) -> str:
+    return family.replace("_", " ").replace("llm", "LLM")
+
+
+def global_pair(module, family, doc, with_break_chain=False):
+    """``register_<family>`` and ``deregister_<family>`` on the global registry of ``family``,
+    as functions of ``module``; ``doc`` says what the callback is."""
+    if with_break_chain:
+        def reg(name: str, priority: int, break_chain: bool, fn) -> None:
+            register(family, name, priority, fn, break_chain)
+    else:
+        def reg(name: str, priority: int, fn) -> None:  # type: ignore[misc]
+            register(family, name, priority, fn)
+
+    def dereg(name: str) -> bool:
+        return deregister(family, name)
+
+    return _named(module, reg, dereg, family, doc,
+                  f"Remove a {_words(family)} callback; ``False`` if none has that name.")
+
+
+def local_pair(module, family, with_break_chain=False):
+    """``register_<family>`` and ``deregister_<family>`` on one scope (``scope_local``)."""
+    if with_break_chain:
+        def reg(scope_handle, name: str, priority: int, break_chain: bool, fn) -> None:
+            local_register(scope_handle, family, name, priority, fn, break_chain)
+    else:
+        def reg(scope_handle, name: str, priority: int, fn) -> None:  # type: ignore[misc]
+            local_register(scope_handle, family, name, priority, fn)
+
+    def dereg(scope_handle, name: str) -> bool:
+        return local_deregister(scope_handle, family, name)
+
+    return _named(module, reg, dereg, family,
+                  f"Add a {_words(family)} callback on ``scope_handle`` (``NotFoundError`` if "
+                  f"the scope is closed).",
+                  f"Remove a scope-local {_words(family)} callback; ``False`` if none has that "
+                  f"name.")
+
+
+def _named(module, reg, dereg, family, reg_doc, dereg_doc):
+    reg.__module__ = dereg.__module__ = module
+    reg.__name__ = reg.__qualname__ = f"register_{family}"
+    dereg.__name__ = dereg.__qualname__ = f"deregister_{family}"
+    reg.__doc__, dereg.__doc__ = reg_doc, dereg_doc
+    return reg, dereg
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,9 +222,8 @@ def _still_open(local) -> bool:
 
 
 def _check_open(frame):
-    # local_deregister of a name never registered: NotFoundError("not found: scope <uuid> not
-    # found") when the scope is closed, False otherwise; nothing changes.
-    _core.local_deregister(frame, "\x00probe")
+    if _core.is_closed(frame):
+        raise NotFoundError(f"not found: scope {frame.uuid} not found")
 
 
 def local_register(frame, family, name, priority, fn, break_chain=False) -> None:
@@ -200,12 +259,16 @@ def local_deregister(frame, family, name) -> bool:
         if len(after) == len(before):
             return False
         local.families[family] = after
+        _recompute()
         return True
 
 
 def _clear() -> None:
-    """Forget every registration, global and scope-local (tests)."""
+    """Forget every registration, global and scope-local, and the failure counters (tests)."""
     global _locals
+    with _failures_lock:
+        for key in _failures:
+            _failures[key] = 0
     with _lock:
         for family in FAMILIES:
             _globals[family] = ()
@@ -260,51 +323,148 @@ def internal_error(exc, context=None) -> InternalError:
     return err
 
 
-def block_on(awaitable):
-    """Run an awaitable to completion from synchronous code."""
-    async def run():
-        return await awaitable
+# --------------------------------------------------------------------------------------------
+# Event middleware: metadata injectors and mark / scope-start / scope-end sanitizers. They see
+# every event (not only managed calls) through the core's event hook, and change only the copy
+# that is recorded and delivered.
 
+_FIELDS = ("data", "category_profile", "metadata")
+_in_event_hook: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "nemoflow_event_middleware", default=False)
+_failures = {"event_sanitizer_failures": 0, "event_metadata_injector_failures": 0}
+_failures_lock = threading.RLock()  # re-entered by diagnostics() from a GC callback
+
+
+def event_failures() -> dict:
+    """The failures of event sanitizers and metadata injectors so far (``nf.diagnostics()``)."""
+    with _failures_lock:
+        return dict(_failures)
+
+
+def _failed(counter, what, name, event, exc) -> None:
+    with _failures_lock:
+        _failures[counter] += 1
+        first = _failures[counter] == 1
+    if first:
+        _core._warn_quietly(
+            f"nemoflow: {what} {name!r} failed on event {event.name!r} "
+            f"({type(exc).__name__}: {_core.describe(exc)}); further failures are counted in "
+            f"nemoflow.diagnostics()")
+
+
+def _event_chains(family, top, ev):
+    """(injectors, sanitizers) of ``family`` for an event delivered along ``top``'s stack."""
+    injectors = _globals["event_metadata_injector"]
+    sanitizers = _globals[family]
+    locals_ = _locals
+    if locals_ and top is not None:
+        uuids = _core.stack(top)
+        if ev.kind == "scope" and ev.scope_category == "end" and ev.uuid not in uuids:
+            uuids.append(ev.uuid)  # a scope's own middleware sees its end event
+        visible = [locals_[u].families for u in uuids if u in locals_]
+        if visible:
+            injectors = _merged(injectors, visible, "event_metadata_injector")
+            sanitizers = _merged(sanitizers, visible, family)
+    return injectors, sanitizers
+
+
+def _merged(entries, visible, family):
+    merged = list(entries)
+    for families in visible:
+        merged.extend(families.get(family, ()))
+    merged.sort(key=lambda e: e.priority)  # stable: globals, then root→top
+    return merged
+
+
+def _settled(value):
+    return block_on(value) if inspect.isawaitable(value) else value
+
+
+def _event_hook(ev, top):
+    if _in_event_hook.get():  # an event emitted by event middleware itself passes as it is
+        return None
+    if ev.kind == "mark":
+        family = "mark_sanitize"
+    else:
+        family = "scope_sanitize_end" if ev.scope_category == "end" else "scope_sanitize_start"
+    injectors, sanitizers = _event_chains(family, top, ev)
+    if not injectors and not sanitizers:
+        return None
+    token = _in_event_hook.set(True)
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(run())
-    # This thread runs an event loop already: run it on a private loop in a helper thread.
-    box = {}
-    ctx = contextvars.copy_context()
-
-    def target():
-        try:
-            box["value"] = ctx.run(asyncio.run, run())
-        except BaseException as exc:  # delivered to the caller below
-            box["error"] = exc
-
-    t = threading.Thread(target=target, name="nemoflow-middleware")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+        return _apply(ev, injectors, sanitizers)
+    finally:
+        _in_event_hook.reset(token)
 
 
-async def settle_async(value):
-    if inspect.isawaitable(value):
-        return await value
-    return value
+_SCALARS = (str, int, float, bool)
 
 
-async def settle_sync(value):
-    # Never suspends: the pipeline coroutine of a synchronous call completes in one step.
-    if inspect.isawaitable(value):
-        return block_on(value)
-    return value
+def _check_injected(out) -> dict:
+    if not isinstance(out, dict):
+        raise TypeError(f"a metadata injector returns a dict, not {type(out).__name__}")
+    for key, value in out.items():
+        if not isinstance(key, str):
+            raise TypeError("metadata injector keys must be str")
+        if isinstance(value, _SCALARS):
+            continue
+        if (isinstance(value, list) and value and isinstance(value[0], _SCALARS)
+                and all(type(v) is type(value[0]) for v in value)):
+            continue
+        raise ValueError(f"attribute `{key}` must be a primitive or homogeneous primitive list")
+    return out
 
 
-def drive(coro):
-    """Run a coroutine that never suspends (a synchronous call's pipeline) to its result."""
+def _apply(ev, injectors, sanitizers):
+    """The copy of ``ev`` the middleware makes, or None to emit ``ev`` as it is."""
+    data, profile, metadata = ev.data, ev.category_profile, ev.metadata
+    view = ev
+    if injectors:
+        additions: dict = {}
+        for entry in injectors:
+            try:
+                out = _check_injected(_settled(entry.fn(ev)))
+            except Exception as exc:  # left out; the event is still written
+                _failed("event_metadata_injector_failures", "event metadata injector",
+                        entry.name, ev, exc)
+                continue
+            for key, value in out.items():
+                additions.setdefault(key, value)  # the first injector of a key wins
+        if additions:
+            if metadata is None or isinstance(metadata, dict):
+                # Additive only: keys the event already has keep their values.
+                injected = {**additions, **(metadata or {})}
+                try:
+                    view = _core.with_fields(ev, _encoded(data), _core.encode(injected),
+                                             _encoded(profile))
+                    metadata = injected
+                except ValueError as exc:  # a float that JSON cannot hold
+                    _failed("event_metadata_injector_failures", "event metadata injector",
+                            injectors[0].name, ev, exc)
+            else:
+                _failed("event_metadata_injector_failures", "event metadata injector",
+                        injectors[0].name, ev, TypeError("the event's metadata is not an "
+                                                         "object; injected keys left out"))
+    if not sanitizers:
+        return None if view is ev else view
+    fields = {"data": data, "category_profile": profile, "metadata": metadata}
+    entry = sanitizers[0]
     try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    coro.close()
-    raise RuntimeError("nemoflow: a synchronous managed call suspended")
+        for entry in sanitizers:
+            out = _settled(entry.fn(view, dict(fields)))
+            if not isinstance(out, dict):
+                raise TypeError(f"an event sanitizer returns a dict of {', '.join(_FIELDS)}, "
+                                f"not {type(out).__name__}")
+            fields = {k: out.get(k) for k in _FIELDS}
+        if fields["category_profile"] is not None and not isinstance(
+                fields["category_profile"], dict):
+            raise TypeError("category_profile must be a dict or None")
+        raws = [_encoded(fields[k]) for k in _FIELDS]
+    except Exception as exc:  # fail closed: none of the three fields is written
+        _failed("event_sanitizer_failures", "event sanitizer", entry.name, ev, exc)
+        return _core.with_fields(ev, None, None, None)
+    return _core.with_fields(ev, raws[0], raws[2], raws[1])
+
+
+def _encoded(value):
+    return None if value is None else _core.encode(value)

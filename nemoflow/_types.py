@@ -11,11 +11,13 @@ import enum
 __all__ = [
     "ATOF_VERSION",
     "CATEGORIES",
+    "SEVERITY_KEY",
     "AlreadyExistsError",
     "GuardrailRejectedError",
     "InternalError",
     "InvalidArgumentError",
     "LLMAttributes",
+    "LogSeverity",
     "NemoFlowError",
     "NotFoundError",
     "ScopeAttributes",
@@ -92,6 +94,23 @@ ATTRIBUTE_NAMES = {
     ToolAttributes: ((1, "remote"),),
     LLMAttributes: ((1, "stateful"), (2, "streaming")),
 }
+
+
+class LogSeverity(enum.Enum):
+    """The severity of a mark (``event(..., severity=)``), for readers that export marks as logs."""
+
+    Trace = "trace"
+    Debug = "debug"
+    Info = "info"
+    Warn = "warn"
+    Error = "error"
+
+    def __repr__(self):
+        return f"LogSeverity.{self.name}"
+
+
+#: The metadata key a mark's severity is written under (the reference's, so readers agree).
+SEVERITY_KEY = "nemo_relay.log.severity"
 
 
 def attribute_names(cls, value: int) -> list:

@@ -7,12 +7,13 @@ into events.
 
 from __future__ import annotations
 
-from . import _managed
+from . import _llm_pipeline, _managed
+from ._adapters import any_async, drive, settle_async, settle_sync
 from ._backend import core as _core
-from ._managed import LLMRequest
-from ._middleware import Snapshot, drive, settle_async, settle_sync
+from ._llm_pipeline import LLMRequest
+from ._middleware import Snapshot
 from ._types import ScopeType
-from .tools import _any_async, claim_end, end_claimed
+from .tools import claim_end, end_claimed
 
 __all__ = [
     "LLMRequest",
@@ -29,9 +30,9 @@ __all__ = [
 def call(name, request, *, handle=None, attributes=None, data=None, metadata=None,
          model_name=None, timestamp=None):
     """Open an LLM call (start ``data`` = ``{"headers", "content"}``); returns its ``LLMHandle``."""
-    _managed.check_request(request)
+    _llm_pipeline.check_request(request)
     return _core.start(name, ScopeType.Llm, handle, attributes, data, metadata,
-                       _managed.request_data(request), timestamp, _core.KIND_LLM,
+                       _llm_pipeline.request_data(request), timestamp, _core.KIND_LLM,
                        _managed.profile(model_name=model_name), _core.LLMHandle)
 
 
@@ -54,15 +55,15 @@ async def execute(name, request, func, *, handle=None, attributes=None, data=Non
     The end event's metadata carries ``llm.usage.*`` token counts and ``llm.finish_reason``
     when the response is an OpenAI- or Anthropic-style dict.
     """
-    return await _managed.run_llm(name, request, func, handle, attributes, data, metadata,
-                                  model_name, settle_async, True, False)
+    return await _llm_pipeline.run_llm(name, request, func, handle, attributes, data, metadata,
+                                       model_name, settle_async, True, False)
 
 
 def execute_sync(name, request, func, *, handle=None, attributes=None, data=None,
                  metadata=None, model_name=None, lenient=False):
     """``execute`` for synchronous code: the same pipeline, without an event loop."""
-    return drive(_managed.run_llm(name, request, func, handle, attributes, data, metadata,
-                                  model_name, settle_sync, False, lenient))
+    return drive(_llm_pipeline.run_llm(name, request, func, handle, attributes, data,
+                                       metadata, model_name, settle_sync, False, lenient))
 
 
 def stream_execute(name, request, func, collector, finalizer, *, handle=None, attributes=None,
@@ -75,11 +76,11 @@ def stream_execute(name, request, func, collector, finalizer, *, handle=None, at
     category_profile holds ``time_to_first_chunk`` (seconds) once a chunk arrived. Guardrails
     and intercepts run when the stream is awaited or first iterated.
     """
-    _managed.check_request(request)
+    _llm_pipeline.check_request(request)
     parent = _core.current() if handle is None else handle
-    call = _managed.LLMStream(name, request, collector, finalizer, parent, attributes, data,
-                              metadata, model_name, Snapshot(_core.current()), settle_async,
-                              False)
+    call = _llm_pipeline.LLMStream(name, request, collector, finalizer, parent, attributes,
+                                   data, metadata, model_name, Snapshot(_core.current()),
+                                   settle_async, False)
     return LlmStream(_managed.stream(call, func, True, settle_async), call)
 
 
@@ -152,8 +153,9 @@ def request_intercepts(name, request, annotated=None):
     ``(request, annotated)``, ``annotated`` being what the last intercept returned with it
     (``annotated`` seeds the chain).
     """
-    _managed.check_request(request)
-    out, annotated = drive(_managed.request_intercepts(name, request, settle_sync, annotated))
+    _llm_pipeline.check_request(request)
+    out, annotated = drive(_llm_pipeline.request_intercepts(name, request, settle_sync,
+                                                            annotated))
     return InterceptedRequest(out, annotated)
 
 
@@ -189,7 +191,7 @@ def conditional_execution(name, request=None):
     """
     if request is None and isinstance(name, LLMRequest):
         name, request = "llm", name
-    _managed.check_request(request)
+    _llm_pipeline.check_request(request)
     parent = _core.current()
     snap = Snapshot(parent)
     family = "llm_conditional_execution"
@@ -198,4 +200,4 @@ def conditional_execution(name, request=None):
         return _managed.check_conditions(snap, family, parent, name, (request,),
                                          {"kind": family}, settle)
 
-    return check(settle_async) if _any_async(snap.chain(family)) else drive(check(settle_sync))
+    return check(settle_async) if any_async(snap.chain(family)) else drive(check(settle_sync))

@@ -6,8 +6,9 @@ The functions are the core's own, bound here without a wrapper: this is the hot 
 from __future__ import annotations
 
 from ._backend import core as _core
+from ._metrics import metric
 
-__all__ = ["event", "get_handle", "pop", "push", "scope"]
+__all__ = ["event", "get_handle", "metric", "pop", "push", "scope"]
 
 get_handle = _core.get_handle
 push = _core.push

@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+import functools
+
 from . import _middleware
 from ._backend import core as _core
 
 __all__ = [
+    "deregister_event_metadata_injector",
     "deregister_llm_conditional_execution",
     "deregister_llm_execution",
     "deregister_llm_request",
     "deregister_llm_sanitize_request",
     "deregister_llm_sanitize_response",
     "deregister_llm_stream_execution",
+    "deregister_mark_sanitize",
+    "deregister_scope_sanitize_end",
+    "deregister_scope_sanitize_start",
     "deregister_subscriber",
     "deregister_tool_conditional_execution",
     "deregister_tool_execution",
     "deregister_tool_request",
     "deregister_tool_sanitize_request",
     "deregister_tool_sanitize_response",
+    "register_event_metadata_injector",
     "register_llm_conditional_execution",
     "register_llm_execution",
     "register_llm_request",
     "register_llm_sanitize_request",
     "register_llm_sanitize_response",
     "register_llm_stream_execution",
+    "register_mark_sanitize",
+    "register_scope_sanitize_end",
+    "register_scope_sanitize_start",
     "register_subscriber",
     "register_tool_conditional_execution",
     "register_tool_execution",
@@ -52,24 +62,7 @@ def deregister_subscriber(scope_handle, name: str) -> bool:
 # ``nemoflow.intercepts``, seen by managed calls made while the scope is on the stack, ordered
 # after the global ones of equal priority (outer scopes before inner), dropped on pop.
 
-def _families(family, with_break_chain):
-    if with_break_chain:
-        def register(scope_handle, name: str, priority: int, break_chain: bool, fn) -> None:
-            _middleware.local_register(scope_handle, family, name, priority, fn, break_chain)
-    else:
-        def register(scope_handle, name: str, priority: int, fn) -> None:  # type: ignore[misc]
-            _middleware.local_register(scope_handle, family, name, priority, fn)
-
-    def deregister(scope_handle, name: str) -> bool:
-        return _middleware.local_deregister(scope_handle, family, name)
-
-    register.__name__ = register.__qualname__ = f"register_{family}"
-    register.__doc__ = (f"Add a {family.replace('_', ' ')} callback on ``scope_handle`` "
-                        f"(``NotFoundError`` if the scope is closed).")
-    deregister.__name__ = deregister.__qualname__ = f"deregister_{family}"
-    deregister.__doc__ = (f"Remove a scope-local {family.replace('_', ' ')} callback; "
-                          f"``False`` if none has that name.")
-    return register, deregister
+_families = functools.partial(_middleware.local_pair, __name__)
 
 
 register_tool_sanitize_request, deregister_tool_sanitize_request = _families(
@@ -90,3 +83,10 @@ register_llm_request, deregister_llm_request = _families("llm_request", True)
 register_llm_execution, deregister_llm_execution = _families("llm_execution", False)
 register_llm_stream_execution, deregister_llm_stream_execution = _families(
     "llm_stream_execution", False)
+register_mark_sanitize, deregister_mark_sanitize = _families("mark_sanitize", False)
+register_scope_sanitize_start, deregister_scope_sanitize_start = _families(
+    "scope_sanitize_start", False)
+register_scope_sanitize_end, deregister_scope_sanitize_end = _families(
+    "scope_sanitize_end", False)
+register_event_metadata_injector, deregister_event_metadata_injector = _families(
+    "event_metadata_injector", False)

@@ -6,12 +6,18 @@ They have no runtime behaviour: they document what a payload or a callback looks
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, TypedDict
 
 from ._managed import LLMRequest
 from .codecs import AnnotatedLLMRequest
 
 __all__ = [
+    "EventMetadata",
+    "EventMetadataInjectorCallback",
+    "EventMetadataScalar",
+    "EventMetadataValue",
+    "EventSanitizeFields",
+    "EventSanitizeGuardrail",
     "Json",
     "JsonObject",
     "JsonPrimitive",
@@ -52,3 +58,23 @@ LlmExecutionIntercept: TypeAlias = Callable[
 LlmStreamExecutionIntercept: TypeAlias = Callable[
     [LLMRequest, Callable[[LLMRequest], Awaitable[AsyncIterator[Json]]]],
     AsyncIterator[Json] | Awaitable[AsyncIterator[Json]]]
+
+
+class EventSanitizeFields(TypedDict):
+    """The fields of an event an event sanitizer may change."""
+
+    data: Json | None
+    category_profile: JsonObject | None
+    metadata: Json | None
+
+
+#: ``fn(event, fields) -> fields``: a mark, scope-start or scope-end sanitizer.
+EventSanitizeGuardrail: TypeAlias = Callable[
+    [object, EventSanitizeFields], EventSanitizeFields | Awaitable[EventSanitizeFields]]
+EventMetadataScalar: TypeAlias = str | int | float | bool
+EventMetadataValue: TypeAlias = (EventMetadataScalar | list[str] | list[int] | list[float]
+                                 | list[bool])
+EventMetadata: TypeAlias = dict[str, EventMetadataValue]
+#: ``fn(event) -> {key: scalar or list of one scalar type}``: keys added to an event's metadata.
+EventMetadataInjectorCallback: TypeAlias = Callable[
+    [object], EventMetadata | Awaitable[EventMetadata]]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._middleware import block_on
+from ._adapters import block_on
 
 __all__ = ["run_sync"]
 

@@ -89,15 +89,55 @@ cdef ScopeHandle _open(str name, object scope_type, ScopeHandle parent, int attr
                                         data_raw, meta_raw, profile, ts)
     if _otel_capture is not None and parent._parent is None:
         frame._otel = _otel_parent_context()
-    if _recording:
+    if _recording and _event_hook is None:  # (with event middleware: in _announce)
         _record_scope(NF_REC_START, frame, ts, input_raw, None, _STATUS_NONE, None)
     return frame
 
 
 cdef inline int _announce(ScopeHandle frame, object input_raw) except -1:
+    if _event_hook is not None:
+        return _announce_through_hook(frame, input_raw)
     if _enabled:
         _deliver(_scope_event(frame, False, frame._start_ns, input_raw, None, _STATUS_NONE,
                               None), frame._prev)
+    return 0
+
+
+cdef int _announce_through_hook(ScopeHandle frame, object input_raw) except -1:
+    if not (_enabled or _recording):
+        return 0
+    cdef ScopeEvent ev = _scope_event(frame, False, frame._start_ns, input_raw, None,
+                                      _STATUS_NONE, None)
+    copy, interrupted = _through_hook(ev, frame._prev)
+    if copy is not None:
+        ev = <ScopeEvent?>copy
+    if _recording:
+        _record_scope_as(NF_REC_START, frame, ev)
+    if _enabled:
+        _deliver(ev, frame._prev)
+    if interrupted is not None:
+        raise interrupted
+    return 0
+
+
+cdef tuple _through_hook(object ev, ScopeHandle top):
+    # (the copy to emit or None, the BaseException that interrupted the hook or None). An
+    # interrupted hook leaves the event written with its fields cleared (fail closed), and the
+    # exception raised once the operation is complete.
+    try:
+        return _event_hook(ev, top), None
+    except BaseException as exc:
+        return with_fields(ev, None, None, None), exc
+
+
+cdef int _record_scope_as(int rtype, ScopeHandle frame, ScopeEvent ev) except -1:
+    # The record of ``ev`` (a with_fields copy): a stand-in frame lends the scope's identity
+    # and ev's fields, so the real frame, which other threads may read, is never changed.
+    cdef ScopeHandle f = ScopeHandle.__new__(ScopeHandle)
+    f._hi, f._lo, f._parent, f._name = frame._hi, frame._lo, frame._parent, frame._name
+    f._attrs, f._kind, f._category, f._otel = frame._attrs, frame._kind, frame._category, frame._otel
+    f._meta, f._profile = ev._meta, ev._profile
+    _record_scope(rtype, f, ev._ts, ev._data, ev._end_meta, ev._status, ev._desc)
     return 0
 
 
@@ -152,6 +192,8 @@ cdef int _end(ScopeHandle frame, object out_raw, object meta_raw, int64_t ts, in
     # (A plain store: concurrent child ends may race here; the GIL serializes them today.)
     if frame._parent is not None and ts > frame._parent._child_end:
         frame._parent._child_end = ts
+    if _event_hook is not None and (_enabled or _recording):
+        return _end_through_hook(frame, out_raw, meta_raw, ts, status, desc, top)
     if _recording:
         _record_scope(NF_REC_END, frame, ts, out_raw, meta_raw, status, desc)
     if _enabled:
@@ -163,6 +205,28 @@ cdef int _end(ScopeHandle frame, object out_raw, object meta_raw, int64_t ts, in
                 _drop_locals(frame)
     elif frame._has_locals:
         _drop_locals(frame)
+    return 0
+
+
+cdef int _end_through_hook(ScopeHandle frame, object out_raw, object meta_raw, int64_t ts,
+                           int status, object desc, ScopeHandle top) except -1:
+    if top is None:
+        top = frame
+    cdef ScopeEvent ev
+    try:
+        ev = _scope_event(frame, True, ts, out_raw, meta_raw, status, desc)
+        copy, interrupted = _through_hook(ev, top)
+        if copy is not None:
+            ev = <ScopeEvent?>copy
+        if _recording:
+            _record_scope_as(NF_REC_END, frame, ev)
+        if _enabled:
+            _deliver(ev, top)
+    finally:
+        if frame._has_locals:
+            _drop_locals(frame)
+    if interrupted is not None:
+        raise interrupted
     return 0
 
 
@@ -249,8 +313,19 @@ cdef object _check_schema(data_schema):
     return _encode(data_schema, False)
 
 
+cdef object _with_severity(object metadata, object severity):
+    if type(severity) is not LogSeverity:
+        raise TypeError(f"severity must be a LogSeverity or None, not {type(severity).__name__}")
+    if metadata is None:
+        return {SEVERITY_KEY: severity.value}
+    if not isinstance(metadata, dict):
+        raise InvalidArgumentError("invalid argument: mark metadata must be a JSON object when "
+                                   "severity is provided")
+    return {**metadata, SEVERITY_KEY: severity.value}
+
+
 def event(name, *, handle=None, data=None, metadata=None, data_schema=None, timestamp=None,
-          category=None, category_profile=None):
+          category=None, category_profile=None, severity=None):
     """Emit a mark under ``handle`` (default: the current scope)."""
     name = _check_name(name)
     _check_parent(handle)
@@ -260,7 +335,9 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
         category = _check_name(category)
     cdef int64_t ts = nf_now_ns() if timestamp is None else _timestamp_ns(timestamp)
     data_raw = _encode(data, False)
-    meta_raw = _encode(metadata, False)
+    # (not assigned to ``metadata``: an argument that is reassigned costs a reference pair)
+    meta_raw = _encode(metadata if severity is None else _with_severity(metadata, severity),
+                       False)
     schema_raw = _check_schema(data_schema)
     profile_raw = _encode(category_profile, False)
     cdef ScopeHandle top = _top()
@@ -269,6 +346,10 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
     cdef uint64_t hi, lo
     cdef MarkEvent ev
     cdef ScopeHandle parent = top if handle is None else <ScopeHandle>handle
+    if _event_hook is not None:
+        # (a Python-level call: the C compiler keeps the hooked path out of this function)
+        return _mark_through_hook(parent, name, ts, data_raw, meta_raw, schema_raw, category,
+                                  profile_raw, top)
     nf_uuid7(ts, &hi, &lo)
     otel = (_otel_parent_context() if (_otel_capture is not None and parent._parent is None)
             else None)
@@ -290,3 +371,35 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
         ev._profile = profile_raw
         ev._otel = otel
         _deliver(ev, top)
+
+
+def _mark_through_hook(ScopeHandle parent, str name, int64_t ts, data_raw, meta_raw, schema_raw,
+                       category, profile_raw, ScopeHandle top):
+    """The rest of ``event`` while event middleware is registered."""
+    cdef uint64_t hi, lo
+    nf_uuid7(ts, &hi, &lo)
+    otel = (_otel_parent_context() if (_otel_capture is not None and parent._parent is None)
+            else None)
+    cdef MarkEvent ev = MarkEvent.__new__(MarkEvent)
+    ev._hi = hi
+    ev._lo = lo
+    ev._phi = parent._hi
+    ev._plo = parent._lo
+    ev._name = name
+    ev._ts = ts
+    ev._data = data_raw
+    ev._meta = meta_raw
+    ev._schema = schema_raw
+    ev._category = category
+    ev._profile = profile_raw
+    ev._otel = otel
+    copy, interrupted = _through_hook(ev, top)
+    if copy is not None:
+        ev = <MarkEvent?>copy
+    if _recording:
+        _record_mark(hi, lo, parent, name, ts, ev._data, ev._meta, schema_raw, category,
+                     ev._profile, otel)
+    if _enabled:
+        _deliver(ev, top)
+    if interrupted is not None:
+        raise interrupted

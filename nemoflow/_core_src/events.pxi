@@ -244,3 +244,61 @@ cdef class MarkEvent:
 
     def __repr__(self):
         return f"<MarkEvent {self._name!r} {self.uuid}>"
+
+    @property
+    def severity(self):
+        """The ``LogSeverity`` given to ``event(..., severity=)``, or None."""
+        return _severity_of(_decode(self._meta))
+
+
+# ---------------------------------------------------------------------------------------------
+# Event middleware (nemoflow/_middleware.py): while a sanitizer or metadata injector is
+# registered, every scope start, scope end and mark passes through ``_event_hook(event, top)``
+# before it is recorded or delivered; it returns None (unchanged) or the copy to emit instead,
+# made by ``with_fields``. While none is registered its whole cost is an ``is not None`` test.
+cdef object _event_hook = None
+
+
+cdef object _severity_of(object metadata):
+    if isinstance(metadata, dict):
+        wire = metadata.get(SEVERITY_KEY)
+        if isinstance(wire, str):
+            return LogSeverity._value2member_map_.get(wire)
+    return None
+
+
+def set_event_hook(hook):
+    """Pass every event through ``hook(event, top)`` from now on (None: off)."""
+    global _event_hook
+    _event_hook = hook
+
+
+def with_fields(ev, data, metadata, category_profile):
+    """A copy of the event ``ev`` with the given data, metadata and category_profile (encoded
+    JSON bytes or None); an end event's metadata is then written as given."""
+    for raw in (data, metadata, category_profile):
+        if raw is not None and type(raw) is not bytes:
+            raise TypeError(f"fields are encoded JSON bytes or None, not {type(raw).__name__}")
+    cdef MarkEvent m, msrc
+    cdef ScopeEvent s, src
+    if isinstance(ev, MarkEvent):
+        msrc = <MarkEvent>ev
+        m = MarkEvent.__new__(MarkEvent)
+        m._hi, m._lo, m._phi, m._plo = msrc._hi, msrc._lo, msrc._phi, msrc._plo
+        m._name, m._ts, m._schema, m._category = msrc._name, msrc._ts, msrc._schema, msrc._category
+        m._otel = msrc._otel
+        m._data, m._meta, m._profile = data, metadata, category_profile
+        return m
+    if not isinstance(ev, ScopeEvent):
+        raise TypeError(f"expected a ScopeEvent or MarkEvent, got {type(ev).__name__}")
+    src = <ScopeEvent>ev
+    s = ScopeEvent.__new__(ScopeEvent)
+    s._hi, s._lo, s._phi, s._plo = src._hi, src._lo, src._phi, src._plo
+    s._name, s._attrs, s._kind, s._category = src._name, src._attrs, src._kind, src._category
+    s._is_end, s._ts, s._otel = src._is_end, src._ts, src._otel
+    s._data, s._profile, s._status, s._desc = data, category_profile, _STATUS_NONE, None
+    if src._is_end:
+        s._meta, s._end_meta = None, metadata
+    else:
+        s._meta, s._end_meta = metadata, None
+    return s

@@ -15,11 +15,13 @@ cdef object _datetime = _dt.datetime
 
 cdef int64_t _timestamp_ns(object ts) except? -1:
     if isinstance(ts, str):
-        raise TypeError("timestamp must be a timezone-aware datetime, not str")
+        raise TypeError("timestamp must be a timezone-aware datetime.datetime, not str")
     if not isinstance(ts, _datetime):
-        raise TypeError(f"timestamp must be a timezone-aware datetime, not {type(ts).__name__}")
+        raise TypeError(f"timestamp must be a timezone-aware datetime.datetime, "
+                        f"not {type(ts).__name__}")
     if ts.tzinfo is None or ts.utcoffset() is None:
-        raise ValueError("timestamp must be timezone-aware (naive datetime given)")
+        raise ValueError("timestamp must be a timezone-aware datetime.datetime (naive "
+                         "datetime given)")
     delta = ts - _EPOCH
     ns = (delta.days * 86400 + delta.seconds) * 1000000000 + delta.microseconds * 1000
     if not _MIN_NS <= ns <= _MAX_NS:
@@ -177,7 +179,9 @@ def imported_frame(str uuid, str name, scope_type, prev):
 
 
 def is_closed(ScopeHandle frame):
-    """Whether the scope of ``frame`` has ended."""
+    """Whether the scope of ``frame`` has ended (``TypeError`` for a handle nemoflow did not
+    make)."""
+    _check_made(frame)
     return frame._closed
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from langchain.agents.middleware import AgentMiddleware
 
-from .. import _managed, _middleware
+from .. import _adapters, _llm_pipeline, _managed
 from .langchain import _MANAGED, _llm_message_response, _message, _model_of
 
 __all__ = ["NemoFlowMiddleware"]
@@ -96,9 +96,9 @@ class NemoFlowMiddleware(AgentMiddleware):
             box[:] = (response, _llm_message_response(response))
             return box[1]
 
-        settle = _middleware.settle_async if is_async else _middleware.settle_sync
-        run = _managed.run_llm(_model_of(request.model) or type(request.model).__name__,
-                               _managed.LLMRequest({}, content), afunc if is_async else func,
+        settle = _adapters.settle_async if is_async else _adapters.settle_sync
+        run = _llm_pipeline.run_llm(_model_of(request.model) or type(request.model).__name__,
+                               _llm_pipeline.LLMRequest({}, content), afunc if is_async else func,
                                None, None, None, None, content.get("model"), settle, is_async,
                                True)
         return run, box
@@ -106,7 +106,7 @@ class NemoFlowMiddleware(AgentMiddleware):
     def wrap_model_call(self, request, handler):
         """A model call as a managed LLM call."""
         run, box = self._llm(request, handler, False)
-        return _response_of(_middleware.drive(run), box)
+        return _response_of(_adapters.drive(run), box)
 
     async def awrap_model_call(self, request, handler):
         """A model call as a managed LLM call."""
@@ -140,7 +140,7 @@ class NemoFlowMiddleware(AgentMiddleware):
             box[:] = (result, _tool_result(result))
             return box[1]
 
-        settle = _middleware.settle_async if is_async else _middleware.settle_sync
+        settle = _adapters.settle_async if is_async else _adapters.settle_sync
         run = _managed.run_tool(call.get("name") or "tool", call.get("args") or {},
                                 afunc if is_async else func, None,
                                 None, None, None, call.get("id"), settle, is_async, True)
@@ -149,7 +149,7 @@ class NemoFlowMiddleware(AgentMiddleware):
     def wrap_tool_call(self, request, handler):
         """A tool call as a managed tool call."""
         run, box = self._tool(request, handler, False)
-        result = _middleware.drive(run)
+        result = _adapters.drive(run)
         return box[0] if box and result is box[1] else result
 
     async def awrap_tool_call(self, request, handler):

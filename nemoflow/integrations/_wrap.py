@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 
-from .. import _managed, _middleware
+from .. import _adapters, _llm_pipeline, _managed, _middleware
 from .._backend import core as _core
 from ..codecs.streaming import StreamAccumulator
 
@@ -56,7 +56,7 @@ class Call:
                 content[key] = value
         headers = transport.pop("extra_headers", None)
         headers = dict(headers) if isinstance(headers, dict) else {}
-        self.request = _managed.LLMRequest(headers, content)
+        self.request = _llm_pipeline.LLMRequest(headers, content)
         self.transport = transport
         model = content.get("model")
         self.model = model if isinstance(model, str) else None
@@ -115,8 +115,8 @@ def call_sync(original, self, call, name, cls):
         box[:] = (response, dump(response))
         return box[1]
 
-    result = _middleware.drive(_managed.run_llm(
-        name, call.request, func, None, None, None, None, call.model, _middleware.settle_sync,
+    result = _adapters.drive(_llm_pipeline.run_llm(
+        name, call.request, func, None, None, None, None, call.model, _adapters.settle_sync,
         False, True))
     return typed(result, box, cls)
 
@@ -129,8 +129,8 @@ async def call_async(original, self, call, name, cls):
         box[:] = (response, dump(response))
         return box[1]
 
-    result = await _managed.run_llm(
-        name, call.request, func, None, None, None, None, call.model, _middleware.settle_async,
+    result = await _llm_pipeline.run_llm(
+        name, call.request, func, None, None, None, None, call.model, _adapters.settle_async,
         True, True)
     return typed(result, box, cls)
 
@@ -145,7 +145,7 @@ _NOTHING = object()
 
 def _llm_stream(call, name, api, parent, snap, settle):
     acc = StreamAccumulator(api)
-    return _managed.LLMStream(name, call.request, lambda chunk: acc.add(dump(chunk)), acc.raw,
+    return _llm_pipeline.LLMStream(name, call.request, lambda chunk: acc.add(dump(chunk)), acc.raw,
                               parent, None, None, None, call.model, snap, settle, True)
 
 
@@ -156,7 +156,7 @@ def stream_sync(open_stream, call, name, api):
     snap = _middleware.Snapshot(parent)
     # async stream intercepts need an event loop: the stream then gets a private one
     looped = bool(snap.chain("llm_stream_execution"))
-    settle = _middleware.settle_async if looped else _middleware.settle_sync
+    settle = _adapters.settle_async if looped else _adapters.settle_sync
     llm_call = _llm_stream(call, name, api, parent, snap, settle)
 
     def source(request):
@@ -170,7 +170,7 @@ def stream_sync(open_stream, call, name, api):
         return items()
 
     gen = _managed.sync_stream(_managed.stream(llm_call, source, True, settle),
-                               _managed.LoopRunner() if looped else _middleware.drive)
+                               _adapters.LoopRunner() if looped else _adapters.drive)
     try:
         first = next(gen)
     except StopIteration:
@@ -183,7 +183,7 @@ async def stream_async(open_stream, call, name, api):
     holder = {}
     parent = _core.current()
     llm_call = _llm_stream(call, name, api, parent, _middleware.Snapshot(parent),
-                           _middleware.settle_async)
+                           _adapters.settle_async)
 
     async def source(request):
         sdk = holder["sdk"] = await open_stream(arguments(call, request))
@@ -196,7 +196,7 @@ async def stream_async(open_stream, call, name, api):
                 await sdk.close()
         return items()
 
-    gen = _managed.stream(llm_call, source, True, _middleware.settle_async)
+    gen = _managed.stream(llm_call, source, True, _adapters.settle_async)
     try:
         first = await gen.__anext__()
     except StopAsyncIteration:

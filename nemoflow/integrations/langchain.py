@@ -18,7 +18,7 @@ from typing import Any
 
 from langchain_core.callbacks.base import BaseCallbackHandler
 
-from .. import _managed
+from .. import _llm_pipeline, _managed
 from .._backend import core as _core
 from .._types import ScopeType
 
@@ -286,7 +286,7 @@ class NemoFlowCallbackHandler(BaseCallbackHandler):
             data = _llm_response(response)
         except Exception:
             data = None
-        self._end(run_id, data, _managed.response_metadata(data))
+        self._end(run_id, data, _llm_pipeline.response_metadata(data))
 
     def on_llm_error(self, error, *, run_id, **kwargs: Any) -> None:
         """An LLM call raised: it ends with status ERROR."""
