@@ -604,7 +604,8 @@ class ScopeEvent:
 
     @property
     def metadata(self):
-        if self._is_end and self._frame._meta is None and self._end_meta is None:
+        if (self._is_end and self._meta_cache is None and self._frame._meta is None
+                and self._end_meta is None):
             # Only the status, if any: made directly rather than encoded and decoded.
             if self._status == STATUS_NONE:
                 return None
