@@ -16,6 +16,7 @@ from ._managed import (
     execute_and_end,
     json_payload,
     payload,
+    recorded_value,
     sanitize,
     stream,
 )
@@ -119,14 +120,15 @@ async def request_intercepts(name, request, settle, annotated=None):
     return request, annotated
 
 
-async def llm_prelude(snap, name, request, parent, settle, lenient):
+async def llm_prelude(snap, name, request, parent, settle, lenient, annotated=None):
     """Guardrails, request intercepts and request sanitizers of an LLM call.
 
+    ``annotated`` (what a request codec decoded) seeds the intercepts' annotation.
     Returns ``(request, annotated, event_request)``.
     """
     await check_conditions(snap, "llm_conditional_execution", parent, name, (request,),
                            {"kind": "llm_conditional_execution"}, settle)
-    request, annotated = await apply_request_intercepts(snap, name, request, settle)
+    request, annotated = await apply_request_intercepts(snap, name, request, settle, annotated)
     request = with_session_headers(request, parent)
     chain = snap.chain("llm_sanitize_request")
     if chain:
@@ -164,7 +166,52 @@ def with_trace_headers(request, parent, frame):
         return request
 
 
+def check_codecs(codec, response_codec) -> None:
+    """``codec`` must decode requests, ``response_codec`` decode responses (None: not used)."""
+    if codec is not None and not callable(getattr(codec, "decode", None)):
+        raise TypeError(f"codec must be an LLM codec with decode(request), not "
+                        f"{type(codec).__name__}")
+    if response_codec is not None and not callable(getattr(response_codec, "decode_response",
+                                                           None)):
+        raise TypeError(f"response_codec must be an LLM codec with decode_response(response), "
+                        f"not {type(response_codec).__name__}")
+
+
+def decode_request(codec, request):
+    """The annotated request a request codec makes of ``request`` (None without a codec)."""
+    return None if codec is None else codec.decode(request)
+
+
+def _json_form(annotated):
+    to_dict = getattr(annotated, "to_dict", None)
+    return to_dict() if callable(to_dict) else annotated
+
+
+_warned_response_codec = False
+
+
+def annotate_response(response_codec, response):
+    """The JSON form of what ``response_codec`` decodes of ``response``, for the end event's
+    category_profile (observability only: a codec that fails is reported once, never raised
+    into the call, whose result is unchanged)."""
+    global _warned_response_codec
+    if response_codec is None:
+        return None
+    try:
+        annotated = _json_form(response_codec.decode_response(response))
+        _core.encode(annotated)
+        return annotated
+    except Exception as exc:  # the caller's response stands; the annotation is left out
+        if not _warned_response_codec:
+            _warned_response_codec = True
+            _core._warn_quietly(f"nemoflow: response_codec {type(response_codec).__name__} "
+                                f"raised {type(exc).__name__}: {exc}; the end event has no "
+                                "annotated_response (reported once)")
+        return None
+
+
 def llm_profile_fields(model_name, annotated) -> dict:
+    annotated = _json_form(annotated)
     if annotated is not None:
         try:
             _core.encode(annotated)
@@ -201,27 +248,43 @@ def response_metadata(response):
     return meta or None
 
 
+def _response_annotation(response_codec):
+    # The end event's category_profile: the annotated response of what the event records
+    # (after the response sanitizers: an annotation never shows what they removed).
+    if response_codec is None:
+        return None
+
+    def annotate(recorded):
+        annotated = annotate_response(response_codec, recorded)
+        return None if annotated is None else _core.encode({"annotated_response": annotated})
+    return annotate
+
+
 async def run_llm(name, request, func, parent, attributes, data, metadata, model_name, settle,
-                  is_async, lenient):
+                  is_async, lenient, codec=None, response_codec=None):
     check_request(request)
+    check_codecs(codec, response_codec)
+    annotated = decode_request(codec, request)
     if parent is None:
         parent = _core.current()
     if not switch.llm:  # no LLM middleware anywhere: the pipeline's events, without it
         request = with_session_headers(request, parent)
         frame = _core.start(name, ScopeType.Llm, parent, attributes, data, metadata,
                             payload(request_data(request), lenient), None, _core.KIND_LLM,
-                            llm_profile(model_name, None), _core.LLMHandle)
+                            llm_profile(model_name, annotated), _core.LLMHandle)
         request = with_trace_headers(request, parent, frame)
-        return await call_and_end(frame, func, request, settle, response_metadata)
+        return await call_and_end(frame, func, request, settle, response_metadata,
+                                  annotate=_response_annotation(response_codec))
     snap = Snapshot(_core.current())
     request, annotated, event_request = await llm_prelude(snap, name, request, parent, settle,
-                                                          lenient)
+                                                          lenient, annotated)
     frame = _core.start(name, ScopeType.Llm, parent, attributes, data, metadata, event_request,
                         None, _core.KIND_LLM, llm_profile(model_name, annotated),
                         _core.LLMHandle)
     request = with_trace_headers(request, parent, frame)
     return await execute_and_end(frame, snap, "llm_execution", "llm_sanitize_response", func,
-                                 name, request, _plain, settle, is_async, response_metadata)
+                                 name, request, _plain, settle, is_async, response_metadata,
+                                 annotate=_response_annotation(response_codec))
 
 
 def guess_provider(chunk) -> str:
@@ -244,7 +307,9 @@ class LLMStream:
     gives the end ``data``; the end's category_profile holds ``time_to_first_chunk``."""
 
     def __init__(self, name, request, collector, finalizer, parent, attributes, data, metadata,
-                 model_name, snap, settle, lenient):
+                 model_name, snap, settle, lenient, codec=None, response_codec=None):
+        check_codecs(codec, response_codec)
+        self.codec, self.response_codec, self.annotated_response = codec, response_codec, None
         self.name, self.request, self.parent = name, request, parent
         self.collector, self.finalizer = collector, finalizer
         self.attributes, self.data, self.metadata = attributes, data, metadata
@@ -255,7 +320,8 @@ class LLMStream:
 
     async def open(self):
         request, annotated, event_request = await llm_prelude(
-            self.snap, self.name, self.request, self.parent, self.settle, self.lenient)
+            self.snap, self.name, self.request, self.parent, self.settle, self.lenient,
+            decode_request(self.codec, self.request))
         self.fields = llm_profile_fields(self.model_name, annotated)
         self.frame = _core.start(self.name, ScopeType.Llm, self.parent,
                                  _core_llm_attrs(self.attributes), self.data, self.metadata,
@@ -277,8 +343,11 @@ class LLMStream:
 
     async def result(self):
         output = await self.settle(self.finalizer())
-        return await event_payload(self.snap.chain("llm_sanitize_response"), output, _plain,
-                                   self.settle)
+        recorded = await event_payload(self.snap.chain("llm_sanitize_response"), output, _plain,
+                                       self.settle)
+        self.annotated_response = annotate_response(self.response_codec,
+                                                    recorded_value(recorded))
+        return recorded
 
     def result_now(self):
         # Nothing here suspends: a stream being closed may not be able to await (an async
@@ -286,21 +355,28 @@ class LLMStream:
         out = self.finalizer()
         if hasattr(out, "__await__"):
             out = block_on(out)
-        return drive(event_payload(self.snap.chain("llm_sanitize_response"), out, _plain,
-                                   settle_sync))
+        recorded = drive(event_payload(self.snap.chain("llm_sanitize_response"), out, _plain,
+                                       settle_sync))
+        self.annotated_response = annotate_response(self.response_codec,
+                                                    recorded_value(recorded))
+        return recorded
 
     def end_profile(self):
-        # ``time_to_first_chunk`` (seconds) goes on the end event's category_profile.
-        if self.first is None:
-            return None
-        return _core.encode({**self.fields, "time_to_first_chunk": self.first})
+        # ``time_to_first_chunk`` (seconds) and the annotated response go on the end event's
+        # category_profile.
+        fields = {}
+        if self.first is not None:
+            fields = {**self.fields, "time_to_first_chunk": self.first}
+        if self.annotated_response is not None:
+            fields["annotated_response"] = self.annotated_response
+        return _core.encode(fields) if fields else None
 
 
 def stream_llm(name, request, func, collector, finalizer, parent, attributes, data, metadata,
-               model_name, snap, lenient=False):
+               model_name, snap, lenient=False, codec=None, response_codec=None):
     """The async generator behind ``llm.stream_execute``."""
     call = LLMStream(name, request, collector, finalizer, parent, attributes, data, metadata,
-                     model_name, snap, settle_async, lenient)
+                     model_name, snap, settle_async, lenient, codec, response_codec)
     return stream(call, func, True, settle_async)
 
 

@@ -18,6 +18,8 @@ import functools
 import sys
 from typing import Any, Generic, TypeVar
 
+import orjson
+
 from ._adapters import LoopRunner, drive, settle_sync  # noqa: F401  (LoopRunner: its old home)
 from ._backend import core as _core
 from ._middleware import Snapshot, internal_error, switch
@@ -151,10 +153,18 @@ async def event_payload(chain, value, call, settle, lenient=True):
     return payload(value, lenient)
 
 
+def recorded_value(event_result):
+    """The JSON value an event records, from what ``event_payload`` returned."""
+    if type(event_result) is _core.Encoded:
+        return orjson.loads(event_result.raw)
+    return event_result
+
+
 async def execute_and_end(frame, snap, family, response_family, func, name, arg, call_response,
-                          settle, is_async, end_metadata=None, outcome=None):
+                          settle, is_async, end_metadata=None, outcome=None, annotate=None):
     """The shared tail of a managed call: execution intercepts around ``func(arg)``, then the
-    end event (ERROR with the exception's type, or OK with the sanitized result)."""
+    end event (ERROR with the exception's type, or OK with the sanitized result). ``annotate``
+    makes the end's category_profile from the value the event records (after sanitizers)."""
     call, _ = execution_chain(snap.chain(family), func, (name,), settle, is_async)
     token = _active_call.set(frame)
     try:
@@ -167,6 +177,8 @@ async def execute_and_end(frame, snap, family, response_family, func, name, arg,
     value, end_profile = (result, None) if outcome is None else outcome(result)
     event_result = await event_payload(snap.chain(response_family), value, call_response,
                                        settle)
+    if annotate is not None:
+        end_profile = annotate(recorded_value(event_result))
     meta = result_metadata(end_metadata, result)
     _core.end(frame, event_result, meta, None, _OK, None, None, end_profile)
     return result
@@ -268,7 +280,8 @@ def _with_name(name):
     return lambda fn, v: fn(name, v)  # tool sanitizers take the tool name
 
 
-async def call_and_end(frame, func, arg, settle, end_metadata=None, outcome=None):
+async def call_and_end(frame, func, arg, settle, end_metadata=None, outcome=None,
+                       annotate=None):
     """A call no middleware applies to: ``func(arg)``, then its end event."""
     token = _active_call.set(frame)
     try:
@@ -280,7 +293,10 @@ async def call_and_end(frame, func, arg, settle, end_metadata=None, outcome=None
         _reset_active(token)
     meta = result_metadata(end_metadata, result)
     value, end_profile = (result, None) if outcome is None else outcome(result)
-    _core.end(frame, payload(value, True), meta, None, _OK, None, None, end_profile)
+    recorded = payload(value, True)
+    if annotate is not None:
+        end_profile = annotate(recorded_value(recorded))
+    _core.end(frame, recorded, meta, None, _OK, None, None, end_profile)
     return result
 
 

@@ -49,25 +49,32 @@ def call_end(handle, response, *, data=None, metadata=None, timestamp=None) -> N
 
 
 async def execute(name, request, func, *, handle=None, attributes=None, data=None,
-                  metadata=None, model_name=None):
+                  metadata=None, model_name=None, codec=None, response_codec=None):
     """Run ``func(request)`` (sync or async) as a managed LLM call, through the middleware.
 
     The end event's metadata carries ``llm.usage.*`` token counts and ``llm.finish_reason``
-    when the response is an OpenAI- or Anthropic-style dict.
+    when the response is an OpenAI- or Anthropic-style dict. ``codec`` decodes the request into
+    the ``AnnotatedLLMRequest`` request intercepts get (recorded as the start's
+    ``category_profile.annotated_request``); ``response_codec`` decodes the response into the
+    end's ``category_profile.annotated_response``, for observability only.
     """
     return await _llm_pipeline.run_llm(name, request, func, handle, attributes, data, metadata,
-                                       model_name, settle_async, True, False)
+                                       model_name, settle_async, True, False, codec,
+                                       response_codec)
 
 
 def execute_sync(name, request, func, *, handle=None, attributes=None, data=None,
-                 metadata=None, model_name=None, lenient=False):
+                 metadata=None, model_name=None, lenient=False, codec=None,
+                 response_codec=None):
     """``execute`` for synchronous code: the same pipeline, without an event loop."""
     return drive(_llm_pipeline.run_llm(name, request, func, handle, attributes, data,
-                                       metadata, model_name, settle_sync, False, lenient))
+                                       metadata, model_name, settle_sync, False, lenient, codec,
+                                       response_codec))
 
 
 def stream_execute(name, request, func, collector, finalizer, *, handle=None, attributes=None,
-                   data=None, metadata=None, model_name=None) -> LlmStream:
+                   data=None, metadata=None, model_name=None, codec=None,
+                   response_codec=None) -> LlmStream:
     """A streamed managed LLM call: an ``LlmStream`` of the chunks of ``func(request)``.
 
     Each chunk goes to ``collector(chunk)``, is recorded as an ``llm.chunk`` mark and is then
@@ -80,7 +87,7 @@ def stream_execute(name, request, func, collector, finalizer, *, handle=None, at
     parent = _core.current() if handle is None else handle
     call = _llm_pipeline.LLMStream(name, request, collector, finalizer, parent, attributes,
                                    data, metadata, model_name, Snapshot(_core.current()),
-                                   settle_async, False)
+                                   settle_async, False, codec, response_codec)
     return LlmStream(_managed.stream(call, func, True, settle_async), call)
 
 

@@ -277,15 +277,8 @@ async def tool_execute(
 
 
 def _codec_kwargs(target: Callable, codec: Any, response_codec: Any) -> dict:
-    extra = {key: value for key, value in (("codec", codec), ("response_codec", response_codec))
-             if value is not None}
-    if extra:
-        params = inspect.signature(target).parameters
-        missing = [key for key in extra if key not in params]
-        if missing:
-            raise TypeError(f"llm.{target.__name__}() does not take "
-                            f"{', '.join(k + '=' for k in missing)} in nemoflow yet")
-    return extra
+    return {key: value for key, value in (("codec", codec), ("response_codec", response_codec))
+            if value is not None}
 
 
 async def llm_execute(

@@ -158,20 +158,17 @@ def test_llm_execute_decodes_the_response(nf, events, is_async):
     assert end.data == {"text": "hi!", "score": 1.0}
 
 
-def test_llm_execute_codec_arguments(nf):
+def test_llm_execute_codec_arguments(nf, events):
     nemo_flow = nf
-    takes = "codec" in __import__("inspect").signature(nemo_flow.llm.execute).parameters
 
     async def main():
         return await nemo_flow.typed.llm_execute(
             "p", request(nemo_flow), lambda r: {"ok": True}, nemo_flow.typed.JsonPassthrough(),
             codec=nemo_flow.codecs.OpenAIChatCodec())
 
-    if takes:
-        assert run(main()) == {"ok": True}
-    else:
-        with pytest.raises(TypeError, match=r"llm.execute\(\) does not take codec="):
-            run(main())
+    assert run(main()) == {"ok": True}
+    start = next(e for e in events if e.name == "p" and e.scope_category == "start")
+    assert "annotated_request" in start.category_profile
     # codec=None (the default) is always accepted
     assert run(nemo_flow.typed.llm_execute("p", request(nemo_flow), lambda r: 1,
                                            nemo_flow.typed.JsonPassthrough(), codec=None)) == 1
