@@ -1,7 +1,12 @@
 """Builds the compiled core ``nemoflow._core``; everything else is plain Python.
 
-NEMOFLOW_NO_EXTENSIONS=1      build nothing (the pure-Python twin is used)
-NEMOFLOW_REQUIRE_EXTENSIONS=1 a failed compile fails the install instead of falling back
+A core that cannot be built fails the install, with the reason and the ways out, so that pip
+shows it (pip hides what a successful build prints: a silent fallback would go unnoticed until
+the program runs several times slower).
+
+NEMOFLOW_NO_EXTENSIONS=1      build nothing: the pure-Python twin is used
+NEMOFLOW_REQUIRE_EXTENSIONS=0 a failed build falls back to the twin instead of failing
+                              (``import nemoflow`` then warns, saying why)
 NEMOFLOW_DEBUG_BUILD=1        bounds/wraparound checks on, for debugging the core
 """
 
@@ -17,7 +22,24 @@ def _flag(name):
 
 
 NO_EXT = _flag("NEMOFLOW_NO_EXTENSIONS")
-REQUIRE = _flag("NEMOFLOW_REQUIRE_EXTENSIONS")
+# required unless explicitly turned off
+REQUIRE = os.environ.get("NEMOFLOW_REQUIRE_EXTENSIONS", "1").strip().lower() not in (
+    "0", "false", "no")
+HOW_OUT = ("install a C compiler and the Python headers (Debian/Ubuntu: apt install gcc "
+           "python3-dev) and try again; or install the pure-Python core, several times slower: "
+           "NEMOFLOW_NO_EXTENSIONS=1 pip install ...; or let a failed build fall back to it: "
+           "NEMOFLOW_REQUIRE_EXTENSIONS=0 pip install ...")
+
+
+class CoreNotBuilt(RuntimeError):
+    """The compiled core could not be built (and no fallback was asked for)."""
+
+
+def _refuse(what, exc):
+    raise CoreNotBuilt(f"nemoflow: the compiled core could not be {what} ({exc}). "
+                       f"To go on: {HOW_OUT}") from exc
+
+
 DEBUG = _flag("NEMOFLOW_DEBUG_BUILD")
 
 # One place for the core's directives; the debug build switches the checks back on.
@@ -34,23 +56,26 @@ DIRECTIVES = {
 
 
 class OptionalBuildExt(build_ext):
-    """Falls back to the pure-Python twin when the compiler fails, unless told not to."""
+    """Fails with the reason when the compiler fails, or falls back to the pure-Python twin
+    when told to (NEMOFLOW_REQUIRE_EXTENSIONS=0)."""
 
     def run(self):
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - any toolchain failure
+        except Exception as exc:
             self._fallback(exc)
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._fallback(exc)
 
     def _fallback(self, exc):
+        if isinstance(exc, CoreNotBuilt):
+            raise exc
         if REQUIRE:
-            raise
+            _refuse("compiled", exc)
         print(f"nemoflow: compiled core not built ({exc}); using the pure-Python twin",
               file=sys.stderr)
 
@@ -60,9 +85,9 @@ def extensions():
         return []
     try:
         from Cython.Build import cythonize
-    except ImportError:
+    except ImportError as exc:
         if REQUIRE:
-            raise
+            _refuse("generated: Cython is not installed", exc)
         print("nemoflow: Cython not available; using the pure-Python twin", file=sys.stderr)
         return []
     ext = Extension(
@@ -73,9 +98,9 @@ def extensions():
     )
     try:
         return cythonize([ext], compiler_directives=DIRECTIVES, quiet=True)
-    except Exception as exc:  # noqa: BLE001 - a Cython compile error
+    except Exception as exc:
         if REQUIRE:
-            raise
+            _refuse("generated", exc)
         print(f"nemoflow: compiled core not generated ({exc}); using the pure-Python twin",
               file=sys.stderr)
         return []

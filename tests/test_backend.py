@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -178,3 +179,40 @@ def test_no_build_anywhere_warns_and_says_how_to_build(tmp_path):
                               text=True, timeout=60, cwd=str(tmp_path / "checkout"),
                               env={**os.environ, "NEMOFLOW_NO_EXTENSIONS": "1"})
     assert env_proc.stdout.strip() == "python" and env_proc.stderr == ""
+
+
+def _build_with_a_broken_compiler(tmp_path, **env_changes):
+    # A copy of the sources (timestamps kept, so an up-to-date _core.c is not regenerated),
+    # built in place with a compiler that always fails.
+    import shutil
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, tmp_path / name)
+    shutil.copytree(REPO / "nemoflow", tmp_path / "nemoflow",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__", "build"))
+    env = dict(os.environ, CC="/bin/false", **env_changes)
+    env.pop("NEMOFLOW_NO_EXTENSIONS", None)
+    if "NEMOFLOW_REQUIRE_EXTENSIONS" not in env_changes:
+        env.pop("NEMOFLOW_REQUIRE_EXTENSIONS", None)
+    return subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+cython_available = importlib.util.find_spec("Cython") is not None
+
+
+@pytest.mark.skipif(not cython_available, reason="needs Cython in this environment")
+def test_cython_core_that_cannot_be_built_fails_the_install_saying_how_to_go_on(tmp_path):
+    # pip hides what a successful build prints: a silent fallback to the twin would go
+    # unnoticed, so by default the install fails, and pip shows this message.
+    proc = _build_with_a_broken_compiler(tmp_path)
+    assert proc.returncode != 0
+    assert "the compiled core could not be compiled" in proc.stderr
+    assert "NEMOFLOW_NO_EXTENSIONS=1" in proc.stderr and "NEMOFLOW_REQUIRE_EXTENSIONS=0" in proc.stderr
+
+
+@pytest.mark.skipif(not cython_available, reason="needs Cython in this environment")
+def test_cython_core_build_falls_back_when_asked(tmp_path):
+    proc = _build_with_a_broken_compiler(tmp_path, NEMOFLOW_REQUIRE_EXTENSIONS="0")
+    assert proc.returncode == 0, proc.stderr
+    assert "using the pure-Python twin" in proc.stderr
+    assert not list((tmp_path / "nemoflow").glob("_core*.so"))
