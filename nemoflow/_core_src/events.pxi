@@ -25,7 +25,7 @@ cdef str _line_of(nf_record *r, str name, object data, object meta, object extra
                   object profile):
     # The line of an event built in Python: its fields copied into a blob of its own.
     cdef object long_name = None if _inline_name(name) else name
-    cdef size_t need = _fields_need(long_name, data, meta, extra, text, profile)
+    cdef size_t need = <size_t>_fields_need(long_name, data, meta, extra, text, profile)
     cdef char *blob = <char *>nf_malloc(need + 1)
     if blob == NULL:
         raise MemoryError()

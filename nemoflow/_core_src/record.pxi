@@ -61,7 +61,7 @@ cdef inline bint _inline_name(str name) noexcept:
     return PyUnicode_IS_COMPACT_ASCII(name) and PyUnicode_GET_LENGTH(name) <= NF_NAME_INLINE
 
 
-cdef inline size_t _field_need(object v) except? 0:
+cdef inline Py_ssize_t _field_need(object v) except -1:
     # The most bytes field value v (bytes, str or None) takes in a blob.
     cdef size_t n
     if v is None:
@@ -74,11 +74,12 @@ cdef inline size_t _field_need(object v) except? 0:
         raise TypeError(f"nemoflow: a record field must be bytes or str, not {type(v).__name__}")
     if n > NF_FIELD_MAX:
         raise ValueError("nemoflow: a payload or text larger than 4 GiB cannot be recorded")
-    return n
+    return <Py_ssize_t>n
 
 
-cdef inline size_t _fields_need(object name, object data, object meta, object extra,
-                                object text, object profile) except? 0:
+cdef inline Py_ssize_t _fields_need(object name, object data, object meta, object extra,
+                                    object text, object profile) except -1:
+    # -1 only with an exception set: the check after each call is a compare, no lookup.
     return (_field_need(name) + _field_need(data) + _field_need(meta) + _field_need(extra)
             + _field_need(text) + _field_need(profile))
 
@@ -198,7 +199,8 @@ cdef int _record_scope(int rtype, ScopeHandle frame, int64_t ts, object data, ob
                        int status, object text) except -1:
     cdef str name = frame._name
     cdef object long_name = None if _inline_name(name) else name
-    cdef size_t need = _fields_need(long_name, data, frame._meta, extra, text, frame._profile)
+    cdef size_t need = <size_t>_fields_need(long_name, data, frame._meta, extra, text,
+                                            frame._profile)
     cdef nf_ring *ring = _ring_with_room(need)
     if ring == NULL:
         return 0
@@ -228,7 +230,7 @@ cdef int _record_mark(uint64_t hi, uint64_t lo, ScopeHandle parent, str name, in
                       object data, object meta, object schema, object category,
                       object profile, object otel) except -1:
     cdef object long_name = None if _inline_name(name) else name
-    cdef size_t need = _fields_need(long_name, data, meta, schema, category, profile)
+    cdef size_t need = <size_t>_fields_need(long_name, data, meta, schema, category, profile)
     cdef nf_ring *ring = _ring_with_room(need)
     if ring == NULL:
         return 0

@@ -330,14 +330,17 @@ static inline int nf_arena_place(const nf_ring *ring, size_t need, uint64_t tail
 
 /* Whether a record with need payload bytes can be published now: a free slot, and room for its
  * payloads (an oversize payload waits until the previous one was freed: one at a time). */
-static int nf_ring_room(nf_ring *ring, size_t need) {
+static int nf_ring_payload_room(nf_ring *ring, size_t need) {
     if (nf_ring_full(ring)) return 0;
-    if (need == 0) return 1;
     if (need > ring->arena_cap) return __atomic_load_n(&ring->heap_out, __ATOMIC_ACQUIRE) == 0;
     uint64_t pos, off;
     if (nf_arena_place(ring, need, ring->a_tail_seen, &pos, &off)) return 1;
     ring->a_tail_seen = __atomic_load_n(&ring->a_tail, __ATOMIC_ACQUIRE);
     return nf_arena_place(ring, need, ring->a_tail_seen, &pos, &off);
+}
+
+static inline int nf_ring_room(nf_ring *ring, size_t need) {
+    return need == 0 ? !nf_ring_full(ring) : nf_ring_payload_room(ring, need);
 }
 
 /* Memory for r's need payload bytes: in the arena when they fit, else a heap block (a payload
