@@ -37,6 +37,9 @@ MANAGED_TABLE = ("nf.trace.tool call", "tools.execute (async)",
                  "nemo_relay tools.execute (async)")
 # Redaction has its own table too: it is Python (nemoflow/redaction.py) on both cores.
 REDACTION_TABLE = ("redaction off", "redaction on")
+# Instrumented OpenAI client calls (bench/test_integrations.py): an HTTP round trip each, the
+# same on both cores; reported by that file's own paired-call test, not against core targets.
+INTEGRATION_TABLE = ("nemoflow [none]", "nemoflow [subscriber]", "nemoflow [jsonl]")
 
 # (operation, attached) -> target in ×call on the compiled core (None: reported, no target yet)
 TARGETS = {
@@ -144,7 +147,7 @@ class Report:
             f"{'NeMo Relay/nemoflow':>21}{'vs none':>9}{'target':>8}  result")
         ops = sorted({(op, att) for (op, be, att) in self.median
                       if be != "-" and op != "asyncio tasks" and op not in MANAGED_TABLE
-                      and op not in REDACTION_TABLE},
+                      and op not in REDACTION_TABLE and op not in INTEGRATION_TABLE},
                      key=lambda k: (_order(ATTACHED, k[1]), _order(OPS, k[0]), k))
         for op, att in ops:
             x = {be: self.xcall(op, be, att) for be in BACKENDS}
