@@ -119,13 +119,18 @@ cdef inline void _set_inline_name(nf_record *r, str name) noexcept:
     r.name_len = <unsigned char>PyUnicode_GET_LENGTH(name)
 
 
-cdef int _publish(nf_ring *ring, nf_record *r, size_t need, object name, object data,
+cdef inline bint _no_fields(object name, object data, object meta, object extra, object text,
+                            object profile) noexcept:
+    return (name is None and data is None and meta is None and extra is None and text is None
+            and profile is None)
+
+
+cdef int _publish(nf_ring *ring, nf_record *r, bint bare, size_t need, object name, object data,
                   object meta, object extra, object text, object profile) except -1:
     # Copy the record's payloads into the core's memory, then publish it.
     cdef char *blob
     cdef size_t used
-    if need == 0 and name is None and data is None and meta is None and extra is None \
-            and text is None and profile is None:
+    if bare:
         r.blob = NULL
         r.present = 0
         r.heap = 0
@@ -199,8 +204,9 @@ cdef int _record_scope(int rtype, ScopeHandle frame, int64_t ts, object data, ob
                        int status, object text) except -1:
     cdef str name = frame._name
     cdef object long_name = None if _inline_name(name) else name
-    cdef size_t need = <size_t>_fields_need(long_name, data, frame._meta, extra, text,
-                                            frame._profile)
+    cdef bint bare = _no_fields(long_name, data, frame._meta, extra, text, frame._profile)
+    cdef size_t need = 0 if bare else <size_t>_fields_need(long_name, data, frame._meta, extra,
+                                                           text, frame._profile)
     cdef nf_ring *ring = _ring_with_room(need)
     if ring == NULL:
         return 0
@@ -223,14 +229,17 @@ cdef int _record_scope(int rtype, ScopeHandle frame, int64_t ts, object data, ob
     r.kind = <unsigned char>frame._kind
     r.status = <unsigned char>status
     r.category = <unsigned char>frame._category
-    return _publish(ring, &r, need, long_name, data, frame._meta, extra, text, frame._profile)
+    return _publish(ring, &r, bare, need, long_name, data, frame._meta, extra, text,
+                    frame._profile)
 
 
 cdef int _record_mark(uint64_t hi, uint64_t lo, ScopeHandle parent, str name, int64_t ts,
                       object data, object meta, object schema, object category,
                       object profile, object otel) except -1:
     cdef object long_name = None if _inline_name(name) else name
-    cdef size_t need = <size_t>_fields_need(long_name, data, meta, schema, category, profile)
+    cdef bint bare = _no_fields(long_name, data, meta, schema, category, profile)
+    cdef size_t need = 0 if bare else <size_t>_fields_need(long_name, data, meta, schema,
+                                                           category, profile)
     cdef nf_ring *ring = _ring_with_room(need)
     if ring == NULL:
         return 0
@@ -249,7 +258,7 @@ cdef int _record_mark(uint64_t hi, uint64_t lo, ScopeHandle parent, str name, in
     r.kind = 0
     r.status = 0
     r.category = 0
-    return _publish(ring, &r, need, long_name, data, meta, schema, category, profile)
+    return _publish(ring, &r, bare, need, long_name, data, meta, schema, category, profile)
 
 
 cdef object _field_bytes(nf_record *r, int f):
