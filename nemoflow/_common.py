@@ -6,6 +6,8 @@ import it so the rules are written once.
 
 from __future__ import annotations
 
+import sys
+
 import orjson
 
 from . import _exit
@@ -36,6 +38,22 @@ def check_configure(ring_size, overflow, exit_timeout, otel_parent, arena_size):
     if otel_parent is not None and otel_parent not in ("auto", "off"):
         raise ValueError('otel_parent must be "auto" or "off"')
     return None if exit_timeout is None else _exit.check_timeout(exit_timeout)
+
+
+def exception_text(exc) -> str:
+    """An exception's status description, before redaction: ``str(exc)``, "cancelled" for a
+    bare asyncio cancel, a lone surrogate escaped (it cannot be written as UTF-8)."""
+    try:
+        text = str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
+    if not text and type(exc).__name__ == "CancelledError":
+        asyncio = sys.modules.get("asyncio")
+        if asyncio is not None and isinstance(exc, asyncio.CancelledError):
+            return "cancelled"
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _decode(raw):

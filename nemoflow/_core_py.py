@@ -2008,17 +2008,7 @@ def event(name, *, handle=None, data=None, metadata=None, data_schema=None, time
 
 def describe(exc) -> str:
     """The status description of an exception: ``str(exc)``, "cancelled" for a bare cancel."""
-    try:
-        text = str(exc)
-    except Exception:
-        return f"<unprintable {type(exc).__name__}>"
-    if not text and type(exc).__name__ == "CancelledError":
-        asyncio = sys.modules.get("asyncio")
-        if asyncio is not None and isinstance(exc, asyncio.CancelledError):
-            return "cancelled"
-    if not text.isascii():
-        # a lone surrogate cannot be written as UTF-8: keep the text, escape that character
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = _common.exception_text(exc)
     if _redactor is not None:
         text = _redact_text(text)
     return text

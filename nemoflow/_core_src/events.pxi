@@ -5,6 +5,7 @@
 # Events.
 
 cdef object _merge_metadata = _common.merge_metadata  # what the C merge writes, decoded
+cdef object _exception_text = _common.exception_text
 
 
 cdef str _line(nf_record *r):

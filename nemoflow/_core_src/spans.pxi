@@ -5,17 +5,7 @@
 # Context managers: ``scope.scope(...)`` and the span behind ``nf.trace``.
 
 cdef str _describe(object exc):
-    try:
-        text = str(exc)
-    except Exception:
-        return f"<unprintable {type(exc).__name__}>"
-    if not text and type(exc).__name__ == "CancelledError":
-        asyncio = sys.modules.get("asyncio")
-        if asyncio is not None and isinstance(exc, asyncio.CancelledError):
-            return "cancelled"
-    if not PyUnicode_IS_COMPACT_ASCII(text):
-        # a lone surrogate cannot be written as UTF-8: keep the text, escape that character
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    cdef str text = _exception_text(exc)
     if _redactor is not None:
         text = _redact_text(text)
     return text
