@@ -79,6 +79,38 @@ static inline void nf_uuid7(int64_t ns, uint64_t *hi, uint64_t *lo) {
 
 static const char nf_hex[] = "0123456789abcdef";
 
+/* The escape of a control character, '"' or '\\' (at most 6 bytes), as orjson writes it. */
+static inline char *nf_put_escape(char *p, unsigned c) {
+    *p++ = '\\';
+    switch (c) {
+        case '"': *p++ = '"'; break;
+        case '\\': *p++ = '\\'; break;
+        case '\b': *p++ = 'b'; break;
+        case '\t': *p++ = 't'; break;
+        case '\n': *p++ = 'n'; break;
+        case '\f': *p++ = 'f'; break;
+        case '\r': *p++ = 'r'; break;
+        default:
+            *p++ = 'u'; *p++ = '0'; *p++ = '0';
+            *p++ = nf_hex[(c >> 4) & 0xF]; *p++ = nf_hex[c & 0xF];
+    }
+    return p;
+}
+
+/* s[0:n] (UTF-8 or ASCII) as a JSON string at p, which has room for 6 * n + 2 bytes: bytes from
+ * 0x80 up pass through as orjson writes them, control characters, '"' and '\\' are escaped.
+ * Returns the end of what was written. */
+static inline char *nf_put_json_chars(char *p, const char *s, size_t n) {
+    *p++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') *p++ = (char)c;
+        else p = nf_put_escape(p, c);
+    }
+    *p++ = '"';
+    return p;
+}
+
 /* Two hex digits per byte value, built once. */
 static char nf_hex_pairs[512];
 

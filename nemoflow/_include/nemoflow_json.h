@@ -36,30 +36,7 @@ static inline int nf_j_lit(nf_jbuf *b, const char *s, size_t n) {
 /* An ASCII str as a JSON string, escaped as orjson escapes. */
 static int nf_j_ascii(nf_jbuf *b, const char *s, Py_ssize_t n) {
     if (b->end - b->p < 6 * n + 2) return -1;
-    char *p = b->p;
-    *p++ = '"';
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            *p++ = (char)c;
-            continue;
-        }
-        *p++ = '\\';
-        switch (c) {
-            case '"': *p++ = '"'; break;
-            case '\\': *p++ = '\\'; break;
-            case '\b': *p++ = 'b'; break;
-            case '\t': *p++ = 't'; break;
-            case '\n': *p++ = 'n'; break;
-            case '\f': *p++ = 'f'; break;
-            case '\r': *p++ = 'r'; break;
-            default:
-                *p++ = 'u'; *p++ = '0'; *p++ = '0';
-                *p++ = nf_hex[(c >> 4) & 0xF]; *p++ = nf_hex[c & 0xF];
-        }
-    }
-    *p++ = '"';
-    b->p = p;
+    b->p = nf_put_json_chars(b->p, s, (size_t)n);
     return 0;
 }
 

@@ -707,24 +707,6 @@ static inline size_t nf_utf8_put(char *p, Py_UCS4 c) {
     p[2] = (char)(0x80 | ((c >> 6) & 0x3F)); p[3] = (char)(0x80 | (c & 0x3F)); return 4;
 }
 
-/* The escape of a control character, '"' or '\\' (at most 6 bytes), as orjson writes it. */
-static inline char *nf_put_escape(char *p, unsigned c) {
-    *p++ = '\\';
-    switch (c) {
-        case '"': *p++ = '"'; break;
-        case '\\': *p++ = '\\'; break;
-        case '\b': *p++ = 'b'; break;
-        case '\t': *p++ = 't'; break;
-        case '\n': *p++ = 'n'; break;
-        case '\f': *p++ = 'f'; break;
-        case '\r': *p++ = 'r'; break;
-        default:
-            *p++ = 'u'; *p++ = '0'; *p++ = '0';
-            *p++ = nf_hex[(c >> 4) & 0xF]; *p++ = nf_hex[c & 0xF];
-    }
-    return p;
-}
-
 /* ---- payloads copied in by the producer (with the GIL: they read Python objects) ---------- */
 
 /* The most bytes the UTF-8 of str s can take. */
@@ -756,15 +738,7 @@ static size_t nf_put_str_utf8(char *p, PyObject *s) {
  * them, control characters, '"' and '\\' are escaped. */
 static int nf_put_json_utf8(nf_buf *b, const char *s, size_t n) {
     if (nf_buf_reserve(b, n * 6 + 2) < 0) return -1;
-    char *p = b->data + b->len;
-    *p++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') *p++ = (char)c;
-        else p = nf_put_escape(p, c);
-    }
-    *p++ = '"';
-    b->len = (size_t)(p - b->data);
+    b->len = (size_t)(nf_put_json_chars(b->data + b->len, s, n) - b->data);
     return 0;
 }
 
