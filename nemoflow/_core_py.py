@@ -1150,16 +1150,19 @@ _tls = threading.local()
 
 
 class _Ring:
-    # The compiled core's payload arena is modelled by its budget: arena_used bytes of
-    # payloads not yet delivered, at most arena_size, and one oversize payload at a time.
+    # The compiled core's payload arena is modelled by its budget: bytes of payloads not yet
+    # delivered (arena_in, counted by the producer, minus arena_out, by the consumer: each
+    # counter has one writer, so no lock), at most arena_size, and one oversize payload at a
+    # time (heap_in - heap_out).
     __slots__ = ("items", "capacity", "head", "tail", "delivered", "high_water", "dropped",
                  "waits", "closed", "thread_ident", "id", "pid", "wake_sent", "arena_size",
-                 "arena_used", "arena_high", "heap_out", "oversize")
+                 "arena_in", "arena_out", "arena_high", "heap_in", "heap_out", "oversize")
 
     def __init__(self, capacity, ring_id, arena_size):
         self.items = collections.deque()
         self.arena_size = arena_size
-        self.arena_used = self.arena_high = self.heap_out = self.oversize = 0
+        self.arena_in = self.arena_out = self.arena_high = 0
+        self.heap_in = self.heap_out = self.oversize = 0
         self.capacity = capacity
         self.head = self.tail = self.delivered = 0
         self.high_water = self.dropped = self.waits = 0
@@ -1215,8 +1218,8 @@ def _has_room(ring, size):
     if ring.head - ring.tail >= ring.capacity:
         return False
     if size > ring.arena_size:
-        return ring.heap_out == 0
-    return ring.arena_used + size <= ring.arena_size
+        return ring.heap_in == ring.heap_out
+    return ring.arena_in - ring.arena_out + size <= ring.arena_size
 
 
 def _record(ev):
@@ -1240,21 +1243,20 @@ def _record(ev):
             return
         else:
             _wait_for_room(ring, size)
-    with _pipe_lock:  # the delivery thread gives the budget back under it
-        if size > ring.arena_size or (threading.get_ident() == _delivery_ident
-                                      and ring.arena_used + size > ring.arena_size):
-            ring.heap_out += 1
-            ring.oversize += size > ring.arena_size
-            ring.items.append((ev, -1))
-        else:
-            ring.arena_used += size
-            ring.items.append((ev, size))
+    if size > ring.arena_size or (threading.get_ident() == _delivery_ident
+                                  and ring.arena_in - ring.arena_out + size > ring.arena_size):
+        ring.heap_in += 1
+        ring.oversize += size > ring.arena_size
+        ring.items.append((ev, -1))
+    else:
+        ring.arena_in += size
+        ring.items.append((ev, size))
     ring.head += 1
     used = ring.head - ring.tail
     if used > ring.high_water:
         ring.high_water = used
     # Past a quarter full, ask for an early drain, once until the consumer takes from the ring.
-    if (used > ring.capacity // 4 or ring.arena_used > ring.arena_size // 4) \
+    if (used > ring.capacity // 4 or ring.arena_in - ring.arena_out > ring.arena_size // 4) \
             and not ring.wake_sent:
         ring.wake_sent = True
         with _pipe_lock:
@@ -1353,8 +1355,8 @@ def _delivery_main():
                 ring.delivered += n
                 arena = sum([size for size in taken if size > 0])
                 ring.arena_high = max(ring.arena_high, arena)
-                ring.arena_used -= arena
-                ring.heap_out -= sum([1 for size in taken if size < 0])
+                ring.arena_out += arena
+                ring.heap_out += sum([1 for size in taken if size < 0])
             live = _pipe["rings"]
             for ring in [r for r in live if r.closed and r.delivered == r.head]:
                 live.remove(ring)  # in place: a ring added meanwhile (re-entrant) stays
