@@ -207,7 +207,8 @@ def test_cython_core_that_cannot_be_built_fails_the_install_saying_how_to_go_on(
     proc = _build_with_a_broken_compiler(tmp_path)
     assert proc.returncode != 0
     assert "the compiled core could not be compiled" in proc.stderr
-    assert "NEMOFLOW_NO_EXTENSIONS=1" in proc.stderr and "NEMOFLOW_REQUIRE_EXTENSIONS=0" in proc.stderr
+    assert "NEMOFLOW_NO_EXTENSIONS=1" in proc.stderr
+    assert "NEMOFLOW_REQUIRE_EXTENSIONS=0" in proc.stderr
 
 
 @pytest.mark.skipif(not cython_available, reason="needs Cython in this environment")
