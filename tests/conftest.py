@@ -44,6 +44,17 @@ def nf(nf_session):
 
 
 @pytest.fixture
+def jsonl(nf, tmp_path):
+    """An AtofExporter registered for the test; yields it, shuts it down after."""
+    config = nf.AtofExporterConfig(output_directory=str(tmp_path), filename="trace.jsonl",
+                                   mode=nf.AtofExporterMode.Overwrite)
+    exporter = nf.AtofExporter(config)
+    exporter.register("test-jsonl")
+    yield exporter
+    exporter.shutdown()
+
+
+@pytest.fixture
 def events(nf):
     """Every event emitted during the test, in delivery order (a global sync subscriber)."""
     recorded = []

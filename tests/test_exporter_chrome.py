@@ -16,6 +16,8 @@ import warnings
 
 import pytest
 
+from tests.backends import backend_env
+
 
 @pytest.fixture
 def chrome(nf):
@@ -536,14 +538,6 @@ def test_write_error_raised_by_force_flush_and_counted(nf, chrome, tmp_path):
     with pytest.raises(OSError):
         exp.shutdown()
     exp.shutdown()  # shut down all the same: nothing left to write at exit
-
-
-def backend_env(nf):
-    env = dict(os.environ)
-    env.pop("NEMOFLOW_NO_EXTENSIONS", None)
-    if nf.BACKEND == "python":
-        env["NEMOFLOW_NO_EXTENSIONS"] = "1"
-    return env
 
 
 def test_written_at_exit_without_shutdown(nf, chrome, tmp_path):

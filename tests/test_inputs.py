@@ -19,16 +19,6 @@ import pytest
 UTC = dt.timezone.utc
 
 
-@pytest.fixture
-def jsonl(nf, tmp_path):
-    config = nf.AtofExporterConfig(output_directory=str(tmp_path), filename="trace.jsonl",
-                                   mode=nf.AtofExporterMode.Overwrite)
-    exporter = nf.AtofExporter(config)
-    exporter.register("test-jsonl")
-    yield exporter
-    exporter.shutdown()
-
-
 def lines(nf, exporter):
     nf.subscribers.flush(5)
     exporter.force_flush()

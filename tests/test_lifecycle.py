@@ -16,19 +16,7 @@ import time
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def backend_env(nf, **extra):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.pop("NEMOFLOW_NO_EXTENSIONS", None)
-    env.pop("NEMOFLOW_EXIT_TIMEOUT", None)
-    if nf.BACKEND == "python":
-        env["NEMOFLOW_NO_EXTENSIONS"] = "1"
-    env.update(extra)
-    return env
-
+from tests.backends import REPO, backend_env
 
 END = '\nprint("main done", time.time(), flush=True)\n'
 

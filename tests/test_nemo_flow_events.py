@@ -20,17 +20,6 @@ def run(coro):
     return asyncio.run(coro)
 
 
-@pytest.fixture
-def jsonl(nf, tmp_path):
-    """An ATOF file exporter: what the recording path (not the subscribers) writes."""
-    config = nf.AtofExporterConfig(output_directory=str(tmp_path), filename="trace.jsonl",
-                                   mode=nf.AtofExporterMode.Overwrite)
-    exporter = nf.AtofExporter(config)
-    exporter.register("test-jsonl")
-    yield exporter
-    exporter.shutdown()
-
-
 def lines(nf, exporter):
     nf.subscribers.flush(5)
     exporter.force_flush()

@@ -18,17 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 
-@pytest.fixture
-def jsonl(nf, tmp_path):
-    """An AtofExporter registered for the test; yields it, shuts it down after."""
-    config = nf.AtofExporterConfig(output_directory=str(tmp_path), filename="trace.jsonl",
-                                   mode=nf.AtofExporterMode.Overwrite)
-    exporter = nf.AtofExporter(config)
-    exporter.register("test-jsonl")
-    yield exporter
-    exporter.shutdown()
-
-
 def read_lines(path):
     # JSONL is split on "\n" only: str.splitlines() would also split on U+0085, U+2028 …,
     # which JSON strings may contain unescaped.
